@@ -1,0 +1,1 @@
+"""The command-line face: parse, call a service, render. Nothing else."""

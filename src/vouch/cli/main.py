@@ -1,0 +1,44 @@
+"""``vouch``: the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vouch.cli import ca, cert, demo, init
+from vouch.cli.context import CliState, default_home
+
+app = typer.Typer(
+    name="vouch",
+    help="vouch: a complete, automated public key infrastructure.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    home: Annotated[
+        Path | None,
+        typer.Option("--home", help="The vouch home (default: $VOUCH_HOME or ~/.vouch).", show_default=False),
+    ] = None,
+    passphrase_file: Annotated[
+        Path | None,
+        typer.Option("--passphrase-file", help="File holding the key passphrase.", show_default=False),
+    ] = None,
+) -> None:
+    ctx.obj = CliState(home=(home or default_home()).expanduser(), passphrase_file=passphrase_file)
+
+
+app.command("init")(init.init_command)
+app.command("demo")(demo.demo_command)
+app.add_typer(cert.app, name="cert", help="Issue, list, show and export certificates.")
+app.add_typer(ca.app, name="ca", help="List, inspect and create certificate authorities.")
+
+
+def run() -> None:
+    app()

@@ -1,0 +1,143 @@
+"""``vouch.toml``: the settings of one vouch home, validated strictly on load."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from vouch.errors import ConfigError
+from vouch.x509.lint import LintMode
+
+CONFIG_NAME = "vouch.toml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StoreSettings(_Strict):
+    # Relative SQLite paths are under the home.
+    url: str = "sqlite:///vouch.db"
+    # FULL survives power loss, not only process crashes; group commit keeps it cheap.
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+
+
+class KeySettings(_Strict):
+    passphrase_file: str | None = None
+
+
+class IssuanceSettings(_Strict):
+    default_ca: str = "issuing"
+    default_profile: str = "tls-server"
+    lint: LintMode = LintMode.BLOCK
+    lint_allow: list[str] = Field(default_factory=list)
+    policy_oids: list[str] = Field(default_factory=list)
+    blocked_keys_file: str | None = None
+
+
+class ServeSettings(_Strict):
+    public_url: str = "http://127.0.0.1:8080"
+
+
+class CASettings(_Strict):
+    policy: dict[str, Any] = Field(default_factory=dict)
+
+
+class VouchConfig(_Strict):
+    organization: str = "vouch"
+    country: str = "US"
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    keys: KeySettings = Field(default_factory=KeySettings)
+    issuance: IssuanceSettings = Field(default_factory=IssuanceSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
+    policy: dict[str, Any] = Field(default_factory=dict)
+    profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    cas: dict[str, CASettings] = Field(default_factory=dict)
+
+
+def load_config(home: Path) -> VouchConfig:
+    path = home / CONFIG_NAME
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"no vouch home at {home} ({CONFIG_NAME} is missing)",
+            hint="run `vouch init` first, or point VOUCH_HOME / --home at an existing home",
+        ) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    try:
+        return VouchConfig.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{path}: {where}: {first['msg']}") from exc
+
+
+def toml_string(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def render_initial_config(
+    *, organization: str, country: str, public_url: str, passphrase_file: str | None,
+    lint_allow: list[str],
+) -> str:
+    """The commented ``vouch.toml`` that ``vouch init`` writes."""
+    passphrase_line = (
+        f"passphrase_file = {toml_string(passphrase_file)}"
+        if passphrase_file
+        else '# passphrase_file = "/run/secrets/vouch-passphrase"   # else VOUCH_PASSPHRASE, else a prompt'
+    )
+    allow = ", ".join(toml_string(code) for code in lint_allow)
+    return f"""# vouch configuration. Reference: docs/configuration.md
+organization = {toml_string(organization)}
+country = {toml_string(country)}
+
+[store]
+# SQLite file under this home by default; for several nodes use PostgreSQL:
+# url = "postgresql+psycopg://vouch@db.example.com/vouch"
+url = "sqlite:///vouch.db"
+
+[keys]
+{passphrase_line}
+
+[issuance]
+default_ca = "issuing"
+default_profile = "tls-server"
+# block: refuse any certificate with a linter finding of warning or error; log; off
+lint = "block"
+# Findings accepted anyway. A private PKI serves internal names (localhost, *.internal, private
+# IPs), which the CA/B Forum rules forbid for publicly trusted CAs only.
+lint_allow = [{allow}]
+# Your organization's certificate policy OIDs, carried by every leaf certificate.
+policy_oids = []
+# blocked_keys_file = "blocked-keys.txt"   # hex SHA-256 of SPKIs of compromised keys, one a line
+
+[serve]
+# The base of the AIA, CRL and OCSP URLs written into certificates.
+public_url = {toml_string(public_url)}
+
+[policy]
+# Applies to every CA and profile. Empty allow lists allow everything not denied.
+allowed_dns_suffixes = []
+denied_dns_suffixes = []
+allowed_ip_ranges = []
+max_names = 100
+
+# Profile overrides, e.g.:
+# [profiles.tls-server]
+# default_lifetime = "30d"
+# max_lifetime = "90d"
+
+# Per-CA policy, e.g.:
+# [cas.issuing.policy]
+# allowed_dns_suffixes = ["example.com"]
+"""

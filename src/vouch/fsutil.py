@@ -1,0 +1,87 @@
+"""Writing files so that no reader ever sees half of one, and secrets are never world-readable."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from pathlib import Path
+
+from vouch.errors import Conflict, Unavailable
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, overwrite: bool = True) -> None:
+    """Write ``data`` to ``path`` via a temporary file, fsync and rename.
+
+    With ``overwrite=False`` an existing file is never replaced (a key, say), checked atomically.
+    """
+    directory = path.parent
+    tmp = directory / f".{path.name}.{os.getpid()}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            # link() fails if the target exists: no window in which another writer could win.
+            os.link(tmp, path)
+            tmp.unlink()
+        _fsync_dir(directory)
+    except FileExistsError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise Conflict(f"{path} already exists; refusing to overwrite it") from exc
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise Unavailable(f"cannot write {path}: {_describe(exc)}") from exc
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _describe(exc: OSError) -> str:
+    reasons = {
+        errno.ENOSPC: "the disk is full",
+        errno.EDQUOT: "the disk quota is exhausted",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.EROFS: "the file system is read-only",
+        errno.ENOENT: "the directory does not exist",
+        errno.ENOTDIR: "a path component is not a directory",
+        errno.EISDIR: "it is a directory",
+    }
+    return reasons.get(exc.errno or 0, exc.strerror or type(exc).__name__)
+
+
+def describe_os_error(exc: OSError) -> str:
+    return _describe(exc)
+
+
+def read_limited(path: Path, limit: int, what: str) -> bytes:
+    """Read at most ``limit`` bytes (plus one, to tell that a file is too large)."""
+    from vouch.errors import BadInput
+
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise BadInput(f"cannot read {what} {path}: {_describe(exc)}") from exc
+    if len(data) > limit:
+        size = path.stat().st_size
+        raise BadInput(f"{what} {path} is {size / 1e6:.1f} MB; at most {limit // 1024} KiB is read")
+    return data

@@ -1,0 +1,324 @@
+"""The issuing authority: policy-checked, linted, recorded-before-signed issuance.
+
+Issuance is two transactions around the signature (Boulder's issuance cycle): the serial, the
+to-be-signed certificate and an intent event are committed; the certificate is signed; the
+certificate (checked to carry exactly the recorded TBS) and its event are committed; only then is
+it returned. A crash at any point leaves at most an intent, never an unrecorded certificate.
+Batches share both transactions (group commit) without weakening that guarantee.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+    CertificatePublicKeyTypes,
+)
+
+from vouch.clock import Clock
+from vouch.errors import Conflict, LintFailure, PolicyViolation, VouchError
+from vouch.faults import checkpoint
+from vouch.store.records import AuthorityRecord, NewCertificate, NewEvent
+from vouch.store.repository import Store
+from vouch.x509.build import IssuerUrls, LeafSpec, leaf_builder
+from vouch.x509.csr import ParsedCSR
+from vouch.x509.keypolicy import check_public_key, spki_sha256
+from vouch.x509.keytypes import signature_hash_for
+from vouch.x509.lint import Linter, LintMode, LintProfile
+from vouch.x509.names import SubjectName
+from vouch.x509.policy import NamePolicy, check_name_constraints, check_name_types
+from vouch.x509.profiles import Profile
+from vouch.x509.serials import format_serial, new_serial
+from vouch.services.lintkeys import LintSigners
+
+log = logging.getLogger(__name__)
+
+
+class KeyBlocklist(Protocol):
+    def is_blocked(self, spki_sha256: str) -> bool: ...
+
+
+class NoBlocklist:
+    def is_blocked(self, spki_sha256: str) -> bool:
+        return False
+
+
+@dataclass(frozen=True)
+class IssuanceRequest:
+    public_key: CertificatePublicKeyTypes
+    names: tuple[SubjectName, ...]
+    profile: str
+    lifetime: dt.timedelta | None = None
+    common_name: str | None = None
+    # A CN only when asked for (or when the profile always carries one).
+    want_common_name: bool = False
+
+    @classmethod
+    def from_csr(
+        cls, parsed: ParsedCSR, *, profile: str, lifetime: dt.timedelta | None = None,
+        want_common_name: bool = False,
+    ) -> IssuanceRequest:
+        return cls(
+            public_key=parsed.public_key, names=parsed.names, profile=profile, lifetime=lifetime,
+            common_name=parsed.common_name, want_common_name=want_common_name,
+        )
+
+
+@dataclass(frozen=True)
+class IssuingCA:
+    """An online CA as the authority sees it: record, certificate, signing key, URLs, chain."""
+
+    record: AuthorityRecord
+    certificate: x509.Certificate
+    key: CertificateIssuerPrivateKeyTypes
+    urls: IssuerUrls
+    # Certificates above this CA up to, not including, the root (empty for a root's child).
+    chain: tuple[x509.Certificate, ...] = ()
+
+
+@dataclass(frozen=True)
+class IssuancePolicy:
+    profiles: Mapping[str, Profile]
+    name_policies: tuple[NamePolicy, ...] = ()
+    profile_policies: Mapping[str, NamePolicy] = field(default_factory=dict)
+    policy_oids: tuple[x509.ObjectIdentifier, ...] = ()
+    lint_mode: LintMode = LintMode.BLOCK
+    linter: Linter | None = None
+    blocklist: KeyBlocklist = field(default_factory=NoBlocklist)
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    serial: str
+    certificate: x509.Certificate
+    der: bytes
+    chain: tuple[x509.Certificate, ...]
+    profile: str
+
+    def pem_chain(self) -> bytes:
+        """Leaf, then the intermediates, as servers want it."""
+        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (self.certificate, *self.chain))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    request: IssuanceRequest
+    builder: x509.CertificateBuilder
+    intent: NewCertificate
+    tbs_sha256: str
+
+
+class Authority:
+    def __init__(
+        self, *, ca: IssuingCA, store: Store, policy: IssuancePolicy, clock: Clock,
+        lint_signers: LintSigners | None = None,
+    ) -> None:
+        self._ca = ca
+        self._store = store
+        self._policy = policy
+        self._clock = clock
+        self._hash = signature_hash_for(ca.key)
+        self._lint_signers = lint_signers or LintSigners()
+        self._chain = (ca.certificate, *ca.chain)
+
+    @property
+    def ca(self) -> IssuingCA:
+        return self._ca
+
+    def issue(self, request: IssuanceRequest) -> IssuedCertificate:
+        result = self.issue_batch([request])[0]
+        if isinstance(result, VouchError):
+            raise result
+        return result
+
+    def issue_batch(self, requests: Sequence[IssuanceRequest]) -> list[IssuedCertificate | VouchError]:
+        """Issue many at once with shared transactions; each request gets a certificate or the
+        error that refused it, in order."""
+        now = self._clock.now().replace(microsecond=0)
+        results: list[IssuedCertificate | VouchError] = []
+        plans: list[tuple[int, _Plan]] = []
+        for index, request in enumerate(requests):
+            try:
+                plans.append((index, self._plan(request, now)))
+                results.append(_PENDING)
+            except VouchError as exc:
+                results.append(exc)
+        if not plans:
+            return results
+        try:
+            ids = self._store.record_intents(
+                [p.intent for _, p in plans], now, [self._intent_event(p) for _, p in plans]
+            )
+        except Conflict:
+            if len(plans) == 1:
+                raise
+            # A serial collided (or a concurrent writer raced us): retry one by one, fresh serials.
+            for index, plan in plans:
+                results[index] = self._issue_one_safely(plan.request)
+            return results
+        checkpoint("issue.after-intent")
+        signed: list[tuple[int, int, _Plan, x509.Certificate, bytes]] = []
+        for (index, plan), cert_id in zip(plans, ids, strict=True):
+            try:
+                certificate = plan.builder.sign(self._ca.key, self._hash)  # type: ignore[arg-type]
+            except VouchError as exc:
+                results[index] = exc
+                continue
+            if certificate.tbs_certificate_bytes != plan.intent.tbs:
+                results[index] = VouchError("the signed certificate differs from the recorded plan")
+                continue
+            der = certificate.public_bytes(serialization.Encoding.DER)
+            signed.append((index, cert_id, plan, certificate, der))
+        checkpoint("issue.after-sign")
+        self._store.record_issued(
+            [(cert_id, der) for _, cert_id, _, _, der in signed],
+            now,
+            [self._issued_event(plan, der) for _, _, plan, _, der in signed],
+        )
+        checkpoint("issue.after-commit")
+        for index, _, plan, certificate, der in signed:
+            results[index] = IssuedCertificate(
+                serial=plan.intent.serial, certificate=certificate, der=der,
+                chain=self._chain, profile=plan.request.profile,
+            )
+        return results
+
+    def _issue_one_safely(self, request: IssuanceRequest) -> IssuedCertificate | VouchError:
+        try:
+            return self.issue(request)
+        except VouchError as exc:
+            return exc
+
+    # -- planning: everything checked, built and linted before anything is recorded ----------
+
+    def _plan(self, request: IssuanceRequest, now: dt.datetime) -> _Plan:
+        policy = self._policy
+        profile = policy.profiles.get(request.profile)
+        if profile is None:
+            raise PolicyViolation(
+                "profile.unknown", f"no profile named {request.profile!r}",
+                hint=f"profiles: {', '.join(sorted(policy.profiles))}",
+            )
+        if profile.cabf_server and isinstance(self._ca.key, ed25519.Ed25519PrivateKey):
+            raise PolicyViolation(
+                f"profile.{profile.name}.issuer_key",
+                "TLS server certificates must be signed with RSA or ECDSA (CA/B BR 7.1.3.2); "
+                f"CA {self._ca.record.name} has an Ed25519 key",
+                hint="issue under an RSA or ECDSA intermediate",
+            )
+        key_type = check_public_key(request.public_key, allowed_types=profile.key_types)
+        spki = spki_sha256(request.public_key)
+        if policy.blocklist.is_blocked(spki):
+            raise PolicyViolation(
+                "key.blocked", "this public key is blocked (known compromised)", hint="generate a new key"
+            )
+        names = request.names
+        if not names:
+            raise PolicyViolation("names.empty", "a certificate needs at least one name")
+        check_name_types(names, profile.name_types, profile.name)
+        for name_policy in policy.name_policies:
+            name_policy.check_names(names)
+        profile_policy = policy.profile_policies.get(profile.name)
+        if profile_policy is not None:
+            profile_policy.check_names(names)
+        check_name_constraints(names, self._ca.certificate)
+
+        common_name = self._common_name(request, profile)
+        lifetime = request.lifetime or profile.default_lifetime
+        limit = profile.effective_max_lifetime(now)
+        if lifetime > limit:
+            raise PolicyViolation(
+                f"profile.{profile.name}.max_lifetime",
+                f"lifetime of {lifetime.days} days exceeds the {limit.days}-day maximum of {profile.name}"
+                + (" (CA/B Forum schedule)" if profile.cabf_server and limit < profile.max_lifetime else ""),
+            )
+        for name_policy in (*policy.name_policies, *( [profile_policy] if profile_policy else [])):
+            name_policy.check_lifetime(lifetime)
+        # Validity counts inclusively (RFC 5280 4.1.2.5, CA/B 1.6.1): notAfter - notBefore + 1 s.
+        not_after = now + lifetime - dt.timedelta(seconds=1)
+        if not_after > self._ca.record.not_after:
+            raise PolicyViolation(
+                "ca.validity",
+                f"the certificate would outlive its issuing CA {self._ca.record.name} "
+                f"(valid until {self._ca.record.not_after:%Y-%m-%d})",
+                hint="ask for a shorter lifetime or issue under a newer CA",
+            )
+        serial = new_serial()
+        spec = LeafSpec(
+            public_key=request.public_key, names=names, common_name=common_name, profile=profile,
+            serial=serial, not_before=now, not_after=not_after, policy_oids=policy.policy_oids,
+        )
+        builder = leaf_builder(spec, self._ca.certificate, self._ca.urls)
+        # The lint certificate carries the same TBS under a throwaway key's signature: what is
+        # linted and recorded is exactly what the CA key will sign.
+        lint_cert = builder.sign(self._lint_signers.for_key(self._ca.key), self._hash)  # type: ignore[arg-type]
+        tbs = lint_cert.tbs_certificate_bytes
+        self._lint(lint_cert, profile)
+        subject = lint_cert.subject.rfc4514_string()
+        intent = NewCertificate(
+            authority_id=self._ca.record.id, serial=format_serial(serial), profile=profile.name,
+            names=tuple((n.kind, n.value) for n in names), subject=subject, key_type=key_type,
+            spki_sha256=spki, not_before=now, not_after=not_after, tbs=tbs,
+        )
+        return _Plan(request, builder, intent, hashlib.sha256(tbs).hexdigest())
+
+    @staticmethod
+    def _common_name(request: IssuanceRequest, profile: Profile) -> str | None:
+        if not (profile.include_cn or request.want_common_name):
+            return None
+        if request.common_name is not None:
+            if request.common_name not in {n.value for n in request.names}:
+                raise PolicyViolation(
+                    "names.common_name", f"common name {request.common_name} is not one of the names"
+                )
+            return request.common_name
+        return request.names[0].value
+
+    def _lint(self, certificate: x509.Certificate, profile: Profile) -> None:
+        policy = self._policy
+        if policy.lint_mode is LintMode.OFF or policy.linter is None:
+            return
+        der = certificate.public_bytes(serialization.Encoding.DER)
+        kind = LintProfile.CABF_SERVERAUTH if profile.cabf_server else LintProfile.RFC5280
+        findings = policy.linter.lint(der, kind)
+        if not findings:
+            return
+        if policy.lint_mode is LintMode.BLOCK:
+            raise LintFailure([str(f) for f in findings])
+        log.warning("lint findings for a %s certificate: %s", profile.name, "; ".join(map(str, findings)))
+
+    # -- events --------------------------------------------------------------------------------
+
+    def _intent_event(self, plan: _Plan) -> NewEvent:
+        return NewEvent(
+            kind="certificate.intent",
+            subject=plan.intent.serial,
+            data={
+                "ca": self._ca.record.name, "serial": plan.intent.serial,
+                "profile": plan.intent.profile, "names": [v for _, v in plan.intent.names],
+                "tbs_sha256": plan.tbs_sha256,
+            },
+        )
+
+    def _issued_event(self, plan: _Plan, der: bytes) -> NewEvent:
+        return NewEvent(
+            kind="certificate.issued",
+            subject=plan.intent.serial,
+            data={
+                "ca": self._ca.record.name, "serial": plan.intent.serial,
+                "der": base64.b64encode(der).decode("ascii"),
+            },
+        )
+
+
+_PENDING = VouchError("pending")

@@ -1,0 +1,4 @@
+"""Storage: SQLAlchemy 2 tables, repositories per aggregate, Alembic migrations.
+
+Nothing outside this package imports SQLAlchemy.
+"""

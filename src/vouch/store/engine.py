@@ -1,0 +1,139 @@
+"""Opening a database, running migrations, and turning driver errors into vouch errors."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
+
+from vouch.errors import Conflict, StoreError
+from vouch.store.migrations import HEAD
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+def _sqlite_hooks(engine: Engine, *, synchronous: str) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not pysqlite, decide when transactions begin (so BEGIN IMMEDIATE works).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute(f"PRAGMA synchronous = {synchronous}")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # Take the write lock up front: a deferred transaction that later writes can fail with
+        # "database is locked" without waiting, where an immediate one waits its turn.
+        write = conn.get_execution_options().get("vouch_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def describe_store_error(exc: BaseException, where: str) -> StoreError:
+    message = str(getattr(exc, "orig", exc)).lower()
+    if "locked" in message or "busy" in message:
+        return StoreError(
+            f"the database {where} is locked by another process",
+            hint="wait for the other vouch command to finish, then try again",
+        )
+    if "full" in message or "no space" in message:
+        return StoreError(f"the disk holding the database {where} is full", hint="free space and retry")
+    if "not a database" in message or "malformed" in message or "corrupt" in message:
+        return StoreError(
+            f"the database {where} is corrupt or not a vouch database",
+            hint="restore it from a backup (docs/operations.md)",
+        )
+    if "readonly" in message or "read-only" in message:
+        return StoreError(f"the database {where} is read-only", hint="check the file's permissions")
+    if "unable to open" in message:
+        return StoreError(f"cannot open the database {where}", hint="check that its directory exists")
+    if "connection" in message or "could not" in message or "server closed" in message:
+        return StoreError(
+            f"cannot reach the database {where}", hint="check that the database server is running"
+        )
+    return StoreError(f"the database {where} failed: {type(exc).__name__}")
+
+
+class Database:
+    """One database: an engine, its migrations, and transactions with translated errors."""
+
+    def __init__(self, url: str, *, synchronous: str = "FULL") -> None:
+        parsed = make_url(url)
+        self.dialect = parsed.get_backend_name()
+        self.where = self._describe(parsed)
+        if self.dialect == "sqlite":
+            database = parsed.database or ""
+            if database and database != ":memory:" and not Path(database).parent.is_dir():
+                raise StoreError(f"the directory of the database {database} does not exist")
+            # One connection per thread of use; SQLite files are cheap to open and WAL shares.
+            self.engine = create_engine(url, poolclass=NullPool if database == ":memory:" else None)
+            _sqlite_hooks(self.engine, synchronous=synchronous)
+        else:
+            self.engine = create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
+        self._writer = self.engine.execution_options(vouch_write=True)
+
+    @staticmethod
+    def _describe(parsed: Any) -> str:
+        if parsed.get_backend_name() == "sqlite":
+            return str(parsed.database)
+        return f"{parsed.get_backend_name()}://{parsed.host or 'localhost'}/{parsed.database}"
+
+    @contextlib.contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A write transaction: committed when the block ends, rolled back on any error."""
+        try:
+            with self._writer.begin() as conn:
+                yield conn
+        except IntegrityError as exc:
+            raise Conflict("the record conflicts with one already stored") from exc
+        except (OperationalError, DBAPIError) as exc:
+            raise describe_store_error(exc, self.where) from exc
+        except SQLAlchemyError as exc:
+            raise describe_store_error(exc, self.where) from exc
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except (OperationalError, DBAPIError) as exc:
+            raise describe_store_error(exc, self.where) from exc
+        except SQLAlchemyError as exc:
+            raise describe_store_error(exc, self.where) from exc
+
+    def current_revision(self) -> str | None:
+        with self.read() as conn:
+            try:
+                row = conn.execute(text("SELECT version_num FROM alembic_version")).first()
+            except SQLAlchemyError:
+                conn.rollback()
+                return None
+            return str(row[0]) if row else None
+
+    def migrate(self) -> None:
+        """Bring the schema to ``HEAD``; cheap when it already is (no Alembic import)."""
+        if self.current_revision() == HEAD:
+            return
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+        try:
+            with self._writer.begin() as conn:
+                config.attributes["connection"] = conn
+                command.upgrade(config, "head")
+        except SQLAlchemyError as exc:
+            raise describe_store_error(exc, self.where) from exc
+
+    def dispose(self) -> None:
+        self.engine.dispose()

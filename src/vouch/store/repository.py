@@ -1,0 +1,228 @@
+"""Queries and writes by aggregate: authorities, certificates and the events that record them.
+
+Every write that changes what the CA has done appends its event in the same transaction, so a
+record without its event (or an event without its record) cannot exist.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Row, bindparam, func, insert, select, update
+from sqlalchemy.engine import Connection
+
+from vouch.errors import Conflict, NotFound, StoreError
+from vouch.store.engine import Database
+from vouch.store.records import AuthorityRecord, CertificateRecord, NewCertificate, NewEvent
+from vouch.store.tables import authorities, certificates, events
+
+
+def canonical_json(data: dict[str, object]) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+@dataclass(frozen=True)
+class CertificateQuery:
+    authority: str | None = None
+    serial: str | None = None
+    profile: str | None = None
+    name_contains: str | None = None
+    state: str | None = "issued"
+    not_after_before: dt.datetime | None = None
+    not_after_after: dt.datetime | None = None
+    revoked: bool | None = None
+    limit: int | None = None
+
+
+class Store:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- events -------------------------------------------------------------------------------
+
+    def _append_events(self, conn: Connection, at: dt.datetime, new: Sequence[NewEvent]) -> None:
+        if new:
+            conn.execute(
+                insert(events),
+                [
+                    {"at": at, "kind": e.kind, "subject": e.subject, "data": canonical_json(e.data)}
+                    for e in new
+                ],
+            )
+
+    def list_events(self, kind: str | None = None) -> list[tuple[dt.datetime, str, str, dict[str, Any]]]:
+        query = select(events.c.at, events.c.kind, events.c.subject, events.c.data).order_by(events.c.id)
+        if kind is not None:
+            query = query.where(events.c.kind == kind)
+        with self.db.read() as conn:
+            return [(r.at, r.kind, r.subject, json.loads(r.data)) for r in conn.execute(query)]
+
+    # -- authorities --------------------------------------------------------------------------
+
+    def add_authority(
+        self,
+        *,
+        name: str,
+        role: str,
+        parent_id: int | None,
+        status: str,
+        serial: str,
+        certificate: bytes,
+        key_ref: str,
+        key_type: str,
+        not_before: dt.datetime,
+        not_after: dt.datetime,
+        at: dt.datetime,
+        issued_cert_id: int | None,
+        event: NewEvent,
+    ) -> int:
+        """Record a CA (and, when its issuer's intent is ``issued_cert_id``, that certificate)."""
+        with self.db.begin() as conn:
+            exists = conn.execute(select(authorities.c.id).where(authorities.c.name == name)).first()
+            if exists:
+                raise Conflict(f"a CA named {name!r} already exists")
+            result = conn.execute(
+                insert(authorities).values(
+                    name=name, role=role, parent_id=parent_id, status=status, serial=serial,
+                    certificate=certificate, key_ref=key_ref, key_type=key_type,
+                    not_before=not_before, not_after=not_after, created_at=at,
+                )
+            )
+            authority_id = int(result.inserted_primary_key[0])  # type: ignore[index]
+            if issued_cert_id is not None:
+                self._mark_issued(conn, [(issued_cert_id, certificate)], at)
+            self._append_events(conn, at, [event])
+            return authority_id
+
+    def get_authority(self, name: str) -> AuthorityRecord:
+        with self.db.read() as conn:
+            row = conn.execute(select(authorities).where(authorities.c.name == name)).first()
+        if row is None:
+            raise NotFound(f"no CA named {name!r}", hint="vouch ca list shows the CAs")
+        return _authority(row)
+
+    def authority_by_id(self, authority_id: int) -> AuthorityRecord:
+        with self.db.read() as conn:
+            row = conn.execute(select(authorities).where(authorities.c.id == authority_id)).first()
+        if row is None:
+            raise NotFound(f"no CA with id {authority_id}")
+        return _authority(row)
+
+    def list_authorities(self) -> list[AuthorityRecord]:
+        with self.db.read() as conn:
+            rows = conn.execute(select(authorities).order_by(authorities.c.id)).all()
+        return [_authority(r) for r in rows]
+
+    # -- certificates -------------------------------------------------------------------------
+
+    def record_intents(
+        self, intents: Sequence[NewCertificate], at: dt.datetime, new_events: Sequence[NewEvent]
+    ) -> list[int]:
+        """Record what is about to be signed, with its events, in one transaction; return ids.
+
+        A serial already used by the same issuer makes the whole batch fail with ``Conflict``.
+        """
+        if not intents:
+            return []
+        rows = [
+            {
+                "authority_id": i.authority_id, "serial": i.serial, "state": "intent",
+                "profile": i.profile, "names": json.dumps([list(n) for n in i.names]),
+                "subject": i.subject, "key_type": i.key_type, "spki_sha256": i.spki_sha256,
+                "not_before": i.not_before, "not_after": i.not_after, "tbs": i.tbs,
+                "created_at": at,
+            }
+            for i in intents
+        ]
+        with self.db.begin() as conn:
+            result = conn.execute(
+                insert(certificates).returning(certificates.c.id, sort_by_parameter_order=True), rows
+            )
+            ids = [int(r[0]) for r in result]
+            self._append_events(conn, at, new_events)
+        return ids
+
+    def record_issued(
+        self, issued: Sequence[tuple[int, bytes]], at: dt.datetime, new_events: Sequence[NewEvent]
+    ) -> None:
+        """Record signed certificates for their intents, with their events, in one transaction."""
+        if not issued:
+            return
+        with self.db.begin() as conn:
+            self._mark_issued(conn, issued, at)
+            self._append_events(conn, at, new_events)
+
+    @staticmethod
+    def _mark_issued(conn: Connection, issued: Sequence[tuple[int, bytes]], at: dt.datetime) -> None:
+        statement = (
+            update(certificates)
+            .where(certificates.c.id == bindparam("_id"), certificates.c.state == "intent")
+            .values(der=bindparam("_der"), state="issued", issued_at=bindparam("_at"))
+        )
+        result = conn.execute(
+            statement, [{"_id": cert_id, "_der": der, "_at": at} for cert_id, der in issued]
+        )
+        if result.rowcount not in (-1, len(issued)):
+            raise StoreError("an issuance intent was missing or already completed; nothing recorded")
+
+    def certificates(self, query: CertificateQuery) -> list[CertificateRecord]:
+        statement = select(certificates, authorities.c.name.label("authority_name")).join(
+            authorities, certificates.c.authority_id == authorities.c.id
+        )
+        if query.authority is not None:
+            statement = statement.where(authorities.c.name == query.authority)
+        if query.serial is not None:
+            statement = statement.where(certificates.c.serial == query.serial)
+        if query.profile is not None:
+            statement = statement.where(certificates.c.profile == query.profile)
+        if query.state is not None:
+            statement = statement.where(certificates.c.state == query.state)
+        if query.name_contains is not None:
+            statement = statement.where(certificates.c.names.contains(query.name_contains))
+        if query.not_after_before is not None:
+            statement = statement.where(certificates.c.not_after < query.not_after_before)
+        if query.not_after_after is not None:
+            statement = statement.where(certificates.c.not_after >= query.not_after_after)
+        if query.revoked is not None:
+            column = certificates.c.revoked_at
+            statement = statement.where(column.is_not(None) if query.revoked else column.is_(None))
+        statement = statement.order_by(certificates.c.id)
+        if query.limit is not None:
+            statement = statement.limit(query.limit)
+        with self.db.read() as conn:
+            rows = conn.execute(statement).all()
+        return [_certificate(r) for r in rows]
+
+    def count_certificates(self, state: str | None = None) -> int:
+        statement = select(func.count()).select_from(certificates)
+        if state is not None:
+            statement = statement.where(certificates.c.state == state)
+        with self.db.read() as conn:
+            return int(conn.execute(statement).scalar_one())
+
+
+def _authority(row: Row[Any]) -> AuthorityRecord:
+    m = row._mapping
+    return AuthorityRecord(
+        id=m["id"], name=m["name"], role=m["role"], parent_id=m["parent_id"], status=m["status"],
+        serial=m["serial"], certificate=m["certificate"], key_ref=m["key_ref"],
+        key_type=m["key_type"], not_before=m["not_before"], not_after=m["not_after"],
+        created_at=m["created_at"],
+    )
+
+
+def _certificate(row: Row[Any]) -> CertificateRecord:
+    m = row._mapping
+    return CertificateRecord(
+        id=m["id"], authority_id=m["authority_id"], authority=m["authority_name"],
+        serial=m["serial"], state=m["state"], profile=m["profile"],
+        names=tuple((k, v) for k, v in json.loads(m["names"])), subject=m["subject"],
+        key_type=m["key_type"], spki_sha256=m["spki_sha256"], not_before=m["not_before"],
+        not_after=m["not_after"], der=m["der"], created_at=m["created_at"],
+        issued_at=m["issued_at"], revoked_at=m["revoked_at"],
+        revocation_reason=m["revocation_reason"],
+    )

@@ -1,0 +1,257 @@
+"""The one place that names concrete backends: builds services for a vouch home."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from functools import cached_property
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from sqlalchemy.engine import make_url
+
+from vouch.clock import Clock, SystemClock
+from vouch.config import CONFIG_NAME, VouchConfig, load_config, render_initial_config
+from vouch.errors import BadInput, ConfigError, Conflict, KeyUnavailable, NotFound
+from vouch.fsutil import atomic_write
+from vouch.keys.base import KeyRef, PassphraseSource
+from vouch.keys.file import FileKeyBackend
+from vouch.keys.registry import KeyRegistry
+from vouch.services.authority import Authority, IssuancePolicy, IssuingCA, KeyBlocklist, NoBlocklist
+from vouch.services.ca_admin import CAAdmin, CreatedCA, UrlScheme
+from vouch.store.engine import Database
+from vouch.store.records import AuthorityRecord
+from vouch.store.repository import Store
+from vouch.x509.build import NameConstraintsSpec
+from vouch.x509.keytypes import KeyType
+from vouch.x509.lint import LintMode, PkilintLinter
+from vouch.x509.policy import NamePolicy
+from vouch.x509.profiles import load_profiles
+
+ROOT_KEY_FILE = "root.key.pem"
+ROOT_CERT_FILE = "root.pem"
+DEFAULT_LINT_ALLOW = ["cabf.internal_domain_name", "cabf.internal_ip_address"]
+
+
+def store_url(home: Path, config: VouchConfig) -> str:
+    url = make_url(config.store.url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        path = Path(url.database)
+        if not path.is_absolute():
+            return str(url.set(database=str(home / path)))
+    return config.store.url
+
+
+class FileBlocklist:
+    """SPKI SHA-256 hashes of compromised keys, one per line (``#`` comments allowed)."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            lines = path.read_text(encoding="ascii").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read the blocked keys file {path}: {exc}") from exc
+        self._hashes = frozenset(
+            line.split("#", 1)[0].strip().lower() for line in lines if line.split("#", 1)[0].strip()
+        )
+
+    def is_blocked(self, spki_sha256: str) -> bool:
+        return spki_sha256 in self._hashes
+
+
+class Vouch:
+    """A vouch home, opened: config, store, keys, and the services built from them."""
+
+    def __init__(
+        self, home: Path, *, passphrase: PassphraseSource, clock: Clock | None = None,
+        config: VouchConfig | None = None,
+    ) -> None:
+        self.home = home
+        self.config = config or load_config(home)
+        self.clock: Clock = clock or SystemClock()
+        self.passphrase = passphrase
+        self.db = Database(store_url(home, self.config), synchronous=self.config.store.sqlite_synchronous)
+        self.db.migrate()
+        self.store = Store(self.db)
+        self.keys = KeyRegistry([FileKeyBackend(home, passphrase)])
+        self.urls = UrlScheme(self.config.serve.public_url)
+
+    def close(self) -> None:
+        self.db.dispose()
+
+    @cached_property
+    def linter(self) -> PkilintLinter | None:
+        if self.config.issuance.lint is LintMode.OFF:
+            return None
+        return PkilintLinter(allow=self.config.issuance.lint_allow)
+
+    @cached_property
+    def profiles(self) -> dict[str, object]:
+        return dict(load_profiles(self.config.profiles))
+
+    def issuance_policy(self, ca_name: str) -> IssuancePolicy:
+        config = self.config
+        name_policies = [NamePolicy.from_config("policy", config.policy)]
+        ca_settings = config.cas.get(ca_name)
+        if ca_settings is not None and ca_settings.policy:
+            name_policies.append(NamePolicy.from_config(f"cas.{ca_name}.policy", ca_settings.policy))
+        profiles = load_profiles(config.profiles)
+        blocklist: KeyBlocklist = NoBlocklist()
+        if config.issuance.blocked_keys_file:
+            path = Path(config.issuance.blocked_keys_file)
+            blocklist = FileBlocklist(path if path.is_absolute() else self.home / path)
+        try:
+            oids = tuple(x509.ObjectIdentifier(o) for o in config.issuance.policy_oids)
+        except ValueError as exc:
+            raise ConfigError(f"issuance.policy_oids: {exc}") from exc
+        return IssuancePolicy(
+            profiles=profiles,
+            name_policies=tuple(name_policies),
+            policy_oids=oids,
+            lint_mode=config.issuance.lint,
+            linter=self.linter,
+            blocklist=blocklist,
+        )
+
+    def chain_above(self, record: AuthorityRecord) -> tuple[x509.Certificate, ...]:
+        """Intermediates above ``record`` up to, not including, the root."""
+        chain: list[x509.Certificate] = []
+        parent_id = record.parent_id
+        while parent_id is not None:
+            parent = self.store.authority_by_id(parent_id)
+            if parent.role == "root":
+                break
+            chain.append(x509.load_der_x509_certificate(parent.certificate))
+            parent_id = parent.parent_id
+        return tuple(chain)
+
+    def issuing_ca(self, name: str | None = None) -> IssuingCA:
+        record = self.store.get_authority(name or self.config.issuance.default_ca)
+        if record.role == "root":
+            raise BadInput(
+                f"{record.name} is a root CA; roots sign only intermediates and CRLs",
+                hint="issue under an intermediate (vouch ca list)",
+            )
+        if record.status == "retired":
+            raise Conflict(f"CA {record.name} is retired and issues nothing")
+        key = self.keys.load(KeyRef.parse(record.key_ref))
+        return IssuingCA(
+            record=record,
+            certificate=x509.load_der_x509_certificate(record.certificate),
+            key=key,
+            urls=self.urls.for_issuer(record.name, with_ocsp=True),
+            chain=self.chain_above(record),
+        )
+
+    def authority(self, name: str | None = None) -> Authority:
+        ca = self.issuing_ca(name)
+        return Authority(ca=ca, store=self.store, policy=self.issuance_policy(ca.record.name), clock=self.clock)
+
+    def ca_admin(self) -> CAAdmin:
+        return CAAdmin(
+            store=self.store, keys=self.keys, clock=self.clock, urls=self.urls,
+            linter=self.linter, lint_mode=self.config.issuance.lint,
+        )
+
+    def root(self) -> AuthorityRecord:
+        roots = [a for a in self.store.list_authorities() if a.role == "root"]
+        if not roots:
+            raise NotFound("this home has no root CA")
+        return roots[0]
+
+    def root_key(self, root_key_dir: Path | None) -> CertificateIssuerPrivateKeyTypes:
+        """The root's key: from the home, or from an offline root directory (a ceremony)."""
+        root = self.root()
+        ref = KeyRef.parse(root.key_ref)
+        if root_key_dir is not None:
+            backend = FileKeyBackend(root_key_dir, self.passphrase)
+            key = backend.load(KeyRef("file", ROOT_KEY_FILE))
+        elif ref.scheme == "none":
+            raise KeyUnavailable(
+                "the root key is offline", hint="pass --root-key DIR with the offline root directory"
+            )
+        else:
+            key = self.keys.load(ref)
+        certificate = x509.load_der_x509_certificate(root.certificate)
+        if key.public_key() != certificate.public_key():
+            raise BadInput("that key is not this home's root key")
+        return key
+
+    def create_intermediate(
+        self, name: str, *, key_type: KeyType, validity: dt.timedelta, root_key_dir: Path | None,
+        status: str = "active", name_constraints: NameConstraintsSpec | None = None,
+    ) -> CreatedCA:
+        root = self.root()
+        return self.ca_admin().create_intermediate(
+            name=name, parent=root, parent_key=self.root_key(root_key_dir),
+            organization=self.config.organization, country=self.config.country,
+            key_type=key_type, validity=validity, key_ref=KeyRef("file", f"keys/{name}.key.pem"),
+            status=status, name_constraints=name_constraints,
+        )
+
+
+def init_home(
+    home: Path,
+    *,
+    passphrase: PassphraseSource,
+    organization: str,
+    country: str,
+    key_type: KeyType,
+    root_validity: dt.timedelta,
+    intermediate_validity: dt.timedelta,
+    offline_root: Path | None,
+    public_url: str,
+    passphrase_file: str | None = None,
+    lint_allow: list[str] | None = None,
+    force: bool = False,
+    clock: Clock | None = None,
+    name_constraints: NameConstraintsSpec | None = None,
+) -> Vouch:
+    """Create a home: config, database, root and issuing intermediate, encrypted keys (0600)."""
+    if (home / CONFIG_NAME).exists():
+        if not force:
+            raise Conflict(
+                f"{home} already holds a vouch home",
+                hint="use another --home, or --force to replace it (this destroys its CA keys)",
+            )
+        for child in ("keys", "vouch.db", "vouch.db-wal", "vouch.db-shm", CONFIG_NAME):
+            target = home / child
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    if offline_root is not None:
+        offline_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if (offline_root / ROOT_KEY_FILE).exists():
+            raise Conflict(f"{offline_root / ROOT_KEY_FILE} already exists; refusing to overwrite it")
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    (home / "keys").mkdir(exist_ok=True, mode=0o700)
+    text = render_initial_config(
+        organization=organization, country=country, public_url=public_url,
+        passphrase_file=passphrase_file,
+        lint_allow=DEFAULT_LINT_ALLOW if lint_allow is None else lint_allow,
+    )
+    atomic_write(home / CONFIG_NAME, text.encode("utf-8"), mode=0o600)
+    vouch = Vouch(home, passphrase=passphrase, clock=clock)
+    admin = vouch.ca_admin()
+    if offline_root is not None:
+        root_ref = KeyRef("file", str((offline_root / ROOT_KEY_FILE).resolve()))
+        recorded = "none:"
+    else:
+        root_ref = KeyRef("file", f"keys/{ROOT_KEY_FILE}")
+        recorded = None
+    created, root_key = admin.create_root(
+        name="root", organization=organization, country=country, key_type=key_type,
+        validity=root_validity, key_ref=root_ref, record_key_ref=recorded,
+    )
+    root_pem = created.certificate.public_bytes(serialization.Encoding.PEM)
+    atomic_write(home / ROOT_CERT_FILE, root_pem)
+    if offline_root is not None:
+        atomic_write(offline_root / ROOT_CERT_FILE, root_pem)
+    admin.create_intermediate(
+        name="issuing", parent=created.record, parent_key=root_key, organization=organization,
+        country=country, key_type=key_type, validity=intermediate_validity,
+        key_ref=KeyRef("file", "keys/issuing.key.pem"), name_constraints=name_constraints,
+    )
+    return vouch

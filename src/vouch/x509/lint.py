@@ -1,0 +1,126 @@
+"""Certificate linting before release, with pkilint (RFC 5280 and CA/B Forum TLS rules).
+
+``Linter`` is the protocol the authority uses; ``PkilintLinter`` is the pkilint adapter. pkilint is
+imported on first use: it takes a few hundred milliseconds to load, which one-shot commands with
+linting off should not pay.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Collection
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Protocol
+
+
+class LintMode(str, Enum):
+    BLOCK = "block"
+    LOG = "log"
+    OFF = "off"
+
+
+class LintProfile(str, Enum):
+    CABF_SERVERAUTH = "cabf-serverauth"
+    RFC5280 = "rfc5280"
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str
+    severity: str
+    message: str
+    where: str
+
+    def __str__(self) -> str:
+        text = f"{self.code} ({self.severity})"
+        return f"{text}: {self.message}" if self.message else text
+
+
+BLOCKING_SEVERITIES = frozenset({"FATAL", "ERROR", "WARNING"})
+
+
+class Linter(Protocol):
+    def lint(self, der: bytes, profile: LintProfile) -> list[Finding]:
+        """All findings at or above WARNING severity for one DER certificate."""
+        ...
+
+
+class PkilintLinter:
+    """Lints with pkilint's CA/B Forum serverauth validators or its RFC 5280 validators."""
+
+    def __init__(self, *, allow: Collection[str] = (), validity_start: dt.datetime | None = None) -> None:
+        self._allow = frozenset(allow)
+        self._validity_start = validity_start
+        self._validators: dict[Any, Any] = {}
+        self._lock = threading.Lock()
+
+    def lint(self, der: bytes, profile: LintProfile) -> list[Finding]:
+        from pkilint import finding_filter, loader
+        from pkilint.cabf import serverauth
+
+        document = loader.RFC5280CertificateDocumentLoader().load_der_document(der, "certificate")
+        if profile is LintProfile.CABF_SERVERAUTH:
+            cert_type = serverauth.determine_certificate_type(document)
+            validator = self._validator(("cabf", cert_type))
+            results = validator.validate(document.root)
+            results, _ = finding_filter.filter_results(
+                serverauth.create_serverauth_finding_filters(cert_type), results
+            )
+        else:
+            results = self._validator(("rfc5280", None)).validate(document.root)
+        return self._findings(results)
+
+    def _validator(self, key: tuple[str, Any]) -> Any:
+        # Building a validator tree is costly; do it once per certificate type and reuse it.
+        with self._lock:
+            validator = self._validators.get(key)
+            if validator is None:
+                validator = self._build(*key)
+                self._validators[key] = validator
+            return validator
+
+    def _build(self, kind: str, cert_type: Any) -> Any:
+        from pkilint.cabf import serverauth
+        from pkilint.pkix import certificate, extension, name
+
+        if kind == "cabf":
+            if self._validity_start is not None:
+                return certificate.create_pkix_certificate_validator_container(
+                    serverauth.create_decoding_validators(),
+                    serverauth.create_validators(cert_type, self._validity_start),
+                )
+            return certificate.create_pkix_certificate_validator_container(
+                serverauth.create_decoding_validators(),
+                serverauth.create_validators(cert_type),
+            )
+        return certificate.create_pkix_certificate_validator_container(
+            certificate.create_decoding_validators(
+                name.ATTRIBUTE_TYPE_MAPPINGS, extension.EXTENSION_MAPPINGS
+            ),
+            [
+                certificate.create_issuer_validator_container([]),
+                certificate.create_validity_validator_container(),
+                certificate.create_subject_validator_container([]),
+                certificate.create_extensions_validator_container([]),
+                certificate.create_spki_validator_container([]),
+            ],
+        )
+
+    def _findings(self, results: Any) -> list[Finding]:
+        findings = []
+        for result in results:
+            for description in result.finding_descriptions:
+                severity = description.finding.severity.name
+                code = description.finding.code
+                if severity in BLOCKING_SEVERITIES and code not in self._allow:
+                    findings.append(
+                        Finding(
+                            code=code,
+                            severity=severity,
+                            message=description.message or "",
+                            where=str(result.node.path),
+                        )
+                    )
+        return findings
