@@ -88,7 +88,7 @@ def toml_string(value: str) -> str:
 
 def render_initial_config(
     *, organization: str, country: str, public_url: str, passphrase_file: str | None,
-    lint_allow: list[str],
+    lint_allow: list[str], store_url: str = "sqlite:///vouch.db",
 ) -> str:
     """The commented ``vouch.toml`` that ``vouch init`` writes."""
     passphrase_line = (
@@ -104,7 +104,7 @@ country = {toml_string(country)}
 [store]
 # SQLite file under this home by default; for several nodes use PostgreSQL:
 # url = "postgresql+psycopg://vouch@db.example.com/vouch"
-url = "sqlite:///vouch.db"
+url = {toml_string(store_url)}
 
 [keys]
 {passphrase_line}

@@ -207,9 +207,11 @@ def init_home(
     force: bool = False,
     clock: Clock | None = None,
     name_constraints: NameConstraintsSpec | None = None,
+    store_url: str = "sqlite:///vouch.db",
 ) -> Vouch:
     """Create a home: config, database, root and issuing intermediate, encrypted keys (0600)."""
     if (home / CONFIG_NAME).exists():
+        # (a PostgreSQL store named by the old config is left alone: drop it with the database's tools)
         if not force:
             raise Conflict(
                 f"{home} already holds a vouch home",
@@ -230,7 +232,7 @@ def init_home(
     text = render_initial_config(
         organization=organization, country=country, public_url=public_url,
         passphrase_file=passphrase_file,
-        lint_allow=DEFAULT_LINT_ALLOW if lint_allow is None else lint_allow,
+        lint_allow=DEFAULT_LINT_ALLOW if lint_allow is None else lint_allow, store_url=store_url,
     )
     atomic_write(home / CONFIG_NAME, text.encode("utf-8"), mode=0o600)
     vouch = Vouch(home, passphrase=passphrase, clock=clock)
