@@ -36,8 +36,12 @@ def require_tool(name: str) -> str:
 
 
 def make_home(
-    home: Path, *, key_type: KeyType = "ec-p256", lint_allow: list[str] | None = None,
-    store_url: str = "sqlite:///vouch.db", **kwargs: object,
+    home: Path,
+    *,
+    key_type: KeyType = "ec-p256",
+    lint_allow: list[str] | None = None,
+    store_url: str = "sqlite:///vouch.db",
+    **kwargs: object,
 ) -> Vouch:
     return init_home(
         home,

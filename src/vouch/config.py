@@ -87,8 +87,13 @@ def toml_string(value: str) -> str:
 
 
 def render_initial_config(
-    *, organization: str, country: str, public_url: str, passphrase_file: str | None,
-    lint_allow: list[str], store_url: str = "sqlite:///vouch.db",
+    *,
+    organization: str,
+    country: str,
+    public_url: str,
+    passphrase_file: str | None,
+    lint_allow: list[str],
+    store_url: str = "sqlite:///vouch.db",
 ) -> str:
     """The commented ``vouch.toml`` that ``vouch init`` writes."""
     passphrase_line = (

@@ -46,7 +46,9 @@ class LintFailure(VouchError):
     category = "lint"
 
     def __init__(self, findings: list[str]) -> None:
-        shown = "; ".join(findings[:5]) + (f" (+{len(findings) - 5} more)" if len(findings) > 5 else "")
+        shown = "; ".join(findings[:5]) + (
+            f" (+{len(findings) - 5} more)" if len(findings) > 5 else ""
+        )
         super().__init__(
             f"refused by the certificate linter: {shown}",
             hint="fix the profile or request, or list the finding in issuance.lint_allow",

@@ -29,7 +29,7 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, overwrite: bool 
         finally:
             os.close(fd)
         if overwrite:
-            os.replace(tmp, path)
+            tmp.replace(path)
         else:
             # link() fails if the target exists: no window in which another writer could win.
             os.link(tmp, path)

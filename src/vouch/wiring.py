@@ -64,14 +64,20 @@ class Vouch:
     """A vouch home, opened: config, store, keys, and the services built from them."""
 
     def __init__(
-        self, home: Path, *, passphrase: PassphraseSource, clock: Clock | None = None,
+        self,
+        home: Path,
+        *,
+        passphrase: PassphraseSource,
+        clock: Clock | None = None,
         config: VouchConfig | None = None,
     ) -> None:
         self.home = home
         self.config = config or load_config(home)
         self.clock: Clock = clock or SystemClock()
         self.passphrase = passphrase
-        self.db = Database(store_url(home, self.config), synchronous=self.config.store.sqlite_synchronous)
+        self.db = Database(
+            store_url(home, self.config), synchronous=self.config.store.sqlite_synchronous
+        )
         self.db.migrate()
         self.store = Store(self.db)
         self.keys = KeyRegistry([FileKeyBackend(home, passphrase)])
@@ -95,7 +101,9 @@ class Vouch:
         name_policies = [NamePolicy.from_config("policy", config.policy)]
         ca_settings = config.cas.get(ca_name)
         if ca_settings is not None and ca_settings.policy:
-            name_policies.append(NamePolicy.from_config(f"cas.{ca_name}.policy", ca_settings.policy))
+            name_policies.append(
+                NamePolicy.from_config(f"cas.{ca_name}.policy", ca_settings.policy)
+            )
         profiles = load_profiles(config.profiles)
         blocklist: KeyBlocklist = NoBlocklist()
         if config.issuance.blocked_keys_file:
@@ -146,12 +154,18 @@ class Vouch:
 
     def authority(self, name: str | None = None) -> Authority:
         ca = self.issuing_ca(name)
-        return Authority(ca=ca, store=self.store, policy=self.issuance_policy(ca.record.name), clock=self.clock)
+        return Authority(
+            ca=ca, store=self.store, policy=self.issuance_policy(ca.record.name), clock=self.clock
+        )
 
     def ca_admin(self) -> CAAdmin:
         return CAAdmin(
-            store=self.store, keys=self.keys, clock=self.clock, urls=self.urls,
-            linter=self.linter, lint_mode=self.config.issuance.lint,
+            store=self.store,
+            keys=self.keys,
+            clock=self.clock,
+            urls=self.urls,
+            linter=self.linter,
+            lint_mode=self.config.issuance.lint,
         )
 
     def root(self) -> AuthorityRecord:
@@ -169,7 +183,8 @@ class Vouch:
             key = backend.load(KeyRef("file", ROOT_KEY_FILE))
         elif ref.scheme == "none":
             raise KeyUnavailable(
-                "the root key is offline", hint="pass --root-key DIR with the offline root directory"
+                "the root key is offline",
+                hint="pass --root-key DIR with the offline root directory",
             )
         else:
             key = self.keys.load(ref)
@@ -179,15 +194,27 @@ class Vouch:
         return key
 
     def create_intermediate(
-        self, name: str, *, key_type: KeyType, validity: dt.timedelta, root_key_dir: Path | None,
-        status: str = "active", name_constraints: NameConstraintsSpec | None = None,
+        self,
+        name: str,
+        *,
+        key_type: KeyType,
+        validity: dt.timedelta,
+        root_key_dir: Path | None,
+        status: str = "active",
+        name_constraints: NameConstraintsSpec | None = None,
     ) -> CreatedCA:
         root = self.root()
         return self.ca_admin().create_intermediate(
-            name=name, parent=root, parent_key=self.root_key(root_key_dir),
-            organization=self.config.organization, country=self.config.country,
-            key_type=key_type, validity=validity, key_ref=KeyRef("file", f"keys/{name}.key.pem"),
-            status=status, name_constraints=name_constraints,
+            name=name,
+            parent=root,
+            parent_key=self.root_key(root_key_dir),
+            organization=self.config.organization,
+            country=self.config.country,
+            key_type=key_type,
+            validity=validity,
+            key_ref=KeyRef("file", f"keys/{name}.key.pem"),
+            status=status,
+            name_constraints=name_constraints,
         )
 
 
@@ -226,13 +253,18 @@ def init_home(
     if offline_root is not None:
         offline_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         if (offline_root / ROOT_KEY_FILE).exists():
-            raise Conflict(f"{offline_root / ROOT_KEY_FILE} already exists; refusing to overwrite it")
+            raise Conflict(
+                f"{offline_root / ROOT_KEY_FILE} already exists; refusing to overwrite it"
+            )
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     (home / "keys").mkdir(exist_ok=True, mode=0o700)
     text = render_initial_config(
-        organization=organization, country=country, public_url=public_url,
+        organization=organization,
+        country=country,
+        public_url=public_url,
         passphrase_file=passphrase_file,
-        lint_allow=DEFAULT_LINT_ALLOW if lint_allow is None else lint_allow, store_url=store_url,
+        lint_allow=DEFAULT_LINT_ALLOW if lint_allow is None else lint_allow,
+        store_url=store_url,
     )
     atomic_write(home / CONFIG_NAME, text.encode("utf-8"), mode=0o600)
     vouch = Vouch(home, passphrase=passphrase, clock=clock)
@@ -244,16 +276,27 @@ def init_home(
         root_ref = KeyRef("file", f"keys/{ROOT_KEY_FILE}")
         recorded = None
     created, root_key = admin.create_root(
-        name="root", organization=organization, country=country, key_type=key_type,
-        validity=root_validity, key_ref=root_ref, record_key_ref=recorded,
+        name="root",
+        organization=organization,
+        country=country,
+        key_type=key_type,
+        validity=root_validity,
+        key_ref=root_ref,
+        record_key_ref=recorded,
     )
     root_pem = created.certificate.public_bytes(serialization.Encoding.PEM)
     atomic_write(home / ROOT_CERT_FILE, root_pem)
     if offline_root is not None:
         atomic_write(offline_root / ROOT_CERT_FILE, root_pem)
     admin.create_intermediate(
-        name="issuing", parent=created.record, parent_key=root_key, organization=organization,
-        country=country, key_type=key_type, validity=intermediate_validity,
-        key_ref=KeyRef("file", "keys/issuing.key.pem"), name_constraints=name_constraints,
+        name="issuing",
+        parent=created.record,
+        parent_key=root_key,
+        organization=organization,
+        country=country,
+        key_type=key_type,
+        validity=intermediate_validity,
+        key_ref=KeyRef("file", "keys/issuing.key.pem"),
+        name_constraints=name_constraints,
     )
     return vouch

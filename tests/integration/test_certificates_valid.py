@@ -9,9 +9,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
-
 from tests.conftest import make_home, require_tool
 from tests.pkilint_check import cabf_findings, rfc5280_findings
+
 from vouch.errors import PolicyViolation
 from vouch.services.authority import IssuanceRequest
 from vouch.wiring import Vouch
@@ -19,8 +19,19 @@ from vouch.x509.keytypes import KeyType, generate_private_key
 from vouch.x509.names import parse_name
 
 CA_KEY_TYPES: list[KeyType] = ["ec-p256", "ec-p384", "rsa-3072", "rsa-4096", "ed25519"]
-LEAF_KEY_TYPES: list[KeyType] = ["ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096", "ed25519"]
-PURPOSES = {"tls-server": ["sslserver"], "tls-client": ["sslclient"], "tls-server-client": ["sslserver", "sslclient"]}
+LEAF_KEY_TYPES: list[KeyType] = [
+    "ec-p256",
+    "ec-p384",
+    "rsa-2048",
+    "rsa-3072",
+    "rsa-4096",
+    "ed25519",
+]
+PURPOSES = {
+    "tls-server": ["sslserver"],
+    "tls-client": ["sslclient"],
+    "tls-server-client": ["sslserver", "sslclient"],
+}
 SERVER_NAMES = ["www.example.com", "example.com", "93.184.216.34"]
 CLIENT_NAMES = ["client.example.com", "alice@example.com", "https://example.com/users/alice"]
 _LEAF_KEYS = {kt: generate_private_key(kt) for kt in LEAF_KEY_TYPES}
@@ -43,11 +54,25 @@ def _openssl_verify(tmp: Path, root: Path, chain: list[x509.Certificate], purpos
     leaf.write_bytes(_pem(chain[:1]))
     untrusted.write_bytes(_pem(chain[1:]))
     result = subprocess.run(
-        [openssl, "verify", "-x509_strict", "-purpose", purpose, "-CAfile", str(root),
-         "-untrusted", str(untrusted), str(leaf)],
-        capture_output=True, text=True, check=False,
+        [
+            openssl,
+            "verify",
+            "-x509_strict",
+            "-purpose",
+            purpose,
+            "-CAfile",
+            str(root),
+            "-untrusted",
+            str(untrusted),
+            str(leaf),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
-    assert result.returncode == 0 and result.stdout.strip().endswith(": OK"), result.stdout + result.stderr
+    assert result.returncode == 0 and result.stdout.strip().endswith(": OK"), (
+        result.stdout + result.stderr
+    )
 
 
 def _is_ed25519(cert: x509.Certificate) -> bool:
@@ -68,14 +93,18 @@ def test_ca_certificates_are_valid_and_lint_clean(ca_home: Vouch, tmp_path: Path
         path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         result = subprocess.run(
             [openssl, "verify", "-x509_strict", "-CAfile", str(root_pem), str(path)],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("profile", ["tls-server", "tls-client", "tls-server-client"])
 @pytest.mark.parametrize("leaf_type", LEAF_KEY_TYPES)
-def test_leaf_is_valid_and_lint_clean(ca_home: Vouch, profile: str, leaf_type: KeyType, tmp_path: Path) -> None:
+def test_leaf_is_valid_and_lint_clean(
+    ca_home: Vouch, profile: str, leaf_type: KeyType, tmp_path: Path
+) -> None:
     cabf = profile != "tls-client"
     names = SERVER_NAMES if cabf else CLIENT_NAMES
     request = IssuanceRequest(
@@ -108,7 +137,8 @@ def test_leaf_is_valid_and_lint_clean(ca_home: Vouch, profile: str, leaf_type: K
     assert leaf.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier)
     aia = leaf.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
     assert {d.access_location.value for d in aia} == {
-        "http://pki.example.com/ocsp/issuing", "http://pki.example.com/ca/issuing.cer"
+        "http://pki.example.com/ocsp/issuing",
+        "http://pki.example.com/ca/issuing.cer",
     }
     cdp = leaf.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
     assert cdp[0].full_name[0].value == "http://pki.example.com/crl/issuing.crl"
@@ -135,16 +165,32 @@ def test_rsa_server_leaf_without_key_encipherment_handshakes(tmp_path: Path) -> 
     (tmp_path / "leaf.pem").write_bytes(_pem([issued.certificate]))
     (tmp_path / "chain.pem").write_bytes(_pem(list(issued.chain)))
     (tmp_path / "key.pem").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
     )
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     server = subprocess.Popen(
-        [openssl, "s_server", "-accept", f"127.0.0.1:{port}", "-cert", str(tmp_path / "leaf.pem"),
-         "-cert_chain", str(tmp_path / "chain.pem"),
-         "-key", str(tmp_path / "key.pem"), "-www", "-quiet"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            openssl,
+            "s_server",
+            "-accept",
+            f"127.0.0.1:{port}",
+            "-cert",
+            str(tmp_path / "leaf.pem"),
+            "-cert_chain",
+            str(tmp_path / "chain.pem"),
+            "-key",
+            str(tmp_path / "key.pem"),
+            "-www",
+            "-quiet",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         for _ in range(50):
@@ -155,10 +201,25 @@ def test_rsa_server_leaf_without_key_encipherment_handshakes(tmp_path: Path) -> 
                 time.sleep(0.1)
         for version in (["-tls1_2", "-cipher", "ECDHE-RSA-AES128-GCM-SHA256"], ["-tls1_3"]):
             result = subprocess.run(
-                [openssl, "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "www.example.com",
-                 "-verify_return_error", "-verify_hostname", "www.example.com",
-                 "-CAfile", str(vouch.home / "root.pem"), *version],
-                input="", capture_output=True, text=True, timeout=20, check=False,
+                [
+                    openssl,
+                    "s_client",
+                    "-connect",
+                    f"127.0.0.1:{port}",
+                    "-servername",
+                    "www.example.com",
+                    "-verify_return_error",
+                    "-verify_hostname",
+                    "www.example.com",
+                    "-CAfile",
+                    str(vouch.home / "root.pem"),
+                    *version,
+                ],
+                input="",
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=False,
             )
             assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
             assert "Verify return code: 0 (ok)" in result.stdout

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-
 from tests.conftest import PASSPHRASE, make_home, passphrase, require_tool
+
 from vouch.store.repository import CertificateQuery
 from vouch.wiring import Vouch
 
@@ -24,9 +24,24 @@ def _csr(tmp_path: Path, name: str) -> Path:
     openssl = require_tool("openssl")
     path = tmp_path / f"{name}.csr"
     subprocess.run(
-        [openssl, "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-         "-keyout", str(tmp_path / f"{name}.key"), "-subj", f"/CN={name}", "-out", str(path)],
-        check=True, capture_output=True,
+        [
+            openssl,
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(tmp_path / f"{name}.key"),
+            "-subj",
+            f"/CN={name}",
+            "-out",
+            str(path),
+        ],
+        check=True,
+        capture_output=True,
     )
     return path
 
@@ -38,7 +53,11 @@ def _issue(home: Path, csr: Path, out: Path, fault: str | None) -> subprocess.Co
         env["VOUCH_FAULT"] = fault
     return subprocess.run(
         [VOUCH, "--home", str(home), "cert", "issue", "--csr", str(csr), "--out", str(out)],
-        capture_output=True, text=True, env=env, check=False, timeout=60,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=60,
     )
 
 
@@ -61,7 +80,9 @@ def test_kill_at_each_step_loses_nothing(tmp_path: Path, fault: str, recorded: b
     result = _issue(home, csr, out, fault)
     assert result.returncode == -signal.SIGKILL, result.stderr
     assert not out.exists(), "a killed process must not leave an output file"
-    assert not list(tmp_path.glob(".chain.pem.*")), "no temporary file is left visible as the output"
+    assert not list(tmp_path.glob(".chain.pem.*")), (
+        "no temporary file is left visible as the output"
+    )
 
     vouch = Vouch(home, passphrase=passphrase)
     leaves = vouch.store.certificates(CertificateQuery(authority="issuing", state=None))
@@ -85,7 +106,10 @@ def test_kill_at_each_step_loses_nothing(tmp_path: Path, fault: str, recorded: b
     again = _issue(home, csr, out, None)
     assert again.returncode == 0, again.stderr
     assert out.exists()
-    serials = {r.serial for r in vouch.store.certificates(CertificateQuery(state=None, authority="issuing"))}
+    serials = {
+        r.serial
+        for r in vouch.store.certificates(CertificateQuery(state=None, authority="issuing"))
+    }
     assert len(serials) == 2
     vouch.close()
 
@@ -97,7 +121,11 @@ def test_every_issued_certificate_has_events(tmp_path: Path) -> None:
     from vouch.x509.names import parse_name
 
     requests = [
-        IssuanceRequest(ec.generate_private_key(ec.SECP256R1()).public_key(), (parse_name(f"h{i}.example.com"),), "tls-server")
+        IssuanceRequest(
+            ec.generate_private_key(ec.SECP256R1()).public_key(),
+            (parse_name(f"h{i}.example.com"),),
+            "tls-server",
+        )
         for i in range(20)
     ]
     results = authority.issue_batch(requests)

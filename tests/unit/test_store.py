@@ -17,7 +17,9 @@ from vouch.x509.names import parse_name
 
 
 def _request(name: str) -> IssuanceRequest:
-    return IssuanceRequest(ec.generate_private_key(ec.SECP256R1()).public_key(), (parse_name(name),), "tls-server")
+    return IssuanceRequest(
+        ec.generate_private_key(ec.SECP256R1()).public_key(), (parse_name(name),), "tls-server"
+    )
 
 
 def test_migrations_reach_head(store_home: Vouch) -> None:
@@ -47,8 +49,12 @@ def test_batch_issue_records_everything(store_home: Vouch) -> None:
 
 
 def test_batch_with_bad_request_issues_the_rest(store_home: Vouch) -> None:
-    bad = IssuanceRequest(_request("x.example.com").public_key, (parse_name("x.example.com"),), "no-such-profile")
-    results = store_home.authority().issue_batch([_request("a.example.com"), bad, _request("b.example.com")])
+    bad = IssuanceRequest(
+        _request("x.example.com").public_key, (parse_name("x.example.com"),), "no-such-profile"
+    )
+    results = store_home.authority().issue_batch(
+        [_request("a.example.com"), bad, _request("b.example.com")]
+    )
     assert isinstance(results[0], IssuedCertificate) and isinstance(results[2], IssuedCertificate)
     assert not isinstance(results[1], IssuedCertificate)
     assert store_home.store.count_certificates("issued") == 2 + 1  # + the intermediate
@@ -59,8 +65,16 @@ def test_serial_unique_per_issuer_enforced_by_database(store_home: Vouch) -> Non
     record = store_home.store.certificates(CertificateQuery(serial=issued.serial))[0]
     now = dt.datetime.now(dt.UTC)
     duplicate = NewCertificate(
-        authority_id=record.authority_id, serial=issued.serial, profile="tls-server", names=(),
-        subject="", key_type="ec-p256", spki_sha256="0" * 64, not_before=now, not_after=now, tbs=b"x",
+        authority_id=record.authority_id,
+        serial=issued.serial,
+        profile="tls-server",
+        names=(),
+        subject="",
+        key_type="ec-p256",
+        spki_sha256="0" * 64,
+        not_before=now,
+        not_after=now,
+        tbs=b"x",
     )
     events_before = len(store_home.store.list_events())
     with pytest.raises(Conflict):
@@ -72,16 +86,27 @@ def test_serial_unique_per_issuer_enforced_by_database(store_home: Vouch) -> Non
 def test_record_issued_for_missing_intent_writes_nothing(store_home: Vouch) -> None:
     events_before = len(store_home.store.list_events())
     with pytest.raises(StoreError):
-        store_home.store.record_issued([(999_999, b"der")], dt.datetime.now(dt.UTC), [NewEvent("certificate.issued", "x", {})])
+        store_home.store.record_issued(
+            [(999_999, b"der")], dt.datetime.now(dt.UTC), [NewEvent("certificate.issued", "x", {})]
+        )
     assert len(store_home.store.list_events()) == events_before
 
 
 def test_queries(store_home: Vouch) -> None:
     authority = store_home.authority()
     authority.issue(_request("alpha.example.com"))
-    authority.issue(IssuanceRequest(_request("b").public_key, (parse_name("beta.example.com"),), "tls-server", lifetime=dt.timedelta(days=10)))
+    authority.issue(
+        IssuanceRequest(
+            _request("b").public_key,
+            (parse_name("beta.example.com"),),
+            "tls-server",
+            lifetime=dt.timedelta(days=10),
+        )
+    )
     store = store_home.store
-    assert [r.names for r in store.certificates(CertificateQuery(name_contains="beta"))] == [(("dns", "beta.example.com"),)]
+    assert [r.names for r in store.certificates(CertificateQuery(name_contains="beta"))] == [
+        (("dns", "beta.example.com"),)
+    ]
     soon = dt.datetime.now(dt.UTC) + dt.timedelta(days=15)
     expiring = store.certificates(CertificateQuery(authority="issuing", not_after_before=soon))
     assert [r.names[0][1] for r in expiring] == ["beta.example.com"]

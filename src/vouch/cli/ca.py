@@ -37,7 +37,10 @@ def list_command(
     print_table(
         "Certificate authorities",
         ["name", "role", "status", "serial", "not after", "key"],
-        [[r["name"], r["role"], r["status"], r["serial"], r["not_after"], r["key_backend"]] for r in rows],
+        [
+            [r["name"], r["role"], r["status"], r["serial"], r["not_after"], r["key_backend"]]
+            for r in rows
+        ],
     )
 
 
@@ -77,11 +80,20 @@ def new_intermediate_command(
     key_type: Annotated[str, typer.Option("--key-type")] = "ec-p256",
     validity: Annotated[str, typer.Option("--validity")] = "5y",
     root_key: Annotated[
-        Path | None, typer.Option("--root-key", help="Offline root directory holding root.key.pem.", show_default=False)
+        Path | None,
+        typer.Option(
+            "--root-key", help="Offline root directory holding root.key.pem.", show_default=False
+        ),
     ] = None,
-    standby: Annotated[bool, typer.Option("--standby", help="Create it as a standby (not issuing yet).")] = False,
-    permit_dns: Annotated[list[str] | None, typer.Option("--permit-dns", show_default=False)] = None,
-    exclude_dns: Annotated[list[str] | None, typer.Option("--exclude-dns", show_default=False)] = None,
+    standby: Annotated[
+        bool, typer.Option("--standby", help="Create it as a standby (not issuing yet).")
+    ] = False,
+    permit_dns: Annotated[
+        list[str] | None, typer.Option("--permit-dns", show_default=False)
+    ] = None,
+    exclude_dns: Annotated[
+        list[str] | None, typer.Option("--exclude-dns", show_default=False)
+    ] = None,
 ) -> None:
     """A further issuing CA under the same root (another team, or a standby)."""
     from vouch.durations import parse_duration
@@ -98,11 +110,17 @@ def new_intermediate_command(
                 excluded_dns=tuple(normalize_dns(d) for d in exclude_dns or ()),
             )
         created = vouch.create_intermediate(
-            name, key_type=parse_key_type(key_type), validity=parse_duration(validity),
-            root_key_dir=root_key, status="standby" if standby else "active", name_constraints=constraints,
+            name,
+            key_type=parse_key_type(key_type),
+            validity=parse_duration(validity),
+            root_key_dir=root_key,
+            status="standby" if standby else "active",
+            name_constraints=constraints,
         )
-    print(f"Created intermediate {created.record.name} (serial {created.record.serial}, "
-          f"{created.record.status}, until {created.record.not_after:%Y-%m-%d})")
+    print(
+        f"Created intermediate {created.record.name} (serial {created.record.serial}, "
+        f"{created.record.status}, until {created.record.not_after:%Y-%m-%d})"
+    )
 
 
 @app.command("sign-csr")
@@ -110,9 +128,13 @@ def sign_csr_command(
     ctx: typer.Context,
     csr: Path,
     root_key: Annotated[Path, typer.Option("--root-key", help="Directory holding root.key.pem.")],
-    name: Annotated[str | None, typer.Option("--name", help="Name to record the CA under.", show_default=False)] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Name to record the CA under.", show_default=False)
+    ] = None,
     validity: Annotated[str, typer.Option("--validity")] = "5y",
-    out: Annotated[Path | None, typer.Option("--out", help="Write the certificate here.", show_default=False)] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write the certificate here.", show_default=False)
+    ] = None,
 ) -> None:
     """Sign an intermediate CA's CSR made elsewhere with the (offline) root key."""
     from cryptography.hazmat.primitives import serialization
@@ -127,7 +149,9 @@ def sign_csr_command(
         root = vouch.root()
         created = vouch.ca_admin().sign_intermediate_csr(
             name=name or csr.stem.lower().replace("_", "-").replace(".", "-"),
-            csr_data=data, parent=root, parent_key=vouch.root_key(root_key),
+            csr_data=data,
+            parent=root,
+            parent_key=vouch.root_key(root_key),
             validity=parse_duration(validity),
         )
         pem = created.certificate.public_bytes(serialization.Encoding.PEM)
@@ -138,4 +162,6 @@ def sign_csr_command(
     if out is None:
         typer.echo(pem.decode("ascii"), nl=False)
     else:
-        print(f"Signed intermediate {created.record.name} (serial {created.record.serial}) -> {out}")
+        print(
+            f"Signed intermediate {created.record.name} (serial {created.record.serial}) -> {out}"
+        )

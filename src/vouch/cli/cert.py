@@ -20,9 +20,20 @@ def _open(ctx: typer.Context):  # type: ignore[no-untyped-def]
     return Vouch(state.home, passphrase=passphrase_source(state))
 
 
-ProfileOption = Annotated[str | None, typer.Option("--profile", help="tls-server, tls-client, tls-server-client, ...", show_default=False)]
-LifetimeOption = Annotated[str | None, typer.Option("--lifetime", help="e.g. 30d; default from the profile.", show_default=False)]
-CaOption = Annotated[str | None, typer.Option("--ca", help="Issuing CA (default: issuance.default_ca).", show_default=False)]
+ProfileOption = Annotated[
+    str | None,
+    typer.Option(
+        "--profile", help="tls-server, tls-client, tls-server-client, ...", show_default=False
+    ),
+]
+LifetimeOption = Annotated[
+    str | None,
+    typer.Option("--lifetime", help="e.g. 30d; default from the profile.", show_default=False),
+]
+CaOption = Annotated[
+    str | None,
+    typer.Option("--ca", help="Issuing CA (default: issuance.default_ca).", show_default=False),
+]
 
 
 @app.command("issue")
@@ -32,8 +43,13 @@ def issue_command(
     profile: ProfileOption = None,
     lifetime: LifetimeOption = None,
     ca: CaOption = None,
-    cn: Annotated[bool, typer.Option("--cn", help="Put the CSR's common name in the subject.")] = False,
-    out: Annotated[Path | None, typer.Option("--out", help="Write the chain here (else stdout).", show_default=False)] = None,
+    cn: Annotated[
+        bool, typer.Option("--cn", help="Put the CSR's common name in the subject.")
+    ] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Write the chain here (else stdout).", show_default=False),
+    ] = None,
 ) -> None:
     """Issue a certificate for a CSR; writes the chain (leaf, then intermediate) as PEM."""
     from vouch.durations import parse_duration
@@ -73,7 +89,9 @@ def new_command(
     key_type: Annotated[str, typer.Option("--key-type")] = "ec-p256",
     lifetime: LifetimeOption = None,
     ca: CaOption = None,
-    out_dir: Annotated[Path, typer.Option("--out-dir", help="Where to write NAME.key.pem and NAME.pem.")] = Path("."),
+    out_dir: Annotated[
+        Path, typer.Option("--out-dir", help="Where to write NAME.key.pem and NAME.pem.")
+    ] = Path(),
 ) -> None:
     """Generate a key here and issue a certificate for it (the quick-start case)."""
     from cryptography.hazmat.primitives import serialization
@@ -98,19 +116,24 @@ def new_command(
         key = generate_private_key(kind)
         issued = vouch.authority(ca).issue(
             IssuanceRequest(
-                public_key=key.public_key(), names=parsed_names,
+                public_key=key.public_key(),
+                names=parsed_names,
                 profile=profile or vouch.config.issuance.default_profile,
                 lifetime=parse_duration(lifetime) if lifetime else None,
             )
         )
         # A server reads its key unattended, so the leaf key is unencrypted but private (0600).
         key_pem = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
         )
         atomic_write(key_path, key_pem, mode=0o600, overwrite=False)
         atomic_write(chain_path, issued.pem_chain(), overwrite=False)
-    print(f"Issued {issued.serial} for {', '.join(names)} ({issued.profile}, until "
-          f"{issued.certificate.not_valid_after_utc:%Y-%m-%d %H:%M} UTC)")
+    print(
+        f"Issued {issued.serial} for {', '.join(names)} ({issued.profile}, until "
+        f"{issued.certificate.not_valid_after_utc:%Y-%m-%d %H:%M} UTC)"
+    )
     print(f"  key:   {key_path}  (mode 0600)")
     print(f"  chain: {chain_path}")
 
@@ -118,11 +141,21 @@ def new_command(
 @app.command("list")
 def list_command(
     ctx: typer.Context,
-    expiring: Annotated[str | None, typer.Option("--expiring", help="Only valid ones expiring within, e.g. 30d.", show_default=False)] = None,
-    status: Annotated[str | None, typer.Option("--status", help="valid, revoked, expired or pending.", show_default=False)] = None,
+    expiring: Annotated[
+        str | None,
+        typer.Option(
+            "--expiring", help="Only valid ones expiring within, e.g. 30d.", show_default=False
+        ),
+    ] = None,
+    status: Annotated[
+        str | None,
+        typer.Option("--status", help="valid, revoked, expired or pending.", show_default=False),
+    ] = None,
     ca: CaOption = None,
     profile: ProfileOption = None,
-    name: Annotated[str | None, typer.Option("--name", help="Names containing this text.", show_default=False)] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Names containing this text.", show_default=False)
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """The certificates this CA has issued."""
@@ -136,11 +169,15 @@ def list_command(
         vouch = _open(ctx)
         now = vouch.clock.now()
         query = CertificateQuery(
-            authority=ca, profile=profile, name_contains=name,
+            authority=ca,
+            profile=profile,
+            name_contains=name,
             state="intent" if status == "pending" else "issued",
             not_after_before=now + parse_duration(expiring) if expiring else None,
             not_after_after=now if (expiring or status == "valid") else None,
-            revoked=False if (expiring or status == "valid") else (True if status == "revoked" else None),
+            revoked=False
+            if (expiring or status == "valid")
+            else (True if status == "revoked" else None),
         )
         records = vouch.store.certificates(query)
     rows = [certificate_json(r, now) for r in records]
@@ -152,7 +189,10 @@ def list_command(
     print_table(
         f"Certificates ({len(rows)})",
         ["serial", "ca", "profile", "names", "not after", "status"],
-        [[r["serial"], r["ca"], r["profile"], ", ".join(r["names"]), r["not_after"], r["status"]] for r in rows],
+        [
+            [r["serial"], r["ca"], r["profile"], ", ".join(r["names"]), r["not_after"], r["status"]]
+            for r in rows
+        ],
     )
 
 
@@ -162,9 +202,13 @@ def _find_one(vouch, serial: str, ca: str | None):  # type: ignore[no-untyped-de
     from vouch.x509.serials import format_serial, parse_serial
 
     hex_serial = format_serial(parse_serial(serial))
-    matches = vouch.store.certificates(CertificateQuery(serial=hex_serial, authority=ca, state=None))
+    matches = vouch.store.certificates(
+        CertificateQuery(serial=hex_serial, authority=ca, state=None)
+    )
     if not matches:
-        raise NotFound(f"no certificate with serial {hex_serial}", hint="vouch cert list shows them")
+        raise NotFound(
+            f"no certificate with serial {hex_serial}", hint="vouch cert list shows them"
+        )
     if len(matches) > 1:
         raise BadInput(f"serial {hex_serial} exists under several CAs", hint="add --ca NAME")
     return matches[0]
@@ -196,9 +240,16 @@ def export_command(
     serial: str,
     fmt: Annotated[str, typer.Option("--format", help="pem, der or pkcs12.")] = "pem",
     ca: CaOption = None,
-    chain: Annotated[bool, typer.Option("--chain/--no-chain", help="Include the intermediates (pem, pkcs12).")] = True,
-    key: Annotated[Path | None, typer.Option("--key", help="pkcs12: the private key to include.", show_default=False)] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Write here (else stdout).", show_default=False)] = None,
+    chain: Annotated[
+        bool, typer.Option("--chain/--no-chain", help="Include the intermediates (pem, pkcs12).")
+    ] = True,
+    key: Annotated[
+        Path | None,
+        typer.Option("--key", help="pkcs12: the private key to include.", show_default=False),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write here (else stdout).", show_default=False)
+    ] = None,
 ) -> None:
     """Export a certificate as PEM, DER or PKCS#12 (password from VOUCH_EXPORT_PASSWORD)."""
     import os
@@ -219,7 +270,10 @@ def export_command(
             raise Conflict(f"certificate {record.serial} was never signed (pending)")
         certificate = x509.load_der_x509_certificate(record.der)
         intermediates = list(vouch.chain_above(vouch.store.get_authority(record.authority)))
-        intermediates.insert(0, x509.load_der_x509_certificate(vouch.store.get_authority(record.authority).certificate))
+        intermediates.insert(
+            0,
+            x509.load_der_x509_certificate(vouch.store.get_authority(record.authority).certificate),
+        )
         if fmt == "der":
             data = record.der
         elif fmt == "pem":
@@ -231,16 +285,23 @@ def export_command(
                 try:
                     private_key = serialization.load_pem_private_key(key.read_bytes(), None)
                 except (OSError, ValueError, TypeError) as exc:
-                    raise BadInput(f"cannot read an unencrypted PEM private key from {key}") from exc
+                    raise BadInput(
+                        f"cannot read an unencrypted PEM private key from {key}"
+                    ) from exc
             password = os.environ.get("VOUCH_EXPORT_PASSWORD", "").encode("utf-8")
             encryption = (
-                serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
+                serialization.BestAvailableEncryption(password)
+                if password
+                else serialization.NoEncryption()
             )
             if private_key is not None and not password:
                 raise BadInput("a PKCS#12 with a private key needs VOUCH_EXPORT_PASSWORD set")
             data = pkcs12.serialize_key_and_certificates(
-                record.serial.encode("ascii"), private_key, certificate,  # type: ignore[arg-type]
-                intermediates if chain else None, encryption,
+                record.serial.encode("ascii"),
+                private_key,  # type: ignore[arg-type]
+                certificate,
+                intermediates if chain else None,
+                encryption,
             )
         if out is not None:
             atomic_write(out, data, mode=0o600 if fmt == "pkcs12" else 0o644)
@@ -253,7 +314,7 @@ def export_command(
 def _check_writable(path: Path) -> None:
     from vouch.errors import BadInput
 
-    parent = path.parent if str(path.parent) else Path(".")
+    parent = path.parent if str(path.parent) else Path()
     if not parent.is_dir():
         raise BadInput(f"cannot write {path}: directory {parent} does not exist")
     import os

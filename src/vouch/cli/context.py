@@ -67,7 +67,9 @@ def passphrase_source(state: CliState, *, confirm_new: bool = False) -> Callable
         try:
             data = path.read_bytes()
         except OSError as exc:
-            raise AuthenticationFailed(f"cannot read the passphrase file {path}: {exc.strerror}") from exc
+            raise AuthenticationFailed(
+                f"cannot read the passphrase file {path}: {exc.strerror}"
+            ) from exc
         return data.rstrip(b"\r\n")
 
     def get(description: str) -> bytes:

@@ -13,7 +13,9 @@ from vouch.cli.context import CliState, errors_to_exit, passphrase_source
 
 def demo_command(
     ctx: typer.Context,
-    name: Annotated[str, typer.Option("--name", help="The sample certificate's DNS name.")] = "demo.localhost",
+    name: Annotated[
+        str, typer.Option("--name", help="The sample certificate's DNS name.")
+    ] = "demo.localhost",
 ) -> None:
     """Set up a demo CA in the home if there is none, issue a sample certificate, say what next."""
     state: CliState = ctx.obj
@@ -38,10 +40,16 @@ def demo_command(
                 passphrase_file = None
             print(f"Creating a demo CA in {home} ...")
             init_home(
-                home, passphrase=passphrase_source(state), organization="vouch demo", country="US",
-                key_type="ec-p256", root_validity=dt.timedelta(days=3650),
-                intermediate_validity=dt.timedelta(days=1825), offline_root=None,
-                public_url="http://127.0.0.1:8080", passphrase_file=passphrase_file,
+                home,
+                passphrase=passphrase_source(state),
+                organization="vouch demo",
+                country="US",
+                key_type="ec-p256",
+                root_validity=dt.timedelta(days=3650),
+                intermediate_validity=dt.timedelta(days=1825),
+                offline_root=None,
+                public_url="http://127.0.0.1:8080",
+                passphrase_file=passphrase_file,
             ).close()
         vouch = Vouch(home, passphrase=passphrase_source(state))
         from vouch.services.authority import IssuanceRequest
@@ -59,7 +67,9 @@ def demo_command(
         atomic_write(
             out_dir / f"{name}.key.pem",
             key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
             ),
             mode=0o600,
         )
@@ -68,7 +78,9 @@ def demo_command(
     print(f"Issued a sample certificate for {name}: serial {issued.serial}")
     print(f"  chain: {out_dir / (name + '.pem')}\n  key:   {out_dir / (name + '.key.pem')}")
     print(f"The CA has issued {count} certificates. Try next:")
-    print(f"  openssl verify -x509_strict -CAfile {home / 'root.pem'} -untrusted {out_dir / (name + '.pem')} {out_dir / (name + '.pem')}")
+    print(
+        f"  openssl verify -x509_strict -CAfile {home / 'root.pem'} -untrusted {out_dir / (name + '.pem')} {out_dir / (name + '.pem')}"
+    )
     print(f"  vouch --home {home} cert new www.example.com --out-dir /tmp")
     print(f"  vouch --home {home} cert list")
     print(f"  vouch --home {home} ca list")

@@ -12,25 +12,47 @@ from vouch.cli.context import CliState, errors_to_exit, passphrase_source
 
 def init_command(
     ctx: typer.Context,
-    name: Annotated[str, typer.Option("--name", help="Organization name in the CA certificates.")] = "Example Corp",
-    country: Annotated[str, typer.Option("--country", help="Two-letter country code of the organization.")] = "US",
-    key_type: Annotated[str, typer.Option("--key-type", help="ec-p256, ec-p384, rsa-3072, rsa-4096 or ed25519.")] = "ec-p256",
+    name: Annotated[
+        str, typer.Option("--name", help="Organization name in the CA certificates.")
+    ] = "Example Corp",
+    country: Annotated[
+        str, typer.Option("--country", help="Two-letter country code of the organization.")
+    ] = "US",
+    key_type: Annotated[
+        str, typer.Option("--key-type", help="ec-p256, ec-p384, rsa-3072, rsa-4096 or ed25519.")
+    ] = "ec-p256",
     root_validity: Annotated[str, typer.Option("--root-validity")] = "20y",
     intermediate_validity: Annotated[str, typer.Option("--intermediate-validity")] = "5y",
     offline_root: Annotated[
         Path | None,
-        typer.Option("--offline-root", help="Write the root key here and keep none in the home.", show_default=False),
+        typer.Option(
+            "--offline-root",
+            help="Write the root key here and keep none in the home.",
+            show_default=False,
+        ),
     ] = None,
     public_url: Annotated[
-        str, typer.Option("--public-url", help="Base URL written into certificates for AIA, CRL and OCSP.")
+        str,
+        typer.Option(
+            "--public-url", help="Base URL written into certificates for AIA, CRL and OCSP."
+        ),
     ] = "http://127.0.0.1:8080",
     permit_dns: Annotated[
         list[str] | None,
-        typer.Option("--permit-dns", help="Name-constrain the issuing CA to this DNS suffix (repeatable).", show_default=False),
+        typer.Option(
+            "--permit-dns",
+            help="Name-constrain the issuing CA to this DNS suffix (repeatable).",
+            show_default=False,
+        ),
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing home (destroys its keys).")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing home (destroys its keys).")
+    ] = False,
     passphrase_file: Annotated[
-        Path | None, typer.Option("--passphrase-file", help="File holding the key passphrase.", show_default=False)
+        Path | None,
+        typer.Option(
+            "--passphrase-file", help="File holding the key passphrase.", show_default=False
+        ),
     ] = None,
 ) -> None:
     """Create a root CA, an issuing intermediate, vouch.toml and a database."""
@@ -46,7 +68,9 @@ def init_command(
 
         constraints = None
         if permit_dns:
-            constraints = NameConstraintsSpec(permitted_dns=tuple(normalize_dns(d) for d in permit_dns))
+            constraints = NameConstraintsSpec(
+                permitted_dns=tuple(normalize_dns(d) for d in permit_dns)
+            )
         vouch = init_home(
             state.home,
             passphrase=passphrase_source(state, confirm_new=True),
@@ -60,11 +84,13 @@ def init_command(
             force=force,
             name_constraints=constraints,
         )
-        roots = [a for a in vouch.store.list_authorities()]
+        roots = vouch.store.list_authorities()
         vouch.close()
     print(f"Created a vouch home at {state.home}")
     for record in roots:
-        print(f"  {record.role:<12} {record.name:<10} serial {record.serial}  until {record.not_after:%Y-%m-%d}")
+        print(
+            f"  {record.role:<12} {record.name:<10} serial {record.serial}  until {record.not_after:%Y-%m-%d}"
+        )
     if offline_root is not None:
         print(f"The root key is in {offline_root}; no root key is in the home. Keep it offline.")
     print(f"Trust anchor: {state.home / 'root.pem'}")

@@ -24,11 +24,15 @@ def main(
     ctx: typer.Context,
     home: Annotated[
         Path | None,
-        typer.Option("--home", help="The vouch home (default: $VOUCH_HOME or ~/.vouch).", show_default=False),
+        typer.Option(
+            "--home", help="The vouch home (default: $VOUCH_HOME or ~/.vouch).", show_default=False
+        ),
     ] = None,
     passphrase_file: Annotated[
         Path | None,
-        typer.Option("--passphrase-file", help="File holding the key passphrase.", show_default=False),
+        typer.Option(
+            "--passphrase-file", help="File holding the key passphrase.", show_default=False
+        ),
     ] = None,
 ) -> None:
     ctx.obj = CliState(home=(home or default_home()).expanduser(), passphrase_file=passphrase_file)

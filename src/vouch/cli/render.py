@@ -71,6 +71,10 @@ def print_fields(title: str, fields: dict[str, Any]) -> None:
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
     for key, value in fields.items():
-        shown = ", ".join(map(str, value)) if isinstance(value, list) else ("" if value is None else str(value))
+        shown = (
+            ", ".join(map(str, value))
+            if isinstance(value, list)
+            else ("" if value is None else str(value))
+        )
         table.add_row(key, shown)
     Console().print(table)

@@ -29,7 +29,9 @@ class KeyRef:
     def parse(cls, text: str) -> KeyRef:
         scheme, sep, location = text.partition(":")
         if not sep or not scheme.isalnum():
-            raise ConfigError(f"not a key reference: {text!r}", hint="e.g. file:keys/issuing.key.pem")
+            raise ConfigError(
+                f"not a key reference: {text!r}", hint="e.g. file:keys/issuing.key.pem"
+            )
         return cls(scheme.lower(), location)
 
     def __str__(self) -> str:

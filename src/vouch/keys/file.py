@@ -56,7 +56,7 @@ class FileKeyBackend:
             raise KeyUnavailable(f"key file {path} is not an encrypted PEM private key") from exc
         if not _is_signing_key(key):
             raise KeyUnavailable(f"key file {path} holds a key type that cannot sign certificates")
-        return key
+        return key  # type: ignore[return-value]
 
     def generate(self, ref: KeyRef, key_type: KeyType) -> CertificateIssuerPrivateKeyTypes:
         path = self.path_of(ref)
@@ -75,5 +75,10 @@ def _is_signing_key(key: object) -> bool:
 
     return isinstance(
         key,
-        (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey),
+        (
+            rsa.RSAPrivateKey,
+            ec.EllipticCurvePrivateKey,
+            ed25519.Ed25519PrivateKey,
+            ed448.Ed448PrivateKey,
+        ),
     )

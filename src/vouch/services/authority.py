@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 from vouch.clock import Clock
 from vouch.errors import Conflict, LintFailure, PolicyViolation, VouchError
 from vouch.faults import checkpoint
+from vouch.services.lintkeys import LintSigners
 from vouch.store.records import AuthorityRecord, NewCertificate, NewEvent
 from vouch.store.repository import Store
 from vouch.x509.build import IssuerUrls, LeafSpec, leaf_builder
@@ -39,7 +40,6 @@ from vouch.x509.names import SubjectName
 from vouch.x509.policy import NamePolicy, check_name_constraints, check_name_types
 from vouch.x509.profiles import Profile
 from vouch.x509.serials import format_serial, new_serial
-from vouch.services.lintkeys import LintSigners
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +65,20 @@ class IssuanceRequest:
 
     @classmethod
     def from_csr(
-        cls, parsed: ParsedCSR, *, profile: str, lifetime: dt.timedelta | None = None,
+        cls,
+        parsed: ParsedCSR,
+        *,
+        profile: str,
+        lifetime: dt.timedelta | None = None,
         want_common_name: bool = False,
     ) -> IssuanceRequest:
         return cls(
-            public_key=parsed.public_key, names=parsed.names, profile=profile, lifetime=lifetime,
-            common_name=parsed.common_name, want_common_name=want_common_name,
+            public_key=parsed.public_key,
+            names=parsed.names,
+            profile=profile,
+            lifetime=lifetime,
+            common_name=parsed.common_name,
+            want_common_name=want_common_name,
         )
 
 
@@ -107,7 +115,9 @@ class IssuedCertificate:
 
     def pem_chain(self) -> bytes:
         """Leaf, then the intermediates, as servers want it."""
-        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (self.certificate, *self.chain))
+        return b"".join(
+            c.public_bytes(serialization.Encoding.PEM) for c in (self.certificate, *self.chain)
+        )
 
 
 @dataclass(frozen=True)
@@ -120,7 +130,12 @@ class _Plan:
 
 class Authority:
     def __init__(
-        self, *, ca: IssuingCA, store: Store, policy: IssuancePolicy, clock: Clock,
+        self,
+        *,
+        ca: IssuingCA,
+        store: Store,
+        policy: IssuancePolicy,
+        clock: Clock,
         lint_signers: LintSigners | None = None,
     ) -> None:
         self._ca = ca
@@ -141,7 +156,9 @@ class Authority:
             raise result
         return result
 
-    def issue_batch(self, requests: Sequence[IssuanceRequest]) -> list[IssuedCertificate | VouchError]:
+    def issue_batch(
+        self, requests: Sequence[IssuanceRequest]
+    ) -> list[IssuedCertificate | VouchError]:
         """Issue many at once with shared transactions; each request gets a certificate or the
         error that refused it, in order."""
         now = self._clock.now().replace(microsecond=0)
@@ -188,8 +205,11 @@ class Authority:
         checkpoint("issue.after-commit")
         for index, _, plan, certificate, der in signed:
             results[index] = IssuedCertificate(
-                serial=plan.intent.serial, certificate=certificate, der=der,
-                chain=self._chain, profile=plan.request.profile,
+                serial=plan.intent.serial,
+                certificate=certificate,
+                der=der,
+                chain=self._chain,
+                profile=plan.request.profile,
             )
         return results
 
@@ -206,7 +226,8 @@ class Authority:
         profile = policy.profiles.get(request.profile)
         if profile is None:
             raise PolicyViolation(
-                "profile.unknown", f"no profile named {request.profile!r}",
+                "profile.unknown",
+                f"no profile named {request.profile!r}",
                 hint=f"profiles: {', '.join(sorted(policy.profiles))}",
             )
         if profile.cabf_server and isinstance(self._ca.key, ed25519.Ed25519PrivateKey):
@@ -220,7 +241,9 @@ class Authority:
         spki = spki_sha256(request.public_key)
         if policy.blocklist.is_blocked(spki):
             raise PolicyViolation(
-                "key.blocked", "this public key is blocked (known compromised)", hint="generate a new key"
+                "key.blocked",
+                "this public key is blocked (known compromised)",
+                hint="generate a new key",
             )
         names = request.names
         if not names:
@@ -240,9 +263,13 @@ class Authority:
             raise PolicyViolation(
                 f"profile.{profile.name}.max_lifetime",
                 f"lifetime of {lifetime.days} days exceeds the {limit.days}-day maximum of {profile.name}"
-                + (" (CA/B Forum schedule)" if profile.cabf_server and limit < profile.max_lifetime else ""),
+                + (
+                    " (CA/B Forum schedule)"
+                    if profile.cabf_server and limit < profile.max_lifetime
+                    else ""
+                ),
             )
-        for name_policy in (*policy.name_policies, *( [profile_policy] if profile_policy else [])):
+        for name_policy in (*policy.name_policies, *([profile_policy] if profile_policy else [])):
             name_policy.check_lifetime(lifetime)
         # Validity counts inclusively (RFC 5280 4.1.2.5, CA/B 1.6.1): notAfter - notBefore + 1 s.
         not_after = now + lifetime - dt.timedelta(seconds=1)
@@ -255,8 +282,14 @@ class Authority:
             )
         serial = new_serial()
         spec = LeafSpec(
-            public_key=request.public_key, names=names, common_name=common_name, profile=profile,
-            serial=serial, not_before=now, not_after=not_after, policy_oids=policy.policy_oids,
+            public_key=request.public_key,
+            names=names,
+            common_name=common_name,
+            profile=profile,
+            serial=serial,
+            not_before=now,
+            not_after=not_after,
+            policy_oids=policy.policy_oids,
         )
         builder = leaf_builder(spec, self._ca.certificate, self._ca.urls)
         # The lint certificate carries the same TBS under a throwaway key's signature: what is
@@ -266,9 +299,16 @@ class Authority:
         self._lint(lint_cert, profile)
         subject = lint_cert.subject.rfc4514_string()
         intent = NewCertificate(
-            authority_id=self._ca.record.id, serial=format_serial(serial), profile=profile.name,
-            names=tuple((n.kind, n.value) for n in names), subject=subject, key_type=key_type,
-            spki_sha256=spki, not_before=now, not_after=not_after, tbs=tbs,
+            authority_id=self._ca.record.id,
+            serial=format_serial(serial),
+            profile=profile.name,
+            names=tuple((n.kind, n.value) for n in names),
+            subject=subject,
+            key_type=key_type,
+            spki_sha256=spki,
+            not_before=now,
+            not_after=not_after,
+            tbs=tbs,
         )
         return _Plan(request, builder, intent, hashlib.sha256(tbs).hexdigest())
 
@@ -279,7 +319,8 @@ class Authority:
         if request.common_name is not None:
             if request.common_name not in {n.value for n in request.names}:
                 raise PolicyViolation(
-                    "names.common_name", f"common name {request.common_name} is not one of the names"
+                    "names.common_name",
+                    f"common name {request.common_name} is not one of the names",
                 )
             return request.common_name
         return request.names[0].value
@@ -295,7 +336,9 @@ class Authority:
             return
         if policy.lint_mode is LintMode.BLOCK:
             raise LintFailure([str(f) for f in findings])
-        log.warning("lint findings for a %s certificate: %s", profile.name, "; ".join(map(str, findings)))
+        log.warning(
+            "lint findings for a %s certificate: %s", profile.name, "; ".join(map(str, findings))
+        )
 
     # -- events --------------------------------------------------------------------------------
 
@@ -304,8 +347,10 @@ class Authority:
             kind="certificate.intent",
             subject=plan.intent.serial,
             data={
-                "ca": self._ca.record.name, "serial": plan.intent.serial,
-                "profile": plan.intent.profile, "names": [v for _, v in plan.intent.names],
+                "ca": self._ca.record.name,
+                "serial": plan.intent.serial,
+                "profile": plan.intent.profile,
+                "names": [v for _, v in plan.intent.names],
                 "tbs_sha256": plan.tbs_sha256,
             },
         )
@@ -315,7 +360,8 @@ class Authority:
             kind="certificate.issued",
             subject=plan.intent.serial,
             data={
-                "ca": self._ca.record.name, "serial": plan.intent.serial,
+                "ca": self._ca.record.name,
+                "serial": plan.intent.serial,
                 "der": base64.b64encode(der).decode("ascii"),
             },
         )

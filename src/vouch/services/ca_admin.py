@@ -14,7 +14,10 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+    CertificatePublicKeyTypes,
+)
 
 from vouch.clock import Clock
 from vouch.errors import BadInput, Conflict, LintFailure, PolicyViolation
@@ -92,8 +95,15 @@ class CAAdmin:
         return self._clock.now().replace(microsecond=0)
 
     def create_root(
-        self, *, name: str, organization: str, country: str, key_type: KeyType,
-        validity: dt.timedelta, key_ref: KeyRef, record_key_ref: str | None = None,
+        self,
+        *,
+        name: str,
+        organization: str,
+        country: str,
+        key_type: KeyType,
+        validity: dt.timedelta,
+        key_ref: KeyRef,
+        record_key_ref: str | None = None,
     ) -> tuple[CreatedCA, CertificateIssuerPrivateKeyTypes]:
         """Make the root key at ``key_ref`` and its self-signed certificate, and record it.
 
@@ -113,17 +123,35 @@ class CAAdmin:
         self._lint_ca(certificate)
         der = certificate.public_bytes(serialization.Encoding.DER)
         record_id = self._store.add_authority(
-            name=name, role="root", parent_id=None, status="active", serial=format_serial(serial),
-            certificate=der, key_ref=record_key_ref or str(key_ref), key_type=key_type,
-            not_before=now, not_after=now + validity - _SECOND, at=now, issued_cert_id=None,
+            name=name,
+            role="root",
+            parent_id=None,
+            status="active",
+            serial=format_serial(serial),
+            certificate=der,
+            key_ref=record_key_ref or str(key_ref),
+            key_type=key_type,
+            not_before=now,
+            not_after=now + validity - _SECOND,
+            at=now,
+            issued_cert_id=None,
             event=_ca_event("ca.created", name, "root", der),
         )
         return CreatedCA(self._store.authority_by_id(record_id), certificate), key
 
     def create_intermediate(
-        self, *, name: str, parent: AuthorityRecord, parent_key: CertificateIssuerPrivateKeyTypes,
-        organization: str, country: str, key_type: KeyType, validity: dt.timedelta,
-        key_ref: KeyRef, status: str = "active", name_constraints: NameConstraintsSpec | None = None,
+        self,
+        *,
+        name: str,
+        parent: AuthorityRecord,
+        parent_key: CertificateIssuerPrivateKeyTypes,
+        organization: str,
+        country: str,
+        key_type: KeyType,
+        validity: dt.timedelta,
+        key_ref: KeyRef,
+        status: str = "active",
+        name_constraints: NameConstraintsSpec | None = None,
     ) -> CreatedCA:
         check_ca_name(name)
         _check_ca_key_type(key_type)
@@ -132,14 +160,26 @@ class CAAdmin:
         key = self._keys.generate(key_ref, key_type)
         subject = ca_subject(organization, f"{organization} {name}", country)
         return self._sign_intermediate(
-            name=name, subject=subject, public_key=key.public_key(), parent=parent,
-            parent_key=parent_key, validity=validity, key_ref=str(key_ref), key_type=key_type,
-            status=status, name_constraints=name_constraints,
+            name=name,
+            subject=subject,
+            public_key=key.public_key(),
+            parent=parent,
+            parent_key=parent_key,
+            validity=validity,
+            key_ref=str(key_ref),
+            key_type=key_type,
+            status=status,
+            name_constraints=name_constraints,
         )
 
     def sign_intermediate_csr(
-        self, *, name: str, csr_data: bytes, parent: AuthorityRecord,
-        parent_key: CertificateIssuerPrivateKeyTypes, validity: dt.timedelta,
+        self,
+        *,
+        name: str,
+        csr_data: bytes,
+        parent: AuthorityRecord,
+        parent_key: CertificateIssuerPrivateKeyTypes,
+        validity: dt.timedelta,
         name_constraints: NameConstraintsSpec | None = None,
     ) -> CreatedCA:
         """Certify a CA key held elsewhere (another team's CA, an HSM on another machine)."""
@@ -151,15 +191,31 @@ class CAAdmin:
         if not subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME):
             raise BadInput("an intermediate CSR must name the CA in its subject (CN)")
         return self._sign_intermediate(
-            name=name, subject=subject, public_key=parsed.public_key, parent=parent,
-            parent_key=parent_key, validity=validity, key_ref="none:", status="active",
-            key_type=key_type_of(parsed.public_key), name_constraints=name_constraints,
+            name=name,
+            subject=subject,
+            public_key=parsed.public_key,
+            parent=parent,
+            parent_key=parent_key,
+            validity=validity,
+            key_ref="none:",
+            status="active",
+            key_type=key_type_of(parsed.public_key),
+            name_constraints=name_constraints,
         )
 
     def _sign_intermediate(
-        self, *, name: str, subject: x509.Name, public_key: object, parent: AuthorityRecord,
-        parent_key: CertificateIssuerPrivateKeyTypes, validity: dt.timedelta, key_ref: str,
-        key_type: str, status: str, name_constraints: NameConstraintsSpec | None,
+        self,
+        *,
+        name: str,
+        subject: x509.Name,
+        public_key: CertificatePublicKeyTypes,
+        parent: AuthorityRecord,
+        parent_key: CertificateIssuerPrivateKeyTypes,
+        validity: dt.timedelta,
+        key_ref: str,
+        key_type: str,
+        status: str,
+        name_constraints: NameConstraintsSpec | None,
     ) -> CreatedCA:
         parent_cert = x509.load_der_x509_certificate(parent.certificate)
         if parent_key.public_key() != parent_cert.public_key():
@@ -174,8 +230,13 @@ class CAAdmin:
             )
         serial = new_serial()
         builder = intermediate_builder(
-            subject, public_key, parent_cert,  # type: ignore[arg-type]
-            self._urls.for_issuer(parent.name, with_ocsp=False), serial, now, not_after,
+            subject,
+            public_key,
+            parent_cert,
+            self._urls.for_issuer(parent.name, with_ocsp=False),
+            serial,
+            now,
+            not_after,
             name_constraints,
         )
         hash_algorithm = signature_hash_for(parent_key)
@@ -187,14 +248,26 @@ class CAAdmin:
         [intent_id] = self._store.record_intents(
             [
                 NewCertificate(
-                    authority_id=parent.id, serial=serial_hex, profile="intermediate-ca",
-                    names=(), subject=subject.rfc4514_string(), key_type=key_type,
-                    spki_sha256=spki_sha256(public_key),  # type: ignore[arg-type]
-                    not_before=now, not_after=not_after, tbs=lint_cert.tbs_certificate_bytes,
+                    authority_id=parent.id,
+                    serial=serial_hex,
+                    profile="intermediate-ca",
+                    names=(),
+                    subject=subject.rfc4514_string(),
+                    key_type=key_type,
+                    spki_sha256=spki_sha256(public_key),
+                    not_before=now,
+                    not_after=not_after,
+                    tbs=lint_cert.tbs_certificate_bytes,
                 )
             ],
             now,
-            [NewEvent("certificate.intent", serial_hex, {"ca": parent.name, "serial": serial_hex, "profile": "intermediate-ca"})],
+            [
+                NewEvent(
+                    "certificate.intent",
+                    serial_hex,
+                    {"ca": parent.name, "serial": serial_hex, "profile": "intermediate-ca"},
+                )
+            ],
         )
         checkpoint("ca.after-intent")
         certificate = builder.sign(parent_key, hash_algorithm)  # type: ignore[arg-type]
@@ -202,9 +275,18 @@ class CAAdmin:
             raise Conflict("the signed intermediate differs from the recorded plan")
         der = certificate.public_bytes(serialization.Encoding.DER)
         record_id = self._store.add_authority(
-            name=name, role="intermediate", parent_id=parent.id, status=status, serial=serial_hex,
-            certificate=der, key_ref=key_ref, key_type=key_type, not_before=now,
-            not_after=not_after, at=now, issued_cert_id=intent_id,
+            name=name,
+            role="intermediate",
+            parent_id=parent.id,
+            status=status,
+            serial=serial_hex,
+            certificate=der,
+            key_ref=key_ref,
+            key_type=key_type,
+            not_before=now,
+            not_after=not_after,
+            at=now,
+            issued_cert_id=intent_id,
             event=_ca_event("ca.created", name, "intermediate", der),
         )
         return CreatedCA(self._store.authority_by_id(record_id), certificate)
@@ -236,13 +318,17 @@ _SECOND = dt.timedelta(seconds=1)
 def _check_ca_key_type(key_type: str) -> None:
     if key_type not in CA_KEY_TYPES:
         raise PolicyViolation(
-            "ca.key_type", f"a CA key may not be {key_type}", hint=f"choose one of {', '.join(CA_KEY_TYPES)}"
+            "ca.key_type",
+            f"a CA key may not be {key_type}",
+            hint=f"choose one of {', '.join(CA_KEY_TYPES)}",
         )
 
 
 def _check_country(country: str) -> None:
     if len(country) != 2 or not country.isalpha() or not country.isascii():
-        raise BadInput(f"country {country!r} is not a two-letter ISO 3166 code", hint="e.g. US, DE, FR")
+        raise BadInput(
+            f"country {country!r} is not a two-letter ISO 3166 code", hint="e.g. US, DE, FR"
+        )
 
 
 def _ca_event(kind: str, name: str, role: str, der: bytes) -> NewEvent:
@@ -250,9 +336,9 @@ def _ca_event(kind: str, name: str, role: str, der: bytes) -> NewEvent:
         kind=kind,
         subject=name,
         data={
-            "name": name, "role": role, "sha256": hashlib.sha256(der).hexdigest(),
+            "name": name,
+            "role": role,
+            "sha256": hashlib.sha256(der).hexdigest(),
             "der": base64.b64encode(der).decode("ascii"),
         },
     )
-
-

@@ -46,7 +46,9 @@ def describe_store_error(exc: BaseException, where: str) -> StoreError:
             hint="wait for the other vouch command to finish, then try again",
         )
     if "full" in message or "no space" in message:
-        return StoreError(f"the disk holding the database {where} is full", hint="free space and retry")
+        return StoreError(
+            f"the disk holding the database {where} is full", hint="free space and retry"
+        )
     if "not a database" in message or "malformed" in message or "corrupt" in message:
         return StoreError(
             f"the database {where} is corrupt or not a vouch database",
@@ -55,7 +57,9 @@ def describe_store_error(exc: BaseException, where: str) -> StoreError:
     if "readonly" in message or "read-only" in message:
         return StoreError(f"the database {where} is read-only", hint="check the file's permissions")
     if "unable to open" in message:
-        return StoreError(f"cannot open the database {where}", hint="check that its directory exists")
+        return StoreError(
+            f"cannot open the database {where}", hint="check that its directory exists"
+        )
     if "connection" in message or "could not" in message or "server closed" in message:
         return StoreError(
             f"cannot reach the database {where}", hint="check that the database server is running"

@@ -54,8 +54,12 @@ class Store:
                 ],
             )
 
-    def list_events(self, kind: str | None = None) -> list[tuple[dt.datetime, str, str, dict[str, Any]]]:
-        query = select(events.c.at, events.c.kind, events.c.subject, events.c.data).order_by(events.c.id)
+    def list_events(
+        self, kind: str | None = None
+    ) -> list[tuple[dt.datetime, str, str, dict[str, Any]]]:
+        query = select(events.c.at, events.c.kind, events.c.subject, events.c.data).order_by(
+            events.c.id
+        )
         if kind is not None:
             query = query.where(events.c.kind == kind)
         with self.db.read() as conn:
@@ -82,14 +86,24 @@ class Store:
     ) -> int:
         """Record a CA (and, when its issuer's intent is ``issued_cert_id``, that certificate)."""
         with self.db.begin() as conn:
-            exists = conn.execute(select(authorities.c.id).where(authorities.c.name == name)).first()
+            exists = conn.execute(
+                select(authorities.c.id).where(authorities.c.name == name)
+            ).first()
             if exists:
                 raise Conflict(f"a CA named {name!r} already exists")
             result = conn.execute(
                 insert(authorities).values(
-                    name=name, role=role, parent_id=parent_id, status=status, serial=serial,
-                    certificate=certificate, key_ref=key_ref, key_type=key_type,
-                    not_before=not_before, not_after=not_after, created_at=at,
+                    name=name,
+                    role=role,
+                    parent_id=parent_id,
+                    status=status,
+                    serial=serial,
+                    certificate=certificate,
+                    key_ref=key_ref,
+                    key_type=key_type,
+                    not_before=not_before,
+                    not_after=not_after,
+                    created_at=at,
                 )
             )
             authority_id = int(result.inserted_primary_key[0])  # type: ignore[index]
@@ -130,17 +144,25 @@ class Store:
             return []
         rows = [
             {
-                "authority_id": i.authority_id, "serial": i.serial, "state": "intent",
-                "profile": i.profile, "names": json.dumps([list(n) for n in i.names]),
-                "subject": i.subject, "key_type": i.key_type, "spki_sha256": i.spki_sha256,
-                "not_before": i.not_before, "not_after": i.not_after, "tbs": i.tbs,
+                "authority_id": i.authority_id,
+                "serial": i.serial,
+                "state": "intent",
+                "profile": i.profile,
+                "names": json.dumps([list(n) for n in i.names]),
+                "subject": i.subject,
+                "key_type": i.key_type,
+                "spki_sha256": i.spki_sha256,
+                "not_before": i.not_before,
+                "not_after": i.not_after,
+                "tbs": i.tbs,
                 "created_at": at,
             }
             for i in intents
         ]
         with self.db.begin() as conn:
             result = conn.execute(
-                insert(certificates).returning(certificates.c.id, sort_by_parameter_order=True), rows
+                insert(certificates).returning(certificates.c.id, sort_by_parameter_order=True),
+                rows,
             )
             ids = [int(r[0]) for r in result]
             self._append_events(conn, at, new_events)
@@ -157,7 +179,9 @@ class Store:
             self._append_events(conn, at, new_events)
 
     @staticmethod
-    def _mark_issued(conn: Connection, issued: Sequence[tuple[int, bytes]], at: dt.datetime) -> None:
+    def _mark_issued(
+        conn: Connection, issued: Sequence[tuple[int, bytes]], at: dt.datetime
+    ) -> None:
         statement = (
             update(certificates)
             .where(certificates.c.id == bindparam("_id"), certificates.c.state == "intent")
@@ -167,7 +191,9 @@ class Store:
             statement, [{"_id": cert_id, "_der": der, "_at": at} for cert_id, der in issued]
         )
         if result.rowcount not in (-1, len(issued)):
-            raise StoreError("an issuance intent was missing or already completed; nothing recorded")
+            raise StoreError(
+                "an issuance intent was missing or already completed; nothing recorded"
+            )
 
     def certificates(self, query: CertificateQuery) -> list[CertificateRecord]:
         statement = select(certificates, authorities.c.name.label("authority_name")).join(
@@ -208,9 +234,17 @@ class Store:
 def _authority(row: Row[Any]) -> AuthorityRecord:
     m = row._mapping
     return AuthorityRecord(
-        id=m["id"], name=m["name"], role=m["role"], parent_id=m["parent_id"], status=m["status"],
-        serial=m["serial"], certificate=m["certificate"], key_ref=m["key_ref"],
-        key_type=m["key_type"], not_before=m["not_before"], not_after=m["not_after"],
+        id=m["id"],
+        name=m["name"],
+        role=m["role"],
+        parent_id=m["parent_id"],
+        status=m["status"],
+        serial=m["serial"],
+        certificate=m["certificate"],
+        key_ref=m["key_ref"],
+        key_type=m["key_type"],
+        not_before=m["not_before"],
+        not_after=m["not_after"],
         created_at=m["created_at"],
     )
 
@@ -218,11 +252,21 @@ def _authority(row: Row[Any]) -> AuthorityRecord:
 def _certificate(row: Row[Any]) -> CertificateRecord:
     m = row._mapping
     return CertificateRecord(
-        id=m["id"], authority_id=m["authority_id"], authority=m["authority_name"],
-        serial=m["serial"], state=m["state"], profile=m["profile"],
-        names=tuple((k, v) for k, v in json.loads(m["names"])), subject=m["subject"],
-        key_type=m["key_type"], spki_sha256=m["spki_sha256"], not_before=m["not_before"],
-        not_after=m["not_after"], der=m["der"], created_at=m["created_at"],
-        issued_at=m["issued_at"], revoked_at=m["revoked_at"],
+        id=m["id"],
+        authority_id=m["authority_id"],
+        authority=m["authority_name"],
+        serial=m["serial"],
+        state=m["state"],
+        profile=m["profile"],
+        names=tuple((k, v) for k, v in json.loads(m["names"])),
+        subject=m["subject"],
+        key_type=m["key_type"],
+        spki_sha256=m["spki_sha256"],
+        not_before=m["not_before"],
+        not_after=m["not_after"],
+        der=m["der"],
+        created_at=m["created_at"],
+        issued_at=m["issued_at"],
+        revoked_at=m["revoked_at"],
         revocation_reason=m["revocation_reason"],
     )

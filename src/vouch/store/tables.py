@@ -47,7 +47,8 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
     def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
         if value is None:
             return None
-        return value.replace(tzinfo=dt.UTC)
+        result: dt.datetime = value.replace(tzinfo=dt.UTC)
+        return result
 
 
 authorities = Table(

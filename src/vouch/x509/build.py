@@ -45,23 +45,31 @@ class NameConstraintsSpec:
     excluded_ip: tuple[str, ...] = ()
 
     def is_empty(self) -> bool:
-        return not (self.permitted_dns or self.excluded_dns or self.permitted_ip or self.excluded_ip)
+        return not (
+            self.permitted_dns or self.excluded_dns or self.permitted_ip or self.excluded_ip
+        )
 
     def to_extension(self, subject: x509.Name) -> x509.NameConstraints:
         """Constraints that also bound the name types not configured, as a technically
         constrained TLS CA needs (CA/B BR 7.1.2.10.8): no IP addresses unless some are
         permitted, and subject DNs only under the CA's own organization."""
         permitted: list[x509.GeneralName] = [x509.DNSName(d) for d in self.permitted_dns]
-        permitted += [x509.IPAddress(ipaddress.ip_network(i, strict=False)) for i in self.permitted_ip]
+        permitted += [
+            x509.IPAddress(ipaddress.ip_network(i, strict=False)) for i in self.permitted_ip
+        ]
         permitted.append(x509.DirectoryName(_organization_dn(subject)))
         excluded: list[x509.GeneralName] = [x509.DNSName(d) for d in self.excluded_dns]
-        excluded += [x509.IPAddress(ipaddress.ip_network(i, strict=False)) for i in self.excluded_ip]
+        excluded += [
+            x509.IPAddress(ipaddress.ip_network(i, strict=False)) for i in self.excluded_ip
+        ]
         if not self.permitted_ip:
             excluded += [
                 x509.IPAddress(ipaddress.ip_network("0.0.0.0/0")),
                 x509.IPAddress(ipaddress.ip_network("::/0")),
             ]
-        return x509.NameConstraints(permitted_subtrees=permitted, excluded_subtrees=excluded or None)
+        return x509.NameConstraints(
+            permitted_subtrees=permitted, excluded_subtrees=excluded or None
+        )
 
 
 @dataclass(frozen=True)
@@ -107,7 +115,8 @@ def _aia(urls: IssuerUrls) -> x509.AuthorityInformationAccess:
         )
     descriptions.append(
         x509.AccessDescription(
-            AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(urls.ca_issuers)
+            AuthorityInformationAccessOID.CA_ISSUERS,
+            x509.UniformResourceIdentifier(urls.ca_issuers),
         )
     )
     return x509.AuthorityInformationAccess(descriptions)
@@ -152,7 +161,9 @@ def _leaf_subject(spec: LeafSpec, issuer: x509.Certificate) -> x509.Name:
     return x509.Name([*directory, cn])
 
 
-def leaf_builder(spec: LeafSpec, issuer: x509.Certificate, urls: IssuerUrls) -> x509.CertificateBuilder:
+def leaf_builder(
+    spec: LeafSpec, issuer: x509.Certificate, urls: IssuerUrls
+) -> x509.CertificateBuilder:
     profile = spec.profile
     subject = _leaf_subject(spec, issuer)
     usages = set(profile.key_usage)
@@ -228,9 +239,7 @@ def root_builder(
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            _key_usage(frozenset({"key_cert_sign", "crl_sign"})), critical=True
-        )
+        .add_extension(_key_usage(frozenset({"key_cert_sign", "crl_sign"})), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         # BR 7.1.2.1.3: a root's AKI, when present, names its own key.
         .add_extension(
@@ -270,7 +279,9 @@ def intermediate_builder(
             _key_usage(frozenset({"digital_signature", "key_cert_sign", "crl_sign"})), critical=True
         )
         .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
             critical=False,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)

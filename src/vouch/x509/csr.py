@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
-from cryptography.x509.oid import ExtensionOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from vouch.errors import BadInput, PolicyViolation
 from vouch.x509.names import SubjectName, dedupe, from_general_name, parse_name
@@ -99,11 +99,15 @@ def _check_signature(csr: x509.CertificateSigningRequest) -> None:
             hint="sign the CSR with SHA-256 or stronger (openssl req -sha256)",
         )
     if oid not in _ACCEPTED_SIGNATURES:
-        raise PolicyViolation("csr.signature-algorithm", f"CSR signature algorithm {oid} is not supported")
+        raise PolicyViolation(
+            "csr.signature-algorithm", f"CSR signature algorithm {oid} is not supported"
+        )
     try:
         valid = csr.is_signature_valid
     except (UnsupportedAlgorithm, ValueError) as exc:
-        raise BadInput("the CSR's signature cannot be checked: unsupported key or parameters") from exc
+        raise BadInput(
+            "the CSR's signature cannot be checked: unsupported key or parameters"
+        ) from exc
     if not valid:
         raise BadInput(
             "the CSR's signature does not verify: it was altered or signed with another key",
@@ -125,10 +129,12 @@ def _requested_names(
         extensions = csr.extensions
         cn_attributes = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     except (ValueError, UnicodeError) as exc:
-        raise BadInput("the CSR has malformed or duplicate extensions or subject attributes") from exc
+        raise BadInput(
+            "the CSR has malformed or duplicate extensions or subject attributes"
+        ) from exc
     names: list[SubjectName] = []
     try:
-        san = extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
+        san = extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         san = None
     if san is not None:

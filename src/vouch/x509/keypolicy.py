@@ -22,8 +22,44 @@ from vouch.x509.keytypes import key_type_of
 # The primes of the ROCA fingerprint (Nemec et al., CCS 2017): an Infineon modulus is, modulo
 # each of these, a power of 65537.
 _ROCA_PRIMES = (
-    3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71, 73, 79, 83, 89, 97,
-    101, 103, 107, 109, 113, 127, 131, 137, 139, 149, 151, 157, 163, 167,
+    3,
+    5,
+    7,
+    11,
+    13,
+    17,
+    19,
+    23,
+    29,
+    31,
+    37,
+    41,
+    43,
+    47,
+    53,
+    59,
+    61,
+    67,
+    71,
+    73,
+    79,
+    83,
+    89,
+    97,
+    101,
+    103,
+    107,
+    109,
+    113,
+    127,
+    131,
+    137,
+    139,
+    149,
+    151,
+    157,
+    163,
+    167,
 )
 FERMAT_ROUNDS = 100
 MIN_RSA_BITS = 2048
@@ -98,7 +134,8 @@ def check_public_key(
         )
     if blocked_spki_sha256 and spki_sha256(public_key) in blocked_spki_sha256:
         raise PolicyViolation(
-            "key.blocked", "this public key is blocked (known compromised)",
+            "key.blocked",
+            "this public key is blocked (known compromised)",
             hint="generate a new key",
         )
     return key_type
@@ -117,7 +154,9 @@ def _check_rsa(public_key: rsa.RSAPublicKey) -> None:
         raise PolicyViolation("key.rsa-size", f"RSA modulus of {size} bits is not whole bytes")
     if numbers.e != 65537:
         raise PolicyViolation(
-            "key.rsa-exponent", f"RSA public exponent {numbers.e} is not allowed", hint="use e = 65537"
+            "key.rsa-exponent",
+            f"RSA public exponent {numbers.e} is not allowed",
+            hint="use e = 65537",
         )
     if numbers.n % 2 == 0 or any(numbers.n % p == 0 for p in _ROCA_PRIMES):
         raise PolicyViolation("key.rsa-small-factor", "RSA modulus has a small prime factor")
@@ -129,5 +168,6 @@ def _check_rsa(public_key: rsa.RSAPublicKey) -> None:
         )
     if fermat_factor(numbers.n) is not None:
         raise PolicyViolation(
-            "key.rsa-fermat", "RSA modulus is factorable by Fermat's method: its primes are too close"
+            "key.rsa-fermat",
+            "RSA modulus is factorable by Fermat's method: its primes are too close",
         )

@@ -11,17 +11,17 @@ import datetime as dt
 import threading
 from collections.abc import Collection
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Protocol
 
 
-class LintMode(str, Enum):
+class LintMode(StrEnum):
     BLOCK = "block"
     LOG = "log"
     OFF = "off"
 
 
-class LintProfile(str, Enum):
+class LintProfile(StrEnum):
     CABF_SERVERAUTH = "cabf-serverauth"
     RFC5280 = "rfc5280"
 
@@ -50,7 +50,9 @@ class Linter(Protocol):
 class PkilintLinter:
     """Lints with pkilint's CA/B Forum serverauth validators or its RFC 5280 validators."""
 
-    def __init__(self, *, allow: Collection[str] = (), validity_start: dt.datetime | None = None) -> None:
+    def __init__(
+        self, *, allow: Collection[str] = (), validity_start: dt.datetime | None = None
+    ) -> None:
         self._allow = frozenset(allow)
         self._validity_start = validity_start
         self._validators: dict[Any, Any] = {}

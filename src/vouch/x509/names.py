@@ -57,7 +57,9 @@ def normalize_dns(name: str) -> str:
         try:
             name = idna.encode(name, uts46=True).decode("ascii")
         except idna.IDNAError as exc:
-            raise BadInput(f"DNS name {name!r} is not a valid internationalized name: {exc}") from exc
+            raise BadInput(
+                f"DNS name {name!r} is not a valid internationalized name: {exc}"
+            ) from exc
     # One trailing dot is the absolute form of the same name.
     lowered = (name[:-1] if name.endswith(".") else name).lower()
     if not lowered or len(lowered) > 253:
@@ -145,7 +147,9 @@ def from_general_name(general_name: x509.GeneralName) -> SubjectName:
         return SubjectName("email", normalize_email(general_name.value))
     if isinstance(general_name, x509.UniformResourceIdentifier):
         return SubjectName("uri", normalize_uri(general_name.value))
-    raise BadInput(f"subject alternative names of type {type(general_name).__name__} are not supported")
+    raise BadInput(
+        f"subject alternative names of type {type(general_name).__name__} are not supported"
+    )
 
 
 def dedupe(names: Iterable[SubjectName]) -> tuple[SubjectName, ...]:

@@ -43,8 +43,14 @@ class NamePolicy:
     @classmethod
     def from_config(cls, scope: str, settings: Mapping[str, Any]) -> NamePolicy:
         known = {
-            "allowed_dns_suffixes", "denied_dns_suffixes", "allowed_ip_ranges", "denied_ip_ranges",
-            "allowed_email_domains", "allow_wildcards", "max_names", "max_lifetime",
+            "allowed_dns_suffixes",
+            "denied_dns_suffixes",
+            "allowed_ip_ranges",
+            "denied_ip_ranges",
+            "allowed_email_domains",
+            "allow_wildcards",
+            "max_names",
+            "max_lifetime",
         }
         unknown = set(settings) - known
         if unknown:
@@ -61,10 +67,12 @@ class NamePolicy:
                     normalize_dns(s.lstrip(".")) for s in settings.get("denied_dns_suffixes", ())
                 ),
                 allowed_ip_ranges=tuple(
-                    ipaddress.ip_network(r, strict=False) for r in settings.get("allowed_ip_ranges", ())
+                    ipaddress.ip_network(r, strict=False)
+                    for r in settings.get("allowed_ip_ranges", ())
                 ),
                 denied_ip_ranges=tuple(
-                    ipaddress.ip_network(r, strict=False) for r in settings.get("denied_ip_ranges", ())
+                    ipaddress.ip_network(r, strict=False)
+                    for r in settings.get("denied_ip_ranges", ())
                 ),
                 allowed_email_domains=tuple(
                     normalize_dns(d) for d in settings.get("allowed_email_domains", ())
@@ -72,7 +80,9 @@ class NamePolicy:
                 allow_wildcards=bool(settings.get("allow_wildcards", True)),
                 max_names=int(settings.get("max_names", 100)),
                 max_lifetime=(
-                    parse_duration(str(settings["max_lifetime"])) if "max_lifetime" in settings else None
+                    parse_duration(str(settings["max_lifetime"]))
+                    if "max_lifetime" in settings
+                    else None
                 ),
             )
         except (ValueError, TypeError) as exc:
@@ -101,11 +111,14 @@ class NamePolicy:
 
     def _check_dns(self, name: str) -> None:
         if name.startswith("*.") and not self.allow_wildcards:
-            raise PolicyViolation(f"{self.scope}.allow_wildcards", f"wildcard {name} is not allowed")
+            raise PolicyViolation(
+                f"{self.scope}.allow_wildcards", f"wildcard {name} is not allowed"
+            )
         for suffix in self.denied_dns_suffixes:
             if _suffix_match(name, suffix):
                 raise PolicyViolation(
-                    f"{self.scope}.denied_dns_suffixes", f"DNS name {name} is denied (under {suffix})"
+                    f"{self.scope}.denied_dns_suffixes",
+                    f"DNS name {name} is denied (under {suffix})",
                 )
         if self.allowed_dns_suffixes and not any(
             _suffix_match(name, s) for s in self.allowed_dns_suffixes
@@ -162,7 +175,8 @@ def check_name_constraints(names: Iterable[SubjectName], issuer: x509.Certificat
         permitted = [g for g in (nc.permitted_subtrees or ()) if isinstance(g, kind)]
         if any(_within(name, g) for g in excluded):
             raise PolicyViolation(
-                "ca.name_constraints", f"{name.value} is excluded by the issuing CA's name constraints"
+                "ca.name_constraints",
+                f"{name.value} is excluded by the issuing CA's name constraints",
             )
         if permitted and not any(_within(name, g) for g in permitted):
             raise PolicyViolation(

@@ -93,9 +93,7 @@ class Profile:
 
     def validate(self) -> None:
         if self.default_lifetime > self.max_lifetime:
-            raise ConfigError(
-                f"profile {self.name}: default_lifetime is longer than max_lifetime"
-            )
+            raise ConfigError(f"profile {self.name}: default_lifetime is longer than max_lifetime")
         unknown = self.name_types - set(NAME_KINDS)
         if unknown:
             raise ConfigError(f"profile {self.name}: unknown name types {sorted(unknown)}")

@@ -31,7 +31,9 @@ def parse_serial(text: str) -> int:
     """Accept hex with or without colons, ``0x`` or leading zeros; case-insensitive."""
     cleaned = text.strip().lower().removeprefix("0x").replace(":", "")
     if not cleaned or len(cleaned) > 40:
-        raise BadInput(f"not a serial number: {text!r}", hint="give the serial in hex, e.g. 5A3F...")
+        raise BadInput(
+            f"not a serial number: {text!r}", hint="give the serial in hex, e.g. 5A3F..."
+        )
     try:
         return int(cleaned, 16)
     except ValueError as exc:

@@ -21,7 +21,12 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer, primary_key=True),
         sa.Column("name", sa.String(64), nullable=False),
         sa.Column("role", sa.String(16), nullable=False),
-        sa.Column("parent_id", sa.Integer, sa.ForeignKey("authorities.id", name="fk_authorities_parent_id_authorities"), nullable=True),
+        sa.Column(
+            "parent_id",
+            sa.Integer,
+            sa.ForeignKey("authorities.id", name="fk_authorities_parent_id_authorities"),
+            nullable=True,
+        ),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("serial", sa.String(42), nullable=False),
         sa.Column("certificate", sa.LargeBinary, nullable=False),
@@ -36,7 +41,12 @@ def upgrade() -> None:
     op.create_table(
         "certificates",
         sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("authority_id", sa.Integer, sa.ForeignKey("authorities.id", name="fk_certificates_authority_id_authorities"), nullable=False),
+        sa.Column(
+            "authority_id",
+            sa.Integer,
+            sa.ForeignKey("authorities.id", name="fk_certificates_authority_id_authorities"),
+            nullable=False,
+        ),
         sa.Column("serial", sa.String(42), nullable=False),
         sa.Column("state", sa.String(16), nullable=False),
         sa.Column("profile", sa.String(64), nullable=False),
