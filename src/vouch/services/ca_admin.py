@@ -185,7 +185,7 @@ class CAAdmin:
         """Certify a CA key held elsewhere (another team's CA, an HSM on another machine)."""
         check_ca_name(name)
         self._refuse_existing(name)
-        parsed = load_csr(csr_data)
+        parsed = load_csr(csr_data, leaf=False)
         check_public_key(parsed.public_key, allowed_types=set(CA_KEY_TYPES) | {"rsa"})
         subject = parsed.csr.subject
         if not subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME):

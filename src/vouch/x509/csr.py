@@ -54,8 +54,11 @@ class ParsedCSR:
     common_name: str | None
 
 
-def load_csr(data: bytes, *, max_names: int = 100) -> ParsedCSR:
-    """Parse one PEM or DER CSR and verify it; raise BadInput or PolicyViolation on anything off."""
+def load_csr(data: bytes, *, max_names: int = 100, leaf: bool = True) -> ParsedCSR:
+    """Parse one PEM or DER CSR and verify it; raise BadInput or PolicyViolation on anything off.
+
+    A CA's CSR (``leaf=False``) names a CA in its subject, not hosts: no names are read from it.
+    """
     if len(data) > MAX_CSR_BYTES:
         raise BadInput(
             f"CSR input is {len(data):,} bytes; a CSR is at most 1 MiB",
@@ -66,6 +69,8 @@ def load_csr(data: bytes, *, max_names: int = 100) -> ParsedCSR:
     csr = _decode(data)
     _check_signature(csr)
     public_key = _public_key(csr)
+    if not leaf:
+        return ParsedCSR(csr=csr, public_key=public_key, names=(), common_name=None)
     names, common_name = _requested_names(csr, max_names=max_names)
     return ParsedCSR(csr=csr, public_key=public_key, names=names, common_name=common_name)
 

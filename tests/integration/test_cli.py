@@ -1,0 +1,228 @@
+"""The command-line contract, run as a user would: real `vouch` processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import pkcs12
+from tests.conftest import PASSPHRASE, require_tool
+
+VOUCH = str(Path(sys.executable).with_name("vouch"))
+ENV = {**os.environ, "VOUCH_PASSPHRASE": PASSPHRASE.decode()}
+ENV.pop("VOUCH_HOME", None)
+
+
+def vouch(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [VOUCH, "--home", str(home), *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        check=False,
+        timeout=120,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    return result
+
+
+def init(home: Path, *extra: str) -> None:
+    vouch(home, "init", "--name", "Example Corp", "--public-url", "http://pki.example.com", *extra)
+
+
+def test_init_list_issue_show_export(tmp_path: Path) -> None:
+    openssl = require_tool("openssl")
+    home = tmp_path / "home"
+    init(home)
+    for key in (home / "keys").iterdir():
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+        assert b"ENCRYPTED PRIVATE KEY" in key.read_bytes()
+    again = vouch(home, "init", check=False)
+    assert again.returncode == 6 and "already holds a vouch home" in again.stderr
+
+    cas = json.loads(vouch(home, "ca", "list", "--json").stdout)
+    assert [(c["name"], c["role"], c["key_backend"]) for c in cas] == [
+        ("root", "root", "file"),
+        ("issuing", "intermediate", "file"),
+    ]
+    assert all({"serial", "not_after"} <= set(c) for c in cas)
+    pem = vouch(home, "ca", "show", "issuing", "--pem").stdout
+    assert (
+        x509.load_pem_x509_certificate(pem.encode())
+        .subject.rfc4514_string()
+        .endswith("O=Example Corp,C=US")
+    )
+
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    vouch(home, "cert", "new", "www.example.com", "example.com", "--out-dir", str(out_dir))
+    assert stat.S_IMODE((out_dir / "www.example.com.key.pem").stat().st_mode) == 0o600
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(tmp_path / "c.key"),
+            "-subj",
+            "/CN=client.example.com",
+            "-out",
+            str(tmp_path / "c.csr"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    vouch(
+        home,
+        "cert",
+        "issue",
+        "--csr",
+        str(tmp_path / "c.csr"),
+        "--profile",
+        "tls-client",
+        "--lifetime",
+        "10d",
+        "--out",
+        str(tmp_path / "c.pem"),
+    )
+    chain = x509.load_pem_x509_certificates((tmp_path / "c.pem").read_bytes())
+    assert len(chain) == 2 and chain[0].subject.rfc4514_string() == "CN=client.example.com"
+    verify = subprocess.run(
+        [
+            openssl,
+            "verify",
+            "-x509_strict",
+            "-purpose",
+            "sslclient",
+            "-CAfile",
+            str(home / "root.pem"),
+            "-untrusted",
+            str(tmp_path / "c.pem"),
+            str(tmp_path / "c.pem"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+    certs = json.loads(vouch(home, "cert", "list", "--json").stdout)
+    leaves = [c for c in certs if c["ca"] == "issuing"]
+    assert {tuple(c["names"]) for c in leaves} == {
+        ("www.example.com", "example.com"),
+        ("client.example.com",),
+    }
+    assert all(
+        {"serial", "ca", "profile", "names", "not_before", "not_after", "status"} <= set(c)
+        for c in certs
+    )
+    expiring = json.loads(vouch(home, "cert", "list", "--expiring", "15d", "--json").stdout)
+    assert [c["names"] for c in expiring] == [["client.example.com"]]
+    serial = expiring[0]["serial"]
+    openssl_serial = subprocess.run(
+        [openssl, "x509", "-noout", "-serial", "-in", str(tmp_path / "c.pem")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert openssl_serial.stdout.strip() == f"serial={serial}"
+    shown = json.loads(vouch(home, "cert", "show", serial.lower(), "--json").stdout)
+    assert shown["status"] == "valid" and shown["profile"] == "tls-client"
+
+    der = tmp_path / "c.der"
+    vouch(home, "cert", "export", serial, "--format", "der", "--out", str(der))
+    assert x509.load_der_x509_certificate(der.read_bytes()).serial_number == int(serial, 16)
+    p12 = tmp_path / "c.p12"
+    vouch(home, "cert", "export", serial, "--format", "pkcs12", "--out", str(p12))
+    loaded = pkcs12.load_pkcs12(p12.read_bytes(), None)
+    # Without a key every certificate is an "additional" one to the loader.
+    held = [c.certificate for c in loaded.additional_certs] + (
+        [loaded.cert.certificate] if loaded.cert else []
+    )
+    assert sorted(c.serial_number for c in held)[0] is not None and len(held) == 2
+    assert int(serial, 16) in {c.serial_number for c in held}
+    missing = vouch(home, "cert", "show", "ABCDEF", check=False)
+    assert missing.returncode == 5 and "no certificate with serial ABCDEF" in missing.stderr
+
+
+def test_offline_root(tmp_path: Path) -> None:
+    openssl = require_tool("openssl")
+    home, offline = tmp_path / "home", tmp_path / "usb"
+    init(home, "--offline-root", str(offline))
+    assert (offline / "root.key.pem").exists()
+    assert not any("root" in p.name for p in (home / "keys").iterdir())
+    cas = {c["name"]: c for c in json.loads(vouch(home, "ca", "list", "--json").stdout)}
+    assert cas["root"]["key_backend"] == "offline"
+
+    refused = vouch(home, "ca", "new-intermediate", "team-b", check=False)
+    assert refused.returncode == 9 and "offline" in refused.stderr
+    vouch(
+        home,
+        "ca",
+        "new-intermediate",
+        "team-b",
+        "--root-key",
+        str(offline),
+        "--key-type",
+        "ec-p384",
+    )
+
+    # An intermediate whose key lives elsewhere: its CSR is signed with the offline root key.
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(tmp_path / "ext.key"),
+            "-subj",
+            "/C=US/O=Example Corp/CN=Example Corp External CA",
+            "-out",
+            str(tmp_path / "ext.csr"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    vouch(
+        home,
+        "ca",
+        "sign-csr",
+        str(tmp_path / "ext.csr"),
+        "--root-key",
+        str(offline),
+        "--name",
+        "external",
+        "--out",
+        str(tmp_path / "ext.pem"),
+    )
+    verify = subprocess.run(
+        [
+            openssl,
+            "verify",
+            "-x509_strict",
+            "-CAfile",
+            str(home / "root.pem"),
+            str(tmp_path / "ext.pem"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    cas = {c["name"]: c for c in json.loads(vouch(home, "ca", "list", "--json").stdout)}
+    assert cas["team-b"]["key_type"] == "ec-p384" and cas["external"]["key_backend"] == "offline"
