@@ -19,7 +19,9 @@ def _findings(results: Any) -> list[str]:
     for result in results:
         for description in result.finding_descriptions:
             if description.finding.severity.name in _BLOCKING:
-                out.append(f"{description.finding.code} ({description.finding.severity.name}) {description.message or ''}")
+                out.append(
+                    f"{description.finding.code} ({description.finding.severity.name}) {description.message or ''}"
+                )
     return out
 
 
@@ -40,7 +42,9 @@ def rfc5280_findings(cert: x509.Certificate) -> list[str]:
     der = cert.public_bytes(serialization.Encoding.DER)
     doc = loader.RFC5280CertificateDocumentLoader().load_der_document(der, "cert")
     validator = pkix_certificate.create_pkix_certificate_validator_container(
-        pkix_certificate.create_decoding_validators(name.ATTRIBUTE_TYPE_MAPPINGS, extension.EXTENSION_MAPPINGS),
+        pkix_certificate.create_decoding_validators(
+            name.ATTRIBUTE_TYPE_MAPPINGS, extension.EXTENSION_MAPPINGS
+        ),
         [
             pkix_certificate.create_issuer_validator_container([]),
             pkix_certificate.create_validity_validator_container(),
