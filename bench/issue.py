@@ -171,16 +171,24 @@ def set_lint_off(home: Path) -> None:
     text_ = path.read_text(encoding="utf-8")
     if LINT_BLOCK_LINE not in text_:
         raise RuntimeError(f"{path}: no {LINT_BLOCK_LINE!r} line to turn lint off")
-    atomic_write(path, text_.replace(LINT_BLOCK_LINE, 'lint = "off"', 1).encode("utf-8"), mode=0o600)
+    atomic_write(
+        path, text_.replace(LINT_BLOCK_LINE, 'lint = "off"', 1).encode("utf-8"), mode=0o600
+    )
 
 
 def sqlite_home(home: Path, *, lint: LintMode) -> Vouch:
     """A fresh home with the default SQLite store, opened with ``lint`` in force."""
     created = init_home(
-        home, passphrase=passphrase, organization=ORGANIZATION, country=COUNTRY,
-        key_type="ec-p256", root_validity=dt.timedelta(days=3650),
-        intermediate_validity=dt.timedelta(days=1825), offline_root=None,
-        public_url=PUBLIC_URL, lint_allow=[],
+        home,
+        passphrase=passphrase,
+        organization=ORGANIZATION,
+        country=COUNTRY,
+        key_type="ec-p256",
+        root_validity=dt.timedelta(days=3650),
+        intermediate_validity=dt.timedelta(days=1825),
+        offline_root=None,
+        public_url=PUBLIC_URL,
+        lint_allow=[],
     )
     created.close()
     if lint is LintMode.OFF:
@@ -196,7 +204,10 @@ def postgres_home(home: Path, url: str) -> Vouch:
     home.mkdir(parents=True, mode=0o700)
     (home / "keys").mkdir(mode=0o700)
     config = render_initial_config(
-        organization=ORGANIZATION, country=COUNTRY, public_url=PUBLIC_URL, passphrase_file=None,
+        organization=ORGANIZATION,
+        country=COUNTRY,
+        public_url=PUBLIC_URL,
+        passphrase_file=None,
         lint_allow=[],
     )
     if SQLITE_URL_LINE not in config or LINT_BLOCK_LINE not in config:
@@ -209,13 +220,24 @@ def postgres_home(home: Path, url: str) -> Vouch:
     vouch = Vouch(home, passphrase=passphrase)
     admin = vouch.ca_admin()
     created, root_key = admin.create_root(
-        name="root", organization=ORGANIZATION, country=COUNTRY, key_type="ec-p256",
-        validity=dt.timedelta(days=3650), key_ref=KeyRef("file", f"keys/{ROOT_KEY_FILE}"),
+        name="root",
+        organization=ORGANIZATION,
+        country=COUNTRY,
+        key_type="ec-p256",
+        validity=dt.timedelta(days=3650),
+        key_ref=KeyRef("file", f"keys/{ROOT_KEY_FILE}"),
     )
-    atomic_write(home / ROOT_CERT_FILE, created.certificate.public_bytes(serialization.Encoding.PEM))
+    atomic_write(
+        home / ROOT_CERT_FILE, created.certificate.public_bytes(serialization.Encoding.PEM)
+    )
     admin.create_intermediate(
-        name="issuing", parent=created.record, parent_key=root_key, organization=ORGANIZATION,
-        country=COUNTRY, key_type="ec-p256", validity=dt.timedelta(days=1825),
+        name="issuing",
+        parent=created.record,
+        parent_key=root_key,
+        organization=ORGANIZATION,
+        country=COUNTRY,
+        key_type="ec-p256",
+        validity=dt.timedelta(days=1825),
         key_ref=KeyRef("file", "keys/issuing.key.pem"),
     )
     return vouch
@@ -229,7 +251,8 @@ def vouch_batched(authority: Authority, csrs: Sequence[bytes], batch: int = BATC
     start = time.perf_counter()
     for first in range(0, len(csrs), batch):
         requests = [
-            IssuanceRequest.from_csr(load_csr(pem), profile=PROFILE) for pem in csrs[first : first + batch]
+            IssuanceRequest.from_csr(load_csr(pem), profile=PROFILE)
+            for pem in csrs[first : first + batch]
         ]
         results = authority.issue_batch(requests)
         for result in results:
@@ -248,27 +271,43 @@ def vouch_single(authority: Authority, csrs: Sequence[bytes]) -> float:
 class CryptographyIssuer:
     """The floor of the work: CSR in, signed DER out, with ``cryptography`` and nothing else."""
 
-    def __init__(self, key: CertificateIssuerPrivateKeyTypes, issuer: x509.Certificate, urls: IssuerUrls):
+    def __init__(
+        self, key: CertificateIssuerPrivateKeyTypes, issuer: x509.Certificate, urls: IssuerUrls
+    ):
         self._key = key
         self._issuer_name = issuer.subject
         ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         self._aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
         access = [
-            x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS,
-                                   x509.UniformResourceIdentifier(urls.ca_issuers)),
+            x509.AccessDescription(
+                AuthorityInformationAccessOID.CA_ISSUERS,
+                x509.UniformResourceIdentifier(urls.ca_issuers),
+            ),
         ]
         if urls.ocsp:
-            access.insert(0, x509.AccessDescription(AuthorityInformationAccessOID.OCSP,
-                                                    x509.UniformResourceIdentifier(urls.ocsp)))
+            access.insert(
+                0,
+                x509.AccessDescription(
+                    AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(urls.ocsp)
+                ),
+            )
         self._aia = x509.AuthorityInformationAccess(access)
         self._cdp = x509.CRLDistributionPoints(
             [x509.DistributionPoint([x509.UniformResourceIdentifier(urls.crl)], None, None, None)]
         )
-        self._policies = x509.CertificatePolicies([x509.PolicyInformation(CABF_DOMAIN_VALIDATED, None)])
+        self._policies = x509.CertificatePolicies(
+            [x509.PolicyInformation(CABF_DOMAIN_VALIDATED, None)]
+        )
         self._ku = x509.KeyUsage(
-            digital_signature=True, content_commitment=False, key_encipherment=False,
-            data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-            encipher_only=False, decipher_only=False,
+            digital_signature=True,
+            content_commitment=False,
+            key_encipherment=False,
+            data_encipherment=False,
+            key_agreement=False,
+            key_cert_sign=False,
+            crl_sign=False,
+            encipher_only=False,
+            decipher_only=False,
         )
         self._eku = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH])
         self._bc = x509.BasicConstraints(ca=False, path_length=None)
@@ -348,19 +387,29 @@ certificatePolicies = 2.23.140.1.2.1
 class OpensslCA:
     """A minimal ``openssl ca`` directory holding the same intermediate key and certificate."""
 
-    def __init__(self, directory: Path, key: CertificateIssuerPrivateKeyTypes,
-                 certificate: x509.Certificate, urls: IssuerUrls, csrs: Sequence[bytes]) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        key: CertificateIssuerPrivateKeyTypes,
+        certificate: x509.Certificate,
+        urls: IssuerUrls,
+        csrs: Sequence[bytes],
+    ) -> None:
         self.dir = directory
         directory.mkdir(mode=0o700)
         key_pem = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
         )
         atomic_write(directory / "ca.key", key_pem, mode=0o600)
         atomic_write(directory / "ca.pem", certificate.public_bytes(serialization.Encoding.PEM))
         aia = f"caIssuers;URI:{urls.ca_issuers}"
         if urls.ocsp:
             aia = f"OCSP;URI:{urls.ocsp},{aia}"
-        (directory / "ca.cnf").write_text(OPENSSL_CNF.format(aia=aia, crl=urls.crl), encoding="utf-8")
+        (directory / "ca.cnf").write_text(
+            OPENSSL_CNF.format(aia=aia, crl=urls.crl), encoding="utf-8"
+        )
         (directory / "csr").mkdir()
         self.csr_files: list[str] = []
         for i, pem in enumerate(csrs):
@@ -380,8 +429,20 @@ class OpensslCA:
             newcerts.mkdir()
         out = self.dir / "out.pem"
         command = [
-            "openssl", "ca", "-batch", "-config", "ca.cnf", "-notext", "-md", "sha256", "-days", "30",
-            "-out", "out.pem", "-infiles", *self.csr_files[:count],
+            "openssl",
+            "ca",
+            "-batch",
+            "-config",
+            "ca.cnf",
+            "-notext",
+            "-md",
+            "sha256",
+            "-days",
+            "30",
+            "-out",
+            "out.pem",
+            "-infiles",
+            *self.csr_files[:count],
         ]
         start = time.perf_counter()
         done = subprocess.run(command, cwd=self.dir, capture_output=True, check=False)
@@ -392,7 +453,9 @@ class OpensslCA:
         issued = sum(1 for _ in newcerts.glob("*.pem"))
         indexed = len((self.dir / "index.txt").read_text(encoding="ascii").splitlines())
         if issued != count or indexed != count:
-            raise RuntimeError(f"openssl ca stored {issued} certificates and indexed {indexed}, not {count}")
+            raise RuntimeError(
+                f"openssl ca stored {issued} certificates and indexed {indexed}, not {count}"
+            )
         return elapsed, out
 
 
@@ -405,16 +468,22 @@ def cli_issue_seconds(home: Path, csr_file: Path, out: Path) -> float:
     done = subprocess.run(command, env=env, capture_output=True, check=False)
     elapsed = time.perf_counter() - start
     if done.returncode != 0 or not out.exists():
-        raise RuntimeError(f"vouch cert issue failed ({done.returncode}): "
-                           f"{done.stderr.decode(errors='replace')[-2000:]}")
+        raise RuntimeError(
+            f"vouch cert issue failed ({done.returncode}): "
+            f"{done.stderr.decode(errors='replace')[-2000:]}"
+        )
     return elapsed
 
 
 def openssl_speed_sign_rate() -> float | None:
     """``openssl speed ecdsap256`` signatures/s on one core (the raw ceiling), or None."""
     try:
-        done = subprocess.run(["openssl", "speed", "-seconds", "1", "ecdsap256"],
-                              capture_output=True, check=True, timeout=30)
+        done = subprocess.run(
+            ["openssl", "speed", "-seconds", "1", "ecdsap256"],
+            capture_output=True,
+            check=True,
+            timeout=30,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     match = re.search(r"256 bits ecdsa \(nistp256\)\s+\S+s\s+\S+s\s+([\d.]+)", done.stdout.decode())
@@ -461,7 +530,9 @@ def drop_schema(url: str, schema: str) -> None:
 # -- the run ------------------------------------------------------------------------------------
 
 
-def interleaved(runs: int, steps: Sequence[tuple[str, Callable[[], float]]], samples: Samples) -> None:
+def interleaved(
+    runs: int, steps: Sequence[tuple[str, Callable[[], float]]], samples: Samples
+) -> None:
     """Run each step once per round, rounds one after another, recording each result."""
     for round_ in range(runs):
         for name, step in steps:
@@ -498,7 +569,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         authority = vouch.authority()
         ca = authority.ca
         crypto = CryptographyIssuer(ca.key, ca.certificate, ca.urls)
-        openssl = OpensslCA(work / "openssl-ca", ca.key, ca.certificate, ca.urls, csrs[: sizes.openssl])
+        openssl = OpensslCA(
+            work / "openssl-ca", ca.key, ca.certificate, ca.urls, csrs[: sizes.openssl]
+        )
 
         vouch_batched(authority, warmup)  # first use: statement caches, imports, page cache
         crypto.run(warmup)
@@ -507,19 +580,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         _, openssl_out = openssl.run(1)
         sample_openssl = x509.load_pem_x509_certificate(openssl_out.read_bytes())
         vouch_ext = extension_oids(sample_vouch.certificate)
-        for peer_name, peer_cert in (("cryptography", sample_crypto), ("openssl ca", sample_openssl)):
+        for peer_name, peer_cert in (
+            ("cryptography", sample_crypto),
+            ("openssl ca", sample_openssl),
+        ):
             differ = vouch_ext ^ extension_oids(peer_cert)
             if differ:
-                notes.append(f"{peer_name} certificates differ from vouch's in extensions {sorted(differ)}")
+                notes.append(
+                    f"{peer_name} certificates differ from vouch's in extensions {sorted(differ)}"
+                )
 
-        log(f"vouch batched {sizes.vouch}, cryptography {sizes.cryptography}, openssl ca "
-            f"{sizes.openssl}, vouch single {sizes.single} per round, {runs} rounds")
-        interleaved(runs, [
-            ("vouch", lambda: rate(sizes.vouch, vouch_batched(authority, csrs[: sizes.vouch]))),
-            ("cryptography", lambda: rate(sizes.cryptography, crypto.run(csrs[: sizes.cryptography]))),
-            ("openssl", lambda: rate(sizes.openssl, openssl.run(sizes.openssl)[0])),
-            ("single", lambda: rate(sizes.single, vouch_single(authority, csrs[: sizes.single]))),
-        ], samples)
+        log(
+            f"vouch batched {sizes.vouch}, cryptography {sizes.cryptography}, openssl ca "
+            f"{sizes.openssl}, vouch single {sizes.single} per round, {runs} rounds"
+        )
+        interleaved(
+            runs,
+            [
+                ("vouch", lambda: rate(sizes.vouch, vouch_batched(authority, csrs[: sizes.vouch]))),
+                (
+                    "cryptography",
+                    lambda: rate(sizes.cryptography, crypto.run(csrs[: sizes.cryptography])),
+                ),
+                ("openssl", lambda: rate(sizes.openssl, openssl.run(sizes.openssl)[0])),
+                (
+                    "single",
+                    lambda: rate(sizes.single, vouch_single(authority, csrs[: sizes.single])),
+                ),
+            ],
+            samples,
+        )
         peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         vouch.close()
 
@@ -529,9 +619,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         lint_authority = lint_vouch.authority()
         vouch_batched(lint_authority, warmup)  # loads pkilint and its validators
         log(f"vouch lint=block {sizes.lint} per run, {runs} runs")
-        interleaved(runs, [
-            ("lint_block", lambda: rate(sizes.lint, vouch_batched(lint_authority, csrs[: sizes.lint]))),
-        ], samples)
+        interleaved(
+            runs,
+            [
+                (
+                    "lint_block",
+                    lambda: rate(sizes.lint, vouch_batched(lint_authority, csrs[: sizes.lint])),
+                ),
+            ],
+            samples,
+        )
         lint_vouch.close()
 
         # 3. vouch on PostgreSQL, in a schema of its own.
@@ -546,9 +643,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                     pg_authority = pg_vouch.authority()
                     vouch_batched(pg_authority, warmup)
                     log(f"vouch on PostgreSQL {sizes.vouch} per run, {runs} runs")
-                    interleaved(runs, [
-                        ("postgres", lambda: rate(sizes.vouch, vouch_batched(pg_authority, csrs[: sizes.vouch]))),
-                    ], samples)
+                    interleaved(
+                        runs,
+                        [
+                            (
+                                "postgres",
+                                lambda: rate(
+                                    sizes.vouch, vouch_batched(pg_authority, csrs[: sizes.vouch])
+                                ),
+                            ),
+                        ],
+                        samples,
+                    )
                 finally:
                     pg_vouch.close()
             finally:
@@ -559,8 +665,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         csr_file.write_bytes(csrs[-1])
         log(f"vouch cert issue, {runs} processes each for lint off and lint block")
         for round_ in range(runs):
-            samples.add("cli_off", cli_issue_seconds(work / "home-off", csr_file, work / f"off-{round_}.pem"))
-            samples.add("cli_block", cli_issue_seconds(work / "home-block", csr_file, work / f"block-{round_}.pem"))
+            samples.add(
+                "cli_off",
+                cli_issue_seconds(work / "home-off", csr_file, work / f"off-{round_}.pem"),
+            )
+            samples.add(
+                "cli_block",
+                cli_issue_seconds(work / "home-block", csr_file, work / f"block-{round_}.pem"),
+            )
 
         log("openssl speed ecdsap256 (1 s)")
         speed = openssl_speed_sign_rate()
@@ -572,27 +684,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     vs_peer = ratio(vouch_rate, peer_rate)
     vs_crypto = ratio(vouch_rate, crypto_rate)
     print(f"issue benchmark: P-256 leaf CSRs under a P-256 intermediate, medians of {runs} runs")
-    print(f"  vouch issue_batch({BATCH}), SQLite FULL, lint off:   {fmt(vouch_rate)}"
-          f"  ({sizes.vouch} per run, CSR parsing and verification included)")
-    print(f"  vouch issue() one at a time, SQLite FULL:       {fmt(samples.median('single'))}"
-          f"  ({sizes.single} per run, two commits each)")
-    print(f"  vouch issue_batch({BATCH}), lint block (pkilint):  {fmt(samples.median('lint_block'))}"
-          f"  ({sizes.lint} per run)")
+    print(
+        f"  vouch issue_batch({BATCH}), SQLite FULL, lint off:   {fmt(vouch_rate)}"
+        f"  ({sizes.vouch} per run, CSR parsing and verification included)"
+    )
+    print(
+        f"  vouch issue() one at a time, SQLite FULL:       {fmt(samples.median('single'))}"
+        f"  ({sizes.single} per run, two commits each)"
+    )
+    print(
+        f"  vouch issue_batch({BATCH}), lint block (pkilint):  {fmt(samples.median('lint_block'))}"
+        f"  ({sizes.lint} per run)"
+    )
     print(f"  vouch issue_batch({BATCH}), PostgreSQL, lint off: {fmt(samples.median('postgres'))}")
     print(f"  cryptography alone (CSR in, DER out, no store): {fmt(crypto_rate)}")
-    print(f"  openssl ca -batch -infiles (one process):       {fmt(peer_rate)}"
-          f"  ({sizes.openssl} per process)")
+    print(
+        f"  openssl ca -batch -infiles (one process):       {fmt(peer_rate)}"
+        f"  ({sizes.openssl} per process)"
+    )
     if speed is not None:
         print(f"  openssl speed ecdsap256, sign:                  {fmt(speed, 'signatures/s')}")
-    print(f"  vouch cert issue process, lint off:             "
-          f"{fmt(samples.median('cli_off'), 's', 3)}")
-    print(f"  vouch cert issue process, lint block:           "
-          f"{fmt(samples.median('cli_block'), 's', 3)}")
+    print(
+        f"  vouch cert issue process, lint off:             "
+        f"{fmt(samples.median('cli_off'), 's', 3)}"
+    )
+    print(
+        f"  vouch cert issue process, lint block:           "
+        f"{fmt(samples.median('cli_block'), 's', 3)}"
+    )
     print(f"  peak RSS of the benchmark process after vouch issuance: {peak_rss_mb:,.1f} MB")
-    print(f"  vouch / openssl ca:        {fmt(vs_peer, 'x', 2)}  (goal >= {GOAL_VS_PEER:g}: "
-          f"{'met' if vs_peer is not None and vs_peer >= GOAL_VS_PEER else 'NOT met'})")
-    print(f"  vouch / cryptography alone: {fmt(vs_crypto, 'x', 2)}  (goal >= {GOAL_VS_CRYPTOGRAPHY:g}: "
-          f"{'met' if vs_crypto is not None and vs_crypto >= GOAL_VS_CRYPTOGRAPHY else 'NOT met'})")
+    print(
+        f"  vouch / openssl ca:        {fmt(vs_peer, 'x', 2)}  (goal >= {GOAL_VS_PEER:g}: "
+        f"{'met' if vs_peer is not None and vs_peer >= GOAL_VS_PEER else 'NOT met'})"
+    )
+    print(
+        f"  vouch / cryptography alone: {fmt(vs_crypto, 'x', 2)}  (goal >= {GOAL_VS_CRYPTOGRAPHY:g}: "
+        f"{'met' if vs_crypto is not None and vs_crypto >= GOAL_VS_CRYPTOGRAPHY else 'NOT met'})"
+    )
     for note in notes:
         print(f"  note: {note}")
 
@@ -618,8 +746,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "openssl_speed_ecdsap256_sign": rounded(speed),
             "batch": BATCH,
             "per_run": {
-                "vouch": sizes.vouch, "single": sizes.single, "lint_block": sizes.lint,
-                "postgres": sizes.vouch, "cryptography": sizes.cryptography, "openssl": sizes.openssl,
+                "vouch": sizes.vouch,
+                "single": sizes.single,
+                "lint_block": sizes.lint,
+                "postgres": sizes.vouch,
+                "cryptography": sizes.cryptography,
+                "openssl": sizes.openssl,
             },
             "samples": {k: [round(v, 3) for v in vs] for k, vs in samples.values.items()},
             "notes": notes,

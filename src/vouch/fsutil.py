@@ -42,7 +42,28 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, overwrite: bool 
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise Unavailable(f"cannot write {path}: {_describe(exc)}") from exc
+        raise Unavailable(f"cannot write {path}: {_describe(exc, path)}") from exc
+
+
+def probe_writable(path: Path) -> None:
+    """Fail now, with the reason, if a file cannot be created beside ``path``.
+
+    Callers probe before acting (issuing, say) so a bad output path costs nothing; os.access
+    is not enough (root, /proc, read-only mounts), so a real temporary file is created.
+    """
+    from vouch.errors import BadInput
+
+    if path.is_dir():
+        raise BadInput(f"cannot write {path}: it is a directory")
+    if not path.parent.is_dir():
+        raise BadInput(f"cannot write {path}: directory {path.parent} does not exist")
+    probe = path.parent / f".{path.name}.{os.getpid()}.probe"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        probe.unlink()
+    except OSError as exc:
+        raise Unavailable(f"cannot write {path}: {_describe(exc, path)}") from exc
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -54,17 +75,21 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
-def _describe(exc: OSError) -> str:
+def _describe(exc: OSError, target: Path | None = None) -> str:
     reasons = {
         errno.ENOSPC: "the disk is full",
         errno.EDQUOT: "the disk quota is exhausted",
         errno.EACCES: "permission denied",
         errno.EPERM: "permission denied",
         errno.EROFS: "the file system is read-only",
-        errno.ENOENT: "the directory does not exist",
         errno.ENOTDIR: "a path component is not a directory",
         errno.EISDIR: "it is a directory",
     }
+    if exc.errno == errno.ENOENT:
+        named = target or (Path(os.fsdecode(exc.filename)) if exc.filename else None)
+        if named is not None and not named.parent.is_dir():
+            return "its directory does not exist"
+        return "no such file"
     return reasons.get(exc.errno or 0, exc.strerror or type(exc).__name__)
 
 

@@ -6,6 +6,7 @@ import datetime as dt
 import ipaddress
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -162,3 +163,25 @@ def test_cabf_schedule() -> None:
     assert cabf_max_validity(dt.datetime(2026, 11, 28, tzinfo=dt.UTC)).days == 200
     assert cabf_max_validity(dt.datetime(2027, 3, 15, tzinfo=dt.UTC)).days == 100
     assert cabf_max_validity(dt.datetime(2029, 3, 15, tzinfo=dt.UTC)).days == 47
+
+
+def test_csr_dns_name_must_be_ascii() -> None:
+    """A U-label in a CSR's dNSName (IA5String) is malformed, not something to convert quietly."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from vouch.x509.csr import load_csr
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    raw = x509.DNSName._init_without_validation("bücher.example")
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .add_extension(x509.SubjectAlternativeName([raw]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    with pytest.raises(BadInput, match="not ASCII"):
+        load_csr(csr.public_bytes(Encoding.DER))
+    # On a command line the same name is fine: it is converted to its A-label.
+    assert parse_name("bücher.example").value == "xn--bcher-kva.example"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -53,14 +55,14 @@ def issue_command(
 ) -> None:
     """Issue a certificate for a CSR; writes the chain (leaf, then intermediate) as PEM."""
     from vouch.durations import parse_duration
-    from vouch.fsutil import atomic_write, read_limited
+    from vouch.fsutil import atomic_write, probe_writable, read_limited
     from vouch.services.authority import IssuanceRequest
     from vouch.x509.csr import MAX_CSR_BYTES, load_csr
 
     with errors_to_exit():
         data = read_limited(csr, MAX_CSR_BYTES, "CSR file")
         if out is not None:
-            _check_writable(out)
+            probe_writable(out)
         vouch = _open(ctx)
         parsed = load_csr(data, max_names=int(vouch.config.policy.get("max_names", 100)))
         request = IssuanceRequest.from_csr(
@@ -74,7 +76,8 @@ def issue_command(
 
         checkpoint("cli.before-write")
         if out is not None:
-            atomic_write(out, issued.pem_chain())
+            with _issued_but_unwritten(issued.serial):
+                atomic_write(out, issued.pem_chain())
     if out is None:
         sys.stdout.write(issued.pem_chain().decode("ascii"))
     else:
@@ -107,6 +110,9 @@ def new_command(
         kind = parse_key_type(key_type)
         if not out_dir.is_dir():
             fail(f"output directory {out_dir} does not exist", code=3)
+        from vouch.fsutil import probe_writable
+
+        probe_writable(out_dir / ".vouch-probe")
         stem = parsed_names[0].value.replace("*", "wildcard").replace("/", "_").replace(":", "_")
         key_path, chain_path = out_dir / f"{stem}.key.pem", out_dir / f"{stem}.pem"
         for path in (key_path, chain_path):
@@ -129,7 +135,8 @@ def new_command(
             serialization.NoEncryption(),
         )
         atomic_write(key_path, key_pem, mode=0o600, overwrite=False)
-        atomic_write(chain_path, issued.pem_chain(), overwrite=False)
+        with _issued_but_unwritten(issued.serial):
+            atomic_write(chain_path, issued.pem_chain(), overwrite=False)
     print(
         f"Issued {issued.serial} for {', '.join(names)} ({issued.profile}, until "
         f"{issued.certificate.not_valid_after_utc:%Y-%m-%d %H:%M} UTC)"
@@ -311,15 +318,14 @@ def export_command(
     sys.stdout.buffer.write(data)
 
 
-def _check_writable(path: Path) -> None:
-    from vouch.errors import BadInput
+@contextmanager
+def _issued_but_unwritten(serial: str) -> Iterator[None]:
+    """A certificate is issued and recorded; if writing it fails, say which one and how to get it."""
+    from vouch.errors import VouchError
 
-    parent = path.parent if str(path.parent) else Path()
-    if not parent.is_dir():
-        raise BadInput(f"cannot write {path}: directory {parent} does not exist")
-    import os
-
-    if not os.access(parent, os.W_OK):
-        raise BadInput(f"cannot write {path}: directory {parent} is not writable")
-    if path.is_dir():
-        raise BadInput(f"cannot write {path}: it is a directory")
+    try:
+        yield
+    except VouchError as exc:
+        exc.message = f"certificate {serial} was issued and recorded, but {exc.message}"
+        exc.hint = f"fix the cause and fetch it with: vouch cert export {serial} --format pem"
+        raise

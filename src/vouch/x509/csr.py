@@ -88,6 +88,11 @@ def _decode(data: bytes) -> x509.CertificateSigningRequest:
         if b"-----BEGIN" in data:
             raise BadInput("PEM input holds no CERTIFICATE REQUEST block")
         return x509.load_der_x509_csr(data)
+    except x509.InvalidVersion as exc:
+        raise BadInput(
+            "the CSR has an unknown PKCS#10 version; only version 1 (value 0) exists",
+            hint="create it again with a standard tool, e.g. openssl req -new",
+        ) from exc
     except ValueError as exc:
         raise BadInput(
             "the input is not a well-formed CSR (PKCS#10): it may be truncated or corrupt",
@@ -133,6 +138,10 @@ def _requested_names(
     try:
         extensions = csr.extensions
         cn_attributes = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    except x509.DuplicateExtension as exc:
+        raise BadInput(f"the CSR has a duplicate extension {exc.oid.dotted_string}") from exc
+    except x509.UnsupportedGeneralNameType as exc:
+        raise _unsupported_name(exc) from exc
     except (ValueError, UnicodeError) as exc:
         raise BadInput(
             "the CSR has malformed or duplicate extensions or subject attributes"
@@ -142,6 +151,8 @@ def _requested_names(
         san = extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         san = None
+    except x509.UnsupportedGeneralNameType as exc:
+        raise _unsupported_name(exc) from exc
     if san is not None:
         general_names = list(san)
         if len(general_names) > max_names:
@@ -166,3 +177,10 @@ def _requested_names(
             hint="add names, e.g. openssl req -addext 'subjectAltName=DNS:example.com'",
         )
     return unique, common_name
+
+
+def _unsupported_name(exc: Exception) -> BadInput:
+    return BadInput(
+        f"the CSR asks for a kind of subject alternative name that is not supported ({exc})",
+        hint="request DNS names, IP addresses, email addresses or URIs",
+    )

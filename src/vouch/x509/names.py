@@ -109,7 +109,10 @@ def normalize_uri(uri: str) -> str:
     _refuse_control_chars(uri, "URI")
     if not uri.isascii() or " " in uri:
         raise BadInput(f"URI {uri!r} must be ASCII without spaces")
-    parts = urlsplit(uri)
+    try:
+        parts = urlsplit(uri)
+    except ValueError as exc:
+        raise BadInput(f"URI {uri!r} is malformed: {exc}") from exc
     if not parts.scheme or not (parts.netloc or parts.path):
         raise BadInput(f"URI {uri!r} needs a scheme and a host or path (e.g. spiffe://domain/x)")
     return uri
@@ -138,6 +141,12 @@ def parse_name(text: str) -> SubjectName:
 
 def from_general_name(general_name: x509.GeneralName) -> SubjectName:
     if isinstance(general_name, x509.DNSName):
+        # A dNSName is IA5String: a U-label here is a malformed request, not a name to convert.
+        if not general_name.value.isascii():
+            raise BadInput(
+                f"DNS name {general_name.value!r} in the CSR is not ASCII",
+                hint="write internationalized names as A-labels (xn--...) in a CSR",
+            )
         return SubjectName("dns", normalize_dns(general_name.value))
     if isinstance(general_name, x509.IPAddress):
         if not isinstance(general_name.value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
