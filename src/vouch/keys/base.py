@@ -11,10 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
-
 from vouch.errors import ConfigError
 from vouch.x509.keytypes import KeyType
+from vouch.x509.signing import Signer
 
 PassphraseSource = Callable[[str], bytes]
 """Asked for the passphrase of the key it names (a short description); returns it as bytes."""
@@ -39,15 +38,15 @@ class KeyRef:
 
 
 class KeyBackend(Protocol):
-    """Loads and creates signing keys. A loaded key is a ``cryptography`` private-key object, so
-    certificate, CRL and OCSP builders work with it unchanged, whatever holds the key."""
+    """Loads and creates signing keys. A loaded key is a ``Signer``: code above sees its public
+    key and asks it to sign bytes; only the backend touches key material."""
 
     scheme: str
 
-    def load(self, ref: KeyRef) -> CertificateIssuerPrivateKeyTypes:
+    def load(self, ref: KeyRef) -> Signer:
         """The signing key named by ``ref``; raises ``KeyUnavailable`` or ``AuthenticationFailed``."""
         ...
 
-    def generate(self, ref: KeyRef, key_type: KeyType) -> CertificateIssuerPrivateKeyTypes:
+    def generate(self, ref: KeyRef, key_type: KeyType) -> Signer:
         """Make a new key at ``ref`` (refusing to replace one) and return it ready to sign."""
         ...

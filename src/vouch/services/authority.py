@@ -20,26 +20,22 @@ from typing import Protocol
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from cryptography.hazmat.primitives.asymmetric.types import (
-    CertificateIssuerPrivateKeyTypes,
-    CertificatePublicKeyTypes,
-)
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from vouch.clock import Clock
 from vouch.errors import Conflict, LintFailure, PolicyViolation, VouchError
 from vouch.faults import checkpoint
-from vouch.services.lintkeys import LintSigners
 from vouch.store.records import AuthorityRecord, NewCertificate, NewEvent
 from vouch.store.repository import Store
-from vouch.x509.build import IssuerUrls, LeafSpec, leaf_builder
+from vouch.x509.build import IssuerUrls, LeafFactory, LeafSpec
 from vouch.x509.csr import ParsedCSR
 from vouch.x509.keypolicy import check_public_key, spki_sha256
-from vouch.x509.keytypes import signature_hash_for
 from vouch.x509.lint import Linter, LintMode, LintProfile
 from vouch.x509.names import SubjectName
 from vouch.x509.policy import NamePolicy, check_name_constraints, check_name_types
 from vouch.x509.profiles import Profile
 from vouch.x509.serials import format_serial, new_serial
+from vouch.x509.signing import Signer, finish_certificate, template_certificate
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +84,7 @@ class IssuingCA:
 
     record: AuthorityRecord
     certificate: x509.Certificate
-    key: CertificateIssuerPrivateKeyTypes
+    key: Signer
     urls: IssuerUrls
     # Certificates above this CA up to, not including, the root (empty for a root's child).
     chain: tuple[x509.Certificate, ...] = ()
@@ -123,7 +119,7 @@ class IssuedCertificate:
 @dataclass(frozen=True)
 class _Plan:
     request: IssuanceRequest
-    builder: x509.CertificateBuilder
+    template: x509.Certificate
     intent: NewCertificate
     tbs_sha256: str
 
@@ -136,15 +132,13 @@ class Authority:
         store: Store,
         policy: IssuancePolicy,
         clock: Clock,
-        lint_signers: LintSigners | None = None,
     ) -> None:
         self._ca = ca
         self._store = store
         self._policy = policy
         self._clock = clock
-        self._hash = signature_hash_for(ca.key)
-        self._lint_signers = lint_signers or LintSigners()
         self._chain = (ca.certificate, *ca.chain)
+        self._leaves = LeafFactory(ca.certificate, ca.urls)
 
     @property
     def ca(self) -> IssuingCA:
@@ -187,12 +181,10 @@ class Authority:
         signed: list[tuple[int, int, _Plan, x509.Certificate, bytes]] = []
         for (index, plan), cert_id in zip(plans, ids, strict=True):
             try:
-                certificate = plan.builder.sign(self._ca.key, self._hash)  # type: ignore[arg-type]
+                # Signs exactly the recorded TBS: the template's bytes, not a rebuilt certificate.
+                certificate = finish_certificate(plan.template, self._ca.key)
             except VouchError as exc:
                 results[index] = exc
-                continue
-            if certificate.tbs_certificate_bytes != plan.intent.tbs:
-                results[index] = VouchError("the signed certificate differs from the recorded plan")
                 continue
             der = certificate.public_bytes(serialization.Encoding.DER)
             signed.append((index, cert_id, plan, certificate, der))
@@ -230,7 +222,7 @@ class Authority:
                 f"no profile named {request.profile!r}",
                 hint=f"profiles: {', '.join(sorted(policy.profiles))}",
             )
-        if profile.cabf_server and isinstance(self._ca.key, ed25519.Ed25519PrivateKey):
+        if profile.cabf_server and isinstance(self._ca.key.public_key(), ed25519.Ed25519PublicKey):
             raise PolicyViolation(
                 f"profile.{profile.name}.issuer_key",
                 "TLS server certificates must be signed with RSA or ECDSA (CA/B BR 7.1.3.2); "
@@ -291,13 +283,13 @@ class Authority:
             not_after=not_after,
             policy_oids=policy.policy_oids,
         )
-        builder = leaf_builder(spec, self._ca.certificate, self._ca.urls)
-        # The lint certificate carries the same TBS under a throwaway key's signature: what is
-        # linted and recorded is exactly what the CA key will sign.
-        lint_cert = builder.sign(self._lint_signers.for_key(self._ca.key), self._hash)  # type: ignore[arg-type]
-        tbs = lint_cert.tbs_certificate_bytes
-        self._lint(lint_cert, profile)
-        subject = lint_cert.subject.rfc4514_string()
+        builder = self._leaves.builder(spec)
+        # The template carries the TBS under a throwaway key's signature: what is linted and
+        # recorded is exactly what the CA key will sign.
+        template = template_certificate(builder, self._ca.key)
+        tbs = template.tbs_certificate_bytes
+        self._lint(template, profile)
+        subject = template.subject.rfc4514_string()
         intent = NewCertificate(
             authority_id=self._ca.record.id,
             serial=format_serial(serial),
@@ -310,7 +302,7 @@ class Authority:
             not_after=not_after,
             tbs=tbs,
         )
-        return _Plan(request, builder, intent, hashlib.sha256(tbs).hexdigest())
+        return _Plan(request, template, intent, hashlib.sha256(tbs).hexdigest())
 
     @staticmethod
     def _common_name(request: IssuanceRequest, profile: Profile) -> str | None:

@@ -14,10 +14,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.types import (
-    CertificateIssuerPrivateKeyTypes,
-    CertificatePublicKeyTypes,
-)
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from vouch.clock import Clock
 from vouch.errors import BadInput, Conflict, LintFailure, PolicyViolation
@@ -35,9 +32,10 @@ from vouch.x509.build import (
 )
 from vouch.x509.csr import load_csr
 from vouch.x509.keypolicy import check_public_key, spki_sha256
-from vouch.x509.keytypes import CA_KEY_TYPES, KeyType, key_type_of, signature_hash_for
+from vouch.x509.keytypes import CA_KEY_TYPES, KeyType, key_type_of
 from vouch.x509.lint import Linter, LintMode, LintProfile
 from vouch.x509.serials import format_serial, new_serial
+from vouch.x509.signing import Signer, finish_certificate, sign_certificate, template_certificate
 
 CA_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 ROOT_MAX_VALIDITY = dt.timedelta(days=9132)  # CA/B BR 6.3.2: 25 years
@@ -104,7 +102,7 @@ class CAAdmin:
         validity: dt.timedelta,
         key_ref: KeyRef,
         record_key_ref: str | None = None,
-    ) -> tuple[CreatedCA, CertificateIssuerPrivateKeyTypes]:
+    ) -> tuple[CreatedCA, Signer]:
         """Make the root key at ``key_ref`` and its self-signed certificate, and record it.
 
         ``record_key_ref`` is what the store remembers (``none:`` for an offline root)."""
@@ -119,7 +117,7 @@ class CAAdmin:
         subject = ca_subject(organization, f"{organization} Root CA", country)
         serial = new_serial()
         builder = root_builder(subject, key.public_key(), serial, now, now + validity - _SECOND)
-        certificate = builder.sign(key, signature_hash_for(key))  # type: ignore[arg-type]
+        certificate = sign_certificate(builder, key)
         self._lint_ca(certificate)
         der = certificate.public_bytes(serialization.Encoding.DER)
         record_id = self._store.add_authority(
@@ -144,7 +142,7 @@ class CAAdmin:
         *,
         name: str,
         parent: AuthorityRecord,
-        parent_key: CertificateIssuerPrivateKeyTypes,
+        parent_key: Signer,
         organization: str,
         country: str,
         key_type: KeyType,
@@ -178,7 +176,7 @@ class CAAdmin:
         name: str,
         csr_data: bytes,
         parent: AuthorityRecord,
-        parent_key: CertificateIssuerPrivateKeyTypes,
+        parent_key: Signer,
         validity: dt.timedelta,
         name_constraints: NameConstraintsSpec | None = None,
     ) -> CreatedCA:
@@ -210,7 +208,7 @@ class CAAdmin:
         subject: x509.Name,
         public_key: CertificatePublicKeyTypes,
         parent: AuthorityRecord,
-        parent_key: CertificateIssuerPrivateKeyTypes,
+        parent_key: Signer,
         validity: dt.timedelta,
         key_ref: str,
         key_type: str,
@@ -239,10 +237,7 @@ class CAAdmin:
             not_after,
             name_constraints,
         )
-        hash_algorithm = signature_hash_for(parent_key)
-        from vouch.services.lintkeys import LintSigners
-
-        lint_cert = builder.sign(LintSigners().for_key(parent_key), hash_algorithm)  # type: ignore[arg-type]
+        lint_cert = template_certificate(builder, parent_key)
         self._lint_ca(lint_cert)
         serial_hex = format_serial(serial)
         [intent_id] = self._store.record_intents(
@@ -270,9 +265,7 @@ class CAAdmin:
             ],
         )
         checkpoint("ca.after-intent")
-        certificate = builder.sign(parent_key, hash_algorithm)  # type: ignore[arg-type]
-        if certificate.tbs_certificate_bytes != lint_cert.tbs_certificate_bytes:
-            raise Conflict("the signed intermediate differs from the recorded plan")
+        certificate = finish_certificate(lint_cert, parent_key)
         der = certificate.public_bytes(serialization.Encoding.DER)
         record_id = self._store.add_authority(
             name=name,

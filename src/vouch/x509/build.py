@@ -147,11 +147,10 @@ def _constrained_directory(issuer: x509.Certificate) -> x509.Name | None:
     return None
 
 
-def _leaf_subject(spec: LeafSpec, issuer: x509.Certificate) -> x509.Name:
+def _leaf_subject(spec: LeafSpec, directory: x509.Name | None) -> x509.Name:
     if not spec.common_name or len(spec.common_name) > MAX_CN_LENGTH:
         return x509.Name([])
     cn = x509.NameAttribute(NameOID.COMMON_NAME, spec.common_name)
-    directory = _constrained_directory(issuer)
     if directory is None:
         return x509.Name([cn])
     if spec.profile.cabf_server:
@@ -161,49 +160,104 @@ def _leaf_subject(spec: LeafSpec, issuer: x509.Certificate) -> x509.Name:
     return x509.Name([*directory, cn])
 
 
+class LeafFactory:
+    """Builds leaves under one issuer. What every leaf shares (issuer name, AKI, AIA, CRL
+    distribution point, per-profile key usage and policies) is made once, not per certificate."""
+
+    def __init__(self, issuer: x509.Certificate, urls: IssuerUrls) -> None:
+        self._issuer_name = issuer.subject
+        self._directory = _constrained_directory(issuer)
+        self._shared = (
+            x509.Extension(x509.AuthorityKeyIdentifier.oid, False, _aki(issuer)),
+            x509.Extension(x509.AuthorityInformationAccess.oid, False, _aia(urls)),
+            x509.Extension(x509.CRLDistributionPoints.oid, False, _cdp(urls.crl)),
+        )
+        self._basic = x509.Extension(
+            x509.BasicConstraints.oid, True, x509.BasicConstraints(ca=False, path_length=None)
+        )
+        self._by_profile: dict[tuple[str, bool, tuple[ObjectIdentifier, ...]], _ProfileParts] = {}
+
+    def builder(self, spec: LeafSpec) -> x509.CertificateBuilder:
+        profile = spec.profile
+        is_rsa = isinstance(spec.public_key, rsa.RSAPublicKey)
+        parts = self._parts(profile, is_rsa, spec.policy_oids)
+        subject = _leaf_subject(spec, self._directory)
+        extensions = [self._basic, parts.key_usage]
+        if parts.extended_key_usage is not None:
+            extensions.append(parts.extended_key_usage)
+        extensions.append(
+            x509.Extension(
+                x509.SubjectAlternativeName.oid,
+                # RFC 5280 4.2.1.6: critical when the subject is empty.
+                len(subject) == 0,
+                x509.SubjectAlternativeName([n.to_general_name() for n in spec.names]),
+            )
+        )
+        if not profile.cabf_server:
+            # CA/B BR 7.1.2.7.6 makes the SKI "NOT RECOMMENDED" in TLS subscriber certificates
+            # (and its linter warns); RFC 5280 4.2.1.2 asks for it elsewhere.
+            ski = x509.SubjectKeyIdentifier.from_public_key(spec.public_key)
+            extensions.append(x509.Extension(x509.SubjectKeyIdentifier.oid, False, ski))
+        extensions.extend(self._shared)
+        if parts.policies is not None:
+            extensions.append(parts.policies)
+        # The constructor takes the extensions as a list: no per-extension builder copies.
+        return x509.CertificateBuilder(
+            issuer_name=self._issuer_name,
+            subject_name=subject,
+            public_key=spec.public_key,
+            serial_number=spec.serial,
+            not_valid_before=spec.not_before,
+            not_valid_after=spec.not_after,
+            extensions=extensions,
+        )
+
+    def _parts(
+        self, profile: Profile, is_rsa: bool, policy_oids: tuple[ObjectIdentifier, ...]
+    ) -> _ProfileParts:
+        key = (profile.name, is_rsa, policy_oids)
+        parts = self._by_profile.get(key)
+        if parts is None or parts.profile is not profile:
+            usages = set(profile.key_usage)
+            if is_rsa and profile.rsa_key_encipherment:
+                usages.add("key_encipherment")
+            eku = (
+                x509.Extension(
+                    x509.ExtendedKeyUsage.oid,
+                    False,
+                    x509.ExtendedKeyUsage(list(profile.extended_key_usage)),
+                )
+                if profile.extended_key_usage
+                else None
+            )
+            oids = [*profile.policy_oids, *policy_oids]
+            policies = (
+                x509.Extension(x509.CertificatePolicies.oid, False, _policies(oids))
+                if oids
+                else None
+            )
+            parts = _ProfileParts(
+                profile=profile,
+                key_usage=x509.Extension(x509.KeyUsage.oid, True, _key_usage(frozenset(usages))),
+                extended_key_usage=eku,
+                policies=policies,
+            )
+            self._by_profile[key] = parts
+        return parts
+
+
+@dataclass(frozen=True)
+class _ProfileParts:
+    profile: Profile
+    key_usage: x509.Extension[x509.ExtensionType]
+    extended_key_usage: x509.Extension[x509.ExtensionType] | None
+    policies: x509.Extension[x509.ExtensionType] | None
+
+
 def leaf_builder(
     spec: LeafSpec, issuer: x509.Certificate, urls: IssuerUrls
 ) -> x509.CertificateBuilder:
-    profile = spec.profile
-    subject = _leaf_subject(spec, issuer)
-    usages = set(profile.key_usage)
-    if isinstance(spec.public_key, rsa.RSAPublicKey) and profile.rsa_key_encipherment:
-        usages.add("key_encipherment")
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer.subject)
-        .public_key(spec.public_key)
-        .serial_number(spec.serial)
-        .not_valid_before(spec.not_before)
-        .not_valid_after(spec.not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(frozenset(usages)), critical=True)
-    )
-    if profile.extended_key_usage:
-        builder = builder.add_extension(
-            x509.ExtendedKeyUsage(list(profile.extended_key_usage)), critical=False
-        )
-    builder = builder.add_extension(
-        x509.SubjectAlternativeName([n.to_general_name() for n in spec.names]),
-        # RFC 5280 4.2.1.6: critical when the subject is empty.
-        critical=len(subject) == 0,
-    )
-    if not profile.cabf_server:
-        # CA/B BR 7.1.2.7.6 makes the SKI "NOT RECOMMENDED" in TLS subscriber certificates (and
-        # its linter warns); RFC 5280 4.2.1.2 asks for it elsewhere.
-        builder = builder.add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(spec.public_key), critical=False
-        )
-    builder = (
-        builder.add_extension(_aki(issuer), critical=False)
-        .add_extension(_aia(urls), critical=False)
-        .add_extension(_cdp(urls.crl), critical=False)
-    )
-    oids = list(profile.policy_oids) + list(spec.policy_oids)
-    if oids:
-        builder = builder.add_extension(_policies(oids), critical=False)
-    return builder
+    return LeafFactory(issuer, urls).builder(spec)
 
 
 def ca_subject(organization: str, common_name: str, country: str) -> x509.Name:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
@@ -48,15 +47,3 @@ def key_type_of(public_key: CertificatePublicKeyTypes) -> str:
     if isinstance(public_key, ed25519.Ed25519PublicKey):
         return "ed25519"
     return type(public_key).__name__.removeprefix("_").lower()
-
-
-def signature_hash_for(key: CertificateIssuerPrivateKeyTypes) -> hashes.HashAlgorithm | None:
-    """The hash a CA key signs with: SHA-384 for P-384 (as CA/B 7.1.3.2 pairs them), else SHA-256.
-
-    Ed25519 signs without a separate hash, so ``None``.
-    """
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        return None
-    if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP384R1):
-        return hashes.SHA384()
-    return hashes.SHA256()
