@@ -243,14 +243,6 @@ def postgres_home(home: Path, url: str) -> Vouch:
     return vouch
 
 
-def issuing_private_key(home: Path) -> CertificateIssuerPrivateKeyTypes:
-    data = (home / "keys" / "issuing.key.pem").read_bytes()
-    key = serialization.load_pem_private_key(data, PASSPHRASE)
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise RuntimeError("the benchmark's issuing key is not ECDSA")
-    return key
-
-
 # -- the measured paths -------------------------------------------------------------------------
 
 
@@ -576,11 +568,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         vouch = sqlite_home(work / "home-off", lint=LintMode.OFF)
         authority = vouch.authority()
         ca = authority.ca
-        # The peers get the same intermediate key, read from vouch's encrypted key file.
-        ca_key = issuing_private_key(work / "home-off")
-        crypto = CryptographyIssuer(ca_key, ca.certificate, ca.urls)
+        crypto = CryptographyIssuer(ca.key, ca.certificate, ca.urls)
         openssl = OpensslCA(
-            work / "openssl-ca", ca_key, ca.certificate, ca.urls, csrs[: sizes.openssl]
+            work / "openssl-ca", ca.key, ca.certificate, ca.urls, csrs[: sizes.openssl]
         )
 
         vouch_batched(authority, warmup)  # first use: statement caches, imports, page cache

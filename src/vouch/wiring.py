@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from sqlalchemy.engine import make_url
 
 from vouch.clock import Clock, SystemClock
@@ -28,7 +29,6 @@ from vouch.x509.keytypes import KeyType
 from vouch.x509.lint import LintMode, PkilintLinter
 from vouch.x509.policy import NamePolicy
 from vouch.x509.profiles import load_profiles
-from vouch.x509.signing import Signer
 
 ROOT_KEY_FILE = "root.key.pem"
 ROOT_CERT_FILE = "root.pem"
@@ -174,7 +174,7 @@ class Vouch:
             raise NotFound("this home has no root CA")
         return roots[0]
 
-    def root_key(self, root_key_dir: Path | None) -> Signer:
+    def root_key(self, root_key_dir: Path | None) -> CertificateIssuerPrivateKeyTypes:
         """The root's key: from the home, or from an offline root directory (a ceremony)."""
         root = self.root()
         ref = KeyRef.parse(root.key_ref)

@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 
 from vouch.x509.der import encode_tlv, read_tlv
 from vouch.x509.signing import (
-    SoftwareSigner,
     finish_certificate,
     sign_crl,
     template_certificate,
@@ -38,7 +37,6 @@ def _keys() -> list[CertificateIssuerPrivateKeyTypes]:
 def test_certificate_signed_by_signer_carries_the_template_tbs(
     key: CertificateIssuerPrivateKeyTypes,
 ) -> None:
-    signer = SoftwareSigner(key)
     builder = (
         x509.CertificateBuilder()
         .subject_name(NAME)
@@ -48,11 +46,11 @@ def test_certificate_signed_by_signer_carries_the_template_tbs(
         .not_valid_before(NOW)
         .not_valid_after(NOW + dt.timedelta(days=1))
     )
-    template = template_certificate(builder, signer)
+    template = template_certificate(builder, key)
     # The template is signed by a throwaway key, not by the CA key.
     with pytest.raises(InvalidSignature):
         template.verify_directly_issued_by(template)
-    final = finish_certificate(template, signer)
+    final = finish_certificate(template, key)
     assert final.tbs_certificate_bytes == template.tbs_certificate_bytes
     assert final.signature_algorithm_oid == template.signature_algorithm_oid
     final.verify_directly_issued_by(final)  # self-signed by the real key
@@ -60,7 +58,6 @@ def test_certificate_signed_by_signer_carries_the_template_tbs(
 
 def test_crl_signed_by_signer_verifies() -> None:
     key = ec.generate_private_key(ec.SECP256R1())
-    signer = SoftwareSigner(key)
     revoked = x509.RevokedCertificateBuilder().serial_number(1234).revocation_date(NOW).build()
     builder = (
         x509.CertificateRevocationListBuilder()
@@ -69,7 +66,7 @@ def test_crl_signed_by_signer_verifies() -> None:
         .next_update(NOW + dt.timedelta(days=7))
         .add_revoked_certificate(revoked)
     )
-    crl = sign_crl(builder, signer)
+    crl = sign_crl(builder, key)
     assert crl.is_signature_valid(key.public_key())
     assert crl.get_revoked_certificate_by_serial_number(1234) is not None
 

@@ -11,9 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+
 from vouch.errors import ConfigError
 from vouch.x509.keytypes import KeyType
-from vouch.x509.signing import Signer
 
 PassphraseSource = Callable[[str], bytes]
 """Asked for the passphrase of the key it names (a short description); returns it as bytes."""
@@ -38,15 +39,15 @@ class KeyRef:
 
 
 class KeyBackend(Protocol):
-    """Loads and creates signing keys. A loaded key is a ``Signer``: code above sees its public
-    key and asks it to sign bytes; only the backend touches key material."""
+    """Loads and creates signing keys. A loaded key is a ``cryptography`` private-key object, so
+    certificate, CRL and OCSP builders work with it unchanged, whatever holds the key."""
 
     scheme: str
 
-    def load(self, ref: KeyRef) -> Signer:
+    def load(self, ref: KeyRef) -> CertificateIssuerPrivateKeyTypes:
         """The signing key named by ``ref``; raises ``KeyUnavailable`` or ``AuthenticationFailed``."""
         ...
 
-    def generate(self, ref: KeyRef, key_type: KeyType) -> Signer:
+    def generate(self, ref: KeyRef, key_type: KeyType) -> CertificateIssuerPrivateKeyTypes:
         """Make a new key at ``ref`` (refusing to replace one) and return it ready to sign."""
         ...

@@ -6,13 +6,13 @@ import stat
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
 from vouch.errors import AuthenticationFailed, BadInput, ConfigError, KeyUnavailable
 from vouch.fsutil import atomic_write, describe_os_error
 from vouch.keys.base import KeyRef, PassphraseSource
 from vouch.keys.pkcs8 import encrypt_private_key
 from vouch.x509.keytypes import KeyType, generate_private_key
-from vouch.x509.signing import Signer, SoftwareSigner
 
 MAX_KEY_FILE = 64 * 1024
 
@@ -30,7 +30,7 @@ class FileKeyBackend:
         path = Path(ref.location)
         return path if path.is_absolute() else self._base_dir / path
 
-    def load(self, ref: KeyRef) -> Signer:
+    def load(self, ref: KeyRef) -> CertificateIssuerPrivateKeyTypes:
         path = self.path_of(ref)
         try:
             mode = path.stat().st_mode
@@ -56,9 +56,9 @@ class FileKeyBackend:
             raise KeyUnavailable(f"key file {path} is not an encrypted PEM private key") from exc
         if not _is_signing_key(key):
             raise KeyUnavailable(f"key file {path} holds a key type that cannot sign certificates")
-        return SoftwareSigner(key)  # type: ignore[arg-type]
+        return key  # type: ignore[return-value]
 
-    def generate(self, ref: KeyRef, key_type: KeyType) -> Signer:
+    def generate(self, ref: KeyRef, key_type: KeyType) -> CertificateIssuerPrivateKeyTypes:
         path = self.path_of(ref)
         if not path.parent.is_dir():
             raise ConfigError(f"key directory {path.parent} does not exist")
@@ -67,7 +67,7 @@ class FileKeyBackend:
         if len(passphrase) < 8:
             raise BadInput("a key passphrase must have at least 8 characters")
         atomic_write(path, encrypt_private_key(key, passphrase), mode=0o600, overwrite=False)
-        return SoftwareSigner(key)
+        return key
 
 
 def _is_signing_key(key: object) -> bool:

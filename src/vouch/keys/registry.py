@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+
 from vouch.errors import ConfigError, KeyUnavailable
 from vouch.keys.base import KeyBackend, KeyRef
 from vouch.x509.keytypes import KeyType
-from vouch.x509.signing import Signer
 
 
 class KeyRegistry:
@@ -28,8 +29,8 @@ class KeyRegistry:
                 hint=f"known: {', '.join(sorted(self._backends))}",
             ) from None
 
-    def load(self, ref: KeyRef) -> Signer:
+    def load(self, ref: KeyRef) -> CertificateIssuerPrivateKeyTypes:
         return self.backend(ref).load(ref)
 
-    def generate(self, ref: KeyRef, key_type: KeyType) -> Signer:
+    def generate(self, ref: KeyRef, key_type: KeyType) -> CertificateIssuerPrivateKeyTypes:
         return self.backend(ref).generate(ref, key_type)

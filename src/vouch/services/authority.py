@@ -20,7 +20,10 @@ from typing import Protocol
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+    CertificatePublicKeyTypes,
+)
 
 from vouch.clock import Clock
 from vouch.errors import Conflict, LintFailure, PolicyViolation, VouchError
@@ -35,7 +38,7 @@ from vouch.x509.names import SubjectName
 from vouch.x509.policy import NamePolicy, check_name_constraints, check_name_types
 from vouch.x509.profiles import Profile
 from vouch.x509.serials import format_serial, new_serial
-from vouch.x509.signing import Signer, finish_certificate, template_certificate
+from vouch.x509.signing import finish_certificate, template_certificate
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +87,7 @@ class IssuingCA:
 
     record: AuthorityRecord
     certificate: x509.Certificate
-    key: Signer
+    key: CertificateIssuerPrivateKeyTypes
     urls: IssuerUrls
     # Certificates above this CA up to, not including, the root (empty for a root's child).
     chain: tuple[x509.Certificate, ...] = ()

@@ -14,7 +14,10 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+    CertificatePublicKeyTypes,
+)
 
 from vouch.clock import Clock
 from vouch.errors import BadInput, Conflict, LintFailure, PolicyViolation
@@ -35,7 +38,7 @@ from vouch.x509.keypolicy import check_public_key, spki_sha256
 from vouch.x509.keytypes import CA_KEY_TYPES, KeyType, key_type_of
 from vouch.x509.lint import Linter, LintMode, LintProfile
 from vouch.x509.serials import format_serial, new_serial
-from vouch.x509.signing import Signer, finish_certificate, sign_certificate, template_certificate
+from vouch.x509.signing import finish_certificate, sign_certificate, template_certificate
 
 CA_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 ROOT_MAX_VALIDITY = dt.timedelta(days=9132)  # CA/B BR 6.3.2: 25 years
@@ -102,7 +105,7 @@ class CAAdmin:
         validity: dt.timedelta,
         key_ref: KeyRef,
         record_key_ref: str | None = None,
-    ) -> tuple[CreatedCA, Signer]:
+    ) -> tuple[CreatedCA, CertificateIssuerPrivateKeyTypes]:
         """Make the root key at ``key_ref`` and its self-signed certificate, and record it.
 
         ``record_key_ref`` is what the store remembers (``none:`` for an offline root)."""
@@ -142,7 +145,7 @@ class CAAdmin:
         *,
         name: str,
         parent: AuthorityRecord,
-        parent_key: Signer,
+        parent_key: CertificateIssuerPrivateKeyTypes,
         organization: str,
         country: str,
         key_type: KeyType,
@@ -176,7 +179,7 @@ class CAAdmin:
         name: str,
         csr_data: bytes,
         parent: AuthorityRecord,
-        parent_key: Signer,
+        parent_key: CertificateIssuerPrivateKeyTypes,
         validity: dt.timedelta,
         name_constraints: NameConstraintsSpec | None = None,
     ) -> CreatedCA:
@@ -208,7 +211,7 @@ class CAAdmin:
         subject: x509.Name,
         public_key: CertificatePublicKeyTypes,
         parent: AuthorityRecord,
-        parent_key: Signer,
+        parent_key: CertificateIssuerPrivateKeyTypes,
         validity: dt.timedelta,
         key_ref: str,
         key_type: str,

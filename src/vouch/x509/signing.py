@@ -1,17 +1,16 @@
-"""Signing X.509 structures with any key that can sign bytes.
+"""Signing X.509 structures so that what the CA key signs is exactly what was recorded.
 
-``cryptography``'s builders sign only with its own key objects, but a CA key may live in an HSM.
-So every certificate and CRL is built as a *template*: the builder signs it with a throwaway key
-of the CA key's algorithm, which yields the exact to-be-signed bytes (TBS), since the signature
-algorithm follows the key type and the AKI comes from the issuer certificate, not the key. The
-template is linted and its TBS recorded; then the CA's ``Signer`` signs those bytes and the final
-DER is assembled around them. What is signed is the recorded TBS by construction.
+Every certificate and CRL is first built as a *template*: the builder signs it with a throwaway
+key of the CA key's algorithm, which yields the exact to-be-signed bytes (TBS), since the
+signature algorithm follows the key type and the AKI comes from the issuer certificate, not the
+key. The template is linted and its TBS recorded; then the CA key signs those bytes once and the
+final DER is assembled around them: no second build, and the recorded TBS is what is signed by
+construction. The CA key is a ``cryptography`` private-key object, whatever holds it.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -27,63 +26,30 @@ _SEQUENCE = 0x30
 _BIT_STRING = 0x03
 
 
-class Signer(Protocol):
-    """A key that can sign: its public key, its signature hash, and ``sign(bytes)``.
-
-    ``sign`` returns the signature value as X.509 carries it: DER ``ECDSA-Sig-Value`` for ECDSA,
-    PKCS#1 v1.5 for RSA, the raw 64 bytes for Ed25519. Key material never leaves the signer.
-    """
-
-    def public_key(self) -> CertificateIssuerPublicKeyTypes: ...
-
-    @property
-    def hash_algorithm(self) -> hashes.HashAlgorithm | None: ...
-
-    def sign(self, data: bytes) -> bytes: ...
-
-
-def signature_hash_for_public_key(
-    public_key: CertificateIssuerPublicKeyTypes,
-) -> hashes.HashAlgorithm | None:
+def signature_hash_for(key: CertificateIssuerPrivateKeyTypes) -> hashes.HashAlgorithm | None:
     """SHA-384 for P-384 (as CA/B 7.1.3.2 pairs them), none for EdDSA, else SHA-256."""
-    if isinstance(public_key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
+    if isinstance(key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
         return None
-    if isinstance(public_key, ec.EllipticCurvePublicKey) and isinstance(
-        public_key.curve, ec.SECP384R1
-    ):
+    if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP384R1):
         return hashes.SHA384()
     return hashes.SHA256()
 
 
-class SoftwareSigner:
-    """A ``cryptography`` private key in this process (file keys, tests)."""
+def sign_data(key: CertificateIssuerPrivateKeyTypes, data: bytes) -> bytes:
+    """The signature value X.509 carries: DER ``ECDSA-Sig-Value``, PKCS#1 v1.5, or raw EdDSA.
 
-    def __init__(self, key: CertificateIssuerPrivateKeyTypes) -> None:
-        self._key = key
-        self._public = key.public_key()
-        self._hash = signature_hash_for_public_key(self._public)
-
-    def public_key(self) -> CertificateIssuerPublicKeyTypes:
-        return self._public
-
-    @property
-    def hash_algorithm(self) -> hashes.HashAlgorithm | None:
-        return self._hash
-
-    def sign(self, data: bytes) -> bytes:
-        key = self._key
-        if isinstance(key, ec.EllipticCurvePrivateKey):
-            assert self._hash is not None
-            return key.sign(data, ec.ECDSA(self._hash))
-        if isinstance(key, rsa.RSAPrivateKey):
-            assert self._hash is not None
-            return key.sign(data, padding.PKCS1v15(), self._hash)
-        if isinstance(key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
-            return key.sign(data)
-        raise TypeError(f"cannot sign with a {type(key).__name__}")
-
-    def __repr__(self) -> str:
-        return f"SoftwareSigner({type(self._public).__name__})"
+    ``key`` may be any subclass of ``cryptography``'s key classes (an HSM key's ``sign`` goes to
+    the token), exactly as ``cryptography``'s own builders call it."""
+    hash_algorithm = signature_hash_for(key)
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        assert hash_algorithm is not None
+        return key.sign(data, ec.ECDSA(hash_algorithm))
+    if isinstance(key, rsa.RSAPrivateKey):
+        assert hash_algorithm is not None
+        return key.sign(data, padding.PKCS1v15(), hash_algorithm)
+    if isinstance(key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
+        return key.sign(data)
+    raise TypeError(f"cannot sign with a {type(key).__name__}")
 
 
 # -- throwaway template keys, one per algorithm, never trusted ----------------------------------
@@ -115,59 +81,63 @@ def _make_template_key(
     raise TypeError(f"no template key for {type(public_key).__name__}")
 
 
-def template_key(signer: Signer) -> CertificateIssuerPrivateKeyTypes:
-    public_key = signer.public_key()
+def template_key(key: CertificateIssuerPrivateKeyTypes) -> CertificateIssuerPrivateKeyTypes:
+    public_key = key.public_key()
     kind = _kind(public_key)
     with _templates_lock:
-        key = _templates.get(kind)
-        if key is None:
-            key = _templates[kind] = _make_template_key(public_key)
-        return key
+        template = _templates.get(kind)
+        if template is None:
+            template = _templates[kind] = _make_template_key(public_key)
+        return template
 
 
 # -- certificates --------------------------------------------------------------------------------
 
 
-def template_certificate(builder: x509.CertificateBuilder, signer: Signer) -> x509.Certificate:
-    """The certificate ``signer`` will sign, signed by a throwaway key: lint and record this."""
-    return builder.sign(template_key(signer), signer.hash_algorithm)  # type: ignore[arg-type]
+def template_certificate(
+    builder: x509.CertificateBuilder, key: CertificateIssuerPrivateKeyTypes
+) -> x509.Certificate:
+    """The certificate ``key`` will sign, signed by a throwaway key: lint and record this."""
+    return builder.sign(template_key(key), signature_hash_for(key))  # type: ignore[arg-type]
 
 
-def finish_certificate(template: x509.Certificate, signer: Signer) -> x509.Certificate:
-    """The template's exact TBS, signed by ``signer``."""
+def finish_certificate(
+    template: x509.Certificate, key: CertificateIssuerPrivateKeyTypes
+) -> x509.Certificate:
+    """The template's exact TBS, signed by ``key``."""
     return x509.load_der_x509_certificate(
-        _assemble(template.public_bytes(serialization.Encoding.DER), signer)
+        _assemble(template.public_bytes(serialization.Encoding.DER), key)
     )
 
 
-def sign_certificate(builder: x509.CertificateBuilder, signer: Signer) -> x509.Certificate:
-    return finish_certificate(template_certificate(builder, signer), signer)
+def sign_certificate(
+    builder: x509.CertificateBuilder, key: CertificateIssuerPrivateKeyTypes
+) -> x509.Certificate:
+    return finish_certificate(template_certificate(builder, key), key)
 
 
 # -- CRLs ----------------------------------------------------------------------------------------
 
 
 def template_crl(
-    builder: x509.CertificateRevocationListBuilder, signer: Signer
+    builder: x509.CertificateRevocationListBuilder, key: CertificateIssuerPrivateKeyTypes
 ) -> x509.CertificateRevocationList:
-    return builder.sign(template_key(signer), signer.hash_algorithm)  # type: ignore[arg-type]
+    return builder.sign(template_key(key), signature_hash_for(key))  # type: ignore[arg-type]
 
 
 def finish_crl(
-    template: x509.CertificateRevocationList, signer: Signer
+    template: x509.CertificateRevocationList, key: CertificateIssuerPrivateKeyTypes
 ) -> x509.CertificateRevocationList:
-    return x509.load_der_x509_crl(
-        _assemble(template.public_bytes(serialization.Encoding.DER), signer)
-    )
+    return x509.load_der_x509_crl(_assemble(template.public_bytes(serialization.Encoding.DER), key))
 
 
 def sign_crl(
-    builder: x509.CertificateRevocationListBuilder, signer: Signer
+    builder: x509.CertificateRevocationListBuilder, key: CertificateIssuerPrivateKeyTypes
 ) -> x509.CertificateRevocationList:
-    return finish_crl(template_crl(builder, signer), signer)
+    return finish_crl(template_crl(builder, key), key)
 
 
-def _assemble(template_der: bytes, signer: Signer) -> bytes:
+def _assemble(template_der: bytes, key: CertificateIssuerPrivateKeyTypes) -> bytes:
     """``SEQUENCE { tbs, signatureAlgorithm, BIT STRING signature }`` with a new signature.
 
     Certificates and CRLs share this outer shape (RFC 5280 4.1 and 5.1)."""
@@ -180,5 +150,5 @@ def _assemble(template_der: bytes, signer: Signer) -> bytes:
     if tbs_tag != _SEQUENCE or alg_tag != _SEQUENCE:
         raise ValueError("template does not hold a TBS and an AlgorithmIdentifier")
     tbs_and_algorithm = template_der[header : tbs_end + alg_header + alg_length]
-    signature = signer.sign(template_der[header:tbs_end])
+    signature = sign_data(key, template_der[header:tbs_end])
     return encode_tlv(_SEQUENCE, tbs_and_algorithm + encode_tlv(_BIT_STRING, b"\x00" + signature))
