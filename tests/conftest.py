@@ -52,7 +52,7 @@ def make_home(
         root_validity=dt.timedelta(days=3650),
         intermediate_validity=dt.timedelta(days=1825),
         offline_root=kwargs.pop("offline_root", None),  # type: ignore[arg-type]
-        public_url=PUBLIC_URL,
+        public_url=str(kwargs.pop("public_url", PUBLIC_URL)),
         lint_allow=[] if lint_allow is None else lint_allow,
         store_url=store_url,
         **kwargs,  # type: ignore[arg-type]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from vouch.errors import ConfigError
 from vouch.x509.lint import LintMode
@@ -40,6 +41,44 @@ class IssuanceSettings(_Strict):
 
 class ServeSettings(_Strict):
     public_url: str = "http://127.0.0.1:8080"
+    # Listen addresses (host:port); the HTTP one serves revocation data, as clients expect.
+    http: str = "127.0.0.1:8080"
+    https: str | None = "127.0.0.1:8443"
+    # Names of the certificate vouch issues itself for HTTPS (renewed on its own).
+    tls_names: list[str] = Field(default_factory=lambda: ["localhost", "127.0.0.1"])
+
+
+class RevocationSettings(_Strict):
+    # CRL nextUpdate - thisUpdate; regenerated at half-life and on every revocation.
+    crl_validity: str = "7d"
+    # 0: one CRL per CA. N: leaves are spread over N shard CRLs by serial (and the full CRL stays).
+    crl_shards: int = Field(default=0, ge=0, le=1024)
+    # The root's CRL (covering intermediates), signed in a ceremony when the root is offline.
+    root_crl_validity: str = "180d"
+    # Pre-signed OCSP responses: validity, refreshed at half-life.
+    ocsp_validity: str = "4d"
+    # Delegated OCSP responder certificates: short-lived, renewed on their own.
+    responder_validity: str = "14d"
+    # How often the server checks what is due (CRLs, OCSP responses, responders).
+    check_interval: str = "5s"
+
+    @model_validator(mode="after")
+    def _bounds(self) -> RevocationSettings:
+        from vouch.durations import parse_duration
+
+        def within(field: str, low: dt.timedelta, high: dt.timedelta, why: str) -> None:
+            value = parse_duration(getattr(self, field))
+            if not low <= value <= high:
+                raise ValueError(f"{field} must be between {low} and {high} ({why})")
+
+        within("crl_validity", dt.timedelta(hours=1), dt.timedelta(days=10), "CA/B BR 4.9.7")
+        within("root_crl_validity", dt.timedelta(days=1), dt.timedelta(days=365), "CA/B BR 4.9.7")
+        within("ocsp_validity", dt.timedelta(hours=8), dt.timedelta(days=10), "CA/B BR 4.9.10")
+        within("responder_validity", dt.timedelta(days=1), dt.timedelta(days=90), "short-lived")
+        within("check_interval", dt.timedelta(seconds=1), dt.timedelta(seconds=30), "60 s rule")
+        if parse_duration(self.responder_validity) < parse_duration(self.ocsp_validity):
+            raise ValueError("responder_validity must be at least ocsp_validity")
+        return self
 
 
 class CASettings(_Strict):
@@ -53,6 +92,7 @@ class VouchConfig(_Strict):
     keys: KeySettings = Field(default_factory=KeySettings)
     issuance: IssuanceSettings = Field(default_factory=IssuanceSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
+    revocation: RevocationSettings = Field(default_factory=RevocationSettings)
     policy: dict[str, Any] = Field(default_factory=dict)
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
     cas: dict[str, CASettings] = Field(default_factory=dict)
@@ -129,6 +169,17 @@ policy_oids = []
 [serve]
 # The base of the AIA, CRL and OCSP URLs written into certificates.
 public_url = {toml_string(public_url)}
+http = "127.0.0.1:8080"
+https = "127.0.0.1:8443"
+tls_names = ["localhost", "127.0.0.1"]
+
+[revocation]
+crl_validity = "7d"          # at most 10 days; regenerated at half-life and on each revocation
+crl_shards = 0               # N > 0 spreads leaves over N partitioned CRLs
+root_crl_validity = "180d"   # the root's CRL of intermediates (a ceremony when offline)
+ocsp_validity = "4d"         # pre-signed responses, 8 hours to 10 days, refreshed at half-life
+responder_validity = "14d"   # delegated OCSP responder certificates, renewed on their own
+check_interval = "5s"        # how often `vouch serve` looks for revocation data to refresh
 
 [policy]
 # Applies to every CA and profile. Empty allow lists allow everything not denied.

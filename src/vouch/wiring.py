@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+from collections.abc import Collection
 from functools import cached_property
 from pathlib import Path
 
@@ -14,17 +15,30 @@ from sqlalchemy.engine import make_url
 
 from vouch.clock import Clock, SystemClock
 from vouch.config import CONFIG_NAME, VouchConfig, load_config, render_initial_config
-from vouch.errors import BadInput, ConfigError, Conflict, KeyUnavailable, NotFound
+from vouch.durations import parse_duration
+from vouch.errors import BadInput, ConfigError, Conflict, KeyUnavailable, NotFound, VouchError
 from vouch.fsutil import atomic_write
 from vouch.keys.base import KeyRef, PassphraseSource
 from vouch.keys.file import FileKeyBackend
 from vouch.keys.registry import KeyRegistry
-from vouch.services.authority import Authority, IssuancePolicy, IssuingCA, KeyBlocklist, NoBlocklist
+from vouch.services.authority import (
+    Authority,
+    Blocklists,
+    IssuancePolicy,
+    IssuingCA,
+    KeyBlocklist,
+)
 from vouch.services.ca_admin import CAAdmin, CreatedCA, UrlScheme
+from vouch.services.crls import CRLProducer, CRLSettings
+from vouch.services.ocsp import OcspProducer, OcspSettings
+from vouch.services.revocation import Revoker
 from vouch.store.engine import Database
-from vouch.store.records import AuthorityRecord
+from vouch.store.leases import Leases
+from vouch.store.ocsp import OcspStore
+from vouch.store.records import AuthorityRecord, CertificateRecord
 from vouch.store.repository import Store
-from vouch.x509.build import NameConstraintsSpec
+from vouch.store.revocations import RevocationStore
+from vouch.x509.build import IssuerUrls, NameConstraintsSpec
 from vouch.x509.keytypes import KeyType
 from vouch.x509.lint import LintMode, PkilintLinter
 from vouch.x509.policy import NamePolicy
@@ -56,8 +70,8 @@ class FileBlocklist:
             line.split("#", 1)[0].strip().lower() for line in lines if line.split("#", 1)[0].strip()
         )
 
-    def is_blocked(self, spki_sha256: str) -> bool:
-        return spki_sha256 in self._hashes
+    def blocked_among(self, spki_sha256s: Collection[str]) -> set[str]:
+        return {s for s in spki_sha256s if s in self._hashes}
 
 
 class Vouch:
@@ -80,8 +94,12 @@ class Vouch:
         )
         self.db.migrate()
         self.store = Store(self.db)
+        self.revocations = RevocationStore(self.db)
+        self.ocsp_store = OcspStore(self.db)
+        self.leases = Leases(self.db)
         self.keys = KeyRegistry([FileKeyBackend(home, passphrase)])
         self.urls = UrlScheme(self.config.serve.public_url)
+        self.publish_notes: list[str] = []
 
     def close(self) -> None:
         self.db.dispose()
@@ -105,10 +123,12 @@ class Vouch:
                 NamePolicy.from_config(f"cas.{ca_name}.policy", ca_settings.policy)
             )
         profiles = load_profiles(config.profiles)
-        blocklist: KeyBlocklist = NoBlocklist()
+        blocklist: KeyBlocklist = self.revocations  # keys blocked by keyCompromise revocations
         if config.issuance.blocked_keys_file:
             path = Path(config.issuance.blocked_keys_file)
-            blocklist = FileBlocklist(path if path.is_absolute() else self.home / path)
+            blocklist = Blocklists(
+                self.revocations, FileBlocklist(path if path.is_absolute() else self.home / path)
+            )
         try:
             oids = tuple(x509.ObjectIdentifier(o) for o in config.issuance.policy_oids)
         except ValueError as exc:
@@ -141,14 +161,16 @@ class Vouch:
                 f"{record.name} is a root CA; roots sign only intermediates and CRLs",
                 hint="issue under an intermediate (vouch ca list)",
             )
-        if record.status == "retired":
-            raise Conflict(f"CA {record.name} is retired and issues nothing")
+        if record.status in ("retired", "revoked"):
+            raise Conflict(f"CA {record.name} is {record.status} and issues nothing")
         key = self.keys.load(KeyRef.parse(record.key_ref))
         return IssuingCA(
             record=record,
             certificate=x509.load_der_x509_certificate(record.certificate),
             key=key,
-            urls=self.urls.for_issuer(record.name, with_ocsp=True),
+            urls=self.urls.for_issuer(
+                record.name, with_ocsp=True, crl_shards=self.config.revocation.crl_shards
+            ),
             chain=self.chain_above(record),
         )
 
@@ -167,6 +189,99 @@ class Vouch:
             linter=self.linter,
             lint_mode=self.config.issuance.lint,
         )
+
+    # -- revocation ----------------------------------------------------------------------------
+
+    @cached_property
+    def crl_producer(self) -> CRLProducer:
+        settings = self.config.revocation
+        return CRLProducer(
+            revocations=self.revocations,
+            clock=self.clock,
+            settings=CRLSettings(
+                validity=parse_duration(settings.crl_validity),
+                root_validity=parse_duration(settings.root_crl_validity),
+                shards=settings.crl_shards,
+            ),
+            linter=self.linter,
+            lint_mode=self.config.issuance.lint,
+        )
+
+    @cached_property
+    def ocsp_producer(self) -> OcspProducer:
+        settings = self.config.revocation
+        return OcspProducer(
+            store=self.store,
+            ocsp=self.ocsp_store,
+            revocations=self.revocations,
+            keys=self.keys,
+            clock=self.clock,
+            settings=OcspSettings(
+                validity=parse_duration(settings.ocsp_validity),
+                responder_validity=parse_duration(settings.responder_validity),
+                organization=self.config.organization,
+                country=self.config.country,
+            ),
+            linter=self.linter,
+            lint_mode=self.config.issuance.lint,
+        )
+
+    def issuer_urls(self, record: AuthorityRecord) -> IssuerUrls:
+        if record.role == "root":
+            return self.urls.for_issuer(record.name, with_ocsp=False)
+        return self.urls.for_issuer(
+            record.name, with_ocsp=True, crl_shards=self.config.revocation.crl_shards
+        )
+
+    def ca_key(
+        self, record: AuthorityRecord, root_key_dir: Path | None = None
+    ) -> CertificateIssuerPrivateKeyTypes:
+        """A CA's signing key: an online CA's from its backend, the root's as ``root_key``."""
+        if record.role == "root":
+            return self.root_key(root_key_dir)
+        return self.keys.load(KeyRef.parse(record.key_ref))
+
+    def revoker(self, *, publish: bool = True) -> Revoker:
+        return Revoker(
+            store=self.store,
+            revocations=self.revocations,
+            clock=self.clock,
+            after_revoke=self.publish_revocation if publish else None,
+        )
+
+    def publish_revocation(self, authority: AuthorityRecord, record: CertificateRecord) -> None:
+        """Right after a revocation: the CA's CRLs and the certificate's OCSP response again.
+
+        Best effort: an offline root's CRL waits for its ceremony, and the server's periodic
+        check redoes anything that failed here (the CA's revision tells it)."""
+        self.publish_notes.clear()
+        try:
+            key = self.ca_key(authority)
+        except VouchError as exc:
+            self.publish_notes.append(
+                f"the CRL of {authority.name} was not re-signed here: {exc.message}"
+                + (
+                    " (run `vouch crl --ca root --root-key DIR`)"
+                    if authority.role == "root"
+                    else ""
+                )
+            )
+            return
+        try:
+            self.crl_producer.produce(authority, key, self.issuer_urls(authority))
+            if authority.role == "root":
+                return
+            producer = self.ocsp_producer
+            issuer = next((i for i in producer.issuers() if i.record.id == authority.id), None)
+            responder = producer.responder(authority, ca_key=key)
+            if issuer is not None and responder is not None:
+                [fresh] = self.revocations.find_issued(record.serial, authority.name)
+                producer.refresh_one(issuer, responder, fresh)
+        except VouchError as exc:
+            self.publish_notes.append(
+                f"the revocation is recorded, but publishing it here failed ({exc.message}); "
+                "a running `vouch serve` publishes it within seconds"
+            )
 
     def root(self) -> AuthorityRecord:
         roots = [a for a in self.store.list_authorities() if a.role == "root"]

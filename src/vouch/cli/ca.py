@@ -165,3 +165,37 @@ def sign_csr_command(
         print(
             f"Signed intermediate {created.record.name} (serial {created.record.serial}) -> {out}"
         )
+
+
+@app.command("revoke")
+def revoke_command(
+    ctx: typer.Context,
+    name: str,
+    reason: Annotated[
+        str,
+        typer.Option(
+            "--reason",
+            help="keyCompromise, cACompromise, superseded, cessationOfOperation or unspecified.",
+        ),
+    ],
+    root_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--root-key",
+            help="Offline root directory holding root.key.pem (to sign the root's CRL).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Revoke an intermediate CA: on the root's CRL, and it issues nothing more."""
+    with errors_to_exit():
+        vouch = _open(ctx)
+        root = vouch.root()
+        # The root key is needed for the root's CRL: check it before anything is recorded.
+        key = vouch.ca_key(root, root_key)
+        revoked = vouch.revoker(publish=False).revoke_ca(name, reason)
+        crls = vouch.crl_producer.produce(root, key, vouch.issuer_urls(root), shards=[-1])
+    print(
+        f"Revoked CA {name} (certificate {revoked.serial}, {revoked.reason}); "
+        f"root CRL number {crls[0].number} lists it"
+    )

@@ -329,3 +329,60 @@ def _issued_but_unwritten(serial: str) -> Iterator[None]:
         exc.message = f"certificate {serial} was issued and recorded, but {exc.message}"
         exc.hint = f"fix the cause and fetch it with: vouch cert export {serial} --format pem"
         raise
+
+
+def _parse_time(text: str):  # type: ignore[no-untyped-def]
+    import datetime as dt
+
+    from vouch.errors import BadInput
+
+    try:
+        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise BadInput(
+            f"not a date and time: {text!r}", hint="use ISO 8601, e.g. 2026-11-01T12:00:00Z"
+        ) from exc
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value
+
+
+@app.command("revoke")
+def revoke_command(
+    ctx: typer.Context,
+    serial: Annotated[str, typer.Argument(help="Serial in hex, as `vouch cert list` shows it.")],
+    reason: Annotated[
+        str,
+        typer.Option(
+            "--reason",
+            help="keyCompromise, superseded, cessationOfOperation, affiliationChanged, "
+            "privilegeWithdrawn or unspecified.",
+        ),
+    ],
+    invalidity_date: Annotated[
+        str | None,
+        typer.Option(
+            "--invalidity-date",
+            help="When the key is known or suspected to have been compromised (ISO 8601).",
+            show_default=False,
+        ),
+    ] = None,
+    ca: CaOption = None,
+) -> None:
+    """Revoke a certificate, at once and for good; keyCompromise also blocks its key."""
+    with errors_to_exit():
+        vouch = _open(ctx)
+        revoked = vouch.revoker().revoke(
+            serial,
+            reason,
+            ca=ca,
+            invalidity_date=_parse_time(invalidity_date) if invalidity_date else None,
+        )
+    print(
+        f"Revoked {revoked.serial} of CA {revoked.ca} ({revoked.reason}) at "
+        f"{revoked.revoked_at:%Y-%m-%d %H:%M:%S} UTC"
+    )
+    if revoked.key_blocked:
+        print("Its public key is blocked: vouch will sign nothing more for it.")
+    for note in vouch.publish_notes:
+        print(f"note: {note}", file=sys.stderr)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vouch.cli import ca, cert, demo, init
+from vouch.cli import ca, cert, crl, demo, init, serve
 from vouch.cli.context import CliState, default_home
 
 app = typer.Typer(
@@ -40,6 +40,9 @@ def main(
 
 app.command("init")(init.init_command)
 app.command("demo")(demo.demo_command)
+app.command("crl")(crl.crl_command)
+app.command("serve")(serve.serve_command)
+app.command("publish")(serve.publish_command)
 app.add_typer(cert.app, name="cert", help="Issue, list, show and export certificates.")
 app.add_typer(ca.app, name="ca", help="List, inspect and create certificate authorities.")
 

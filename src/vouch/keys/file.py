@@ -61,7 +61,13 @@ class FileKeyBackend:
     def generate(self, ref: KeyRef, key_type: KeyType) -> CertificateIssuerPrivateKeyTypes:
         path = self.path_of(ref)
         if not path.parent.is_dir():
-            raise ConfigError(f"key directory {path.parent} does not exist")
+            # Subdirectories of the home's key directory (keys/ocsp) are made on demand, private.
+            if path.parent.parent.is_dir() and path.parent.parent.resolve().is_relative_to(
+                self._base_dir.resolve()
+            ):
+                path.parent.mkdir(mode=0o700, exist_ok=True)
+            else:
+                raise ConfigError(f"key directory {path.parent} does not exist")
         key = generate_private_key(key_type)
         passphrase = self._passphrase(f"new key {path.name}")
         if len(passphrase) < 8:

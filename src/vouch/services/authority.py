@@ -13,7 +13,7 @@ import base64
 import datetime as dt
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -44,12 +44,27 @@ log = logging.getLogger(__name__)
 
 
 class KeyBlocklist(Protocol):
-    def is_blocked(self, spki_sha256: str) -> bool: ...
+    def blocked_among(self, spki_sha256s: Collection[str]) -> set[str]:
+        """Those of the given SPKI hashes that are blocked (one lookup for a whole batch)."""
+        ...
 
 
 class NoBlocklist:
-    def is_blocked(self, spki_sha256: str) -> bool:
-        return False
+    def blocked_among(self, spki_sha256s: Collection[str]) -> set[str]:
+        return set()
+
+
+class Blocklists:
+    """Several blocklists as one: a key blocked by any is blocked."""
+
+    def __init__(self, *lists: KeyBlocklist) -> None:
+        self._lists = lists
+
+    def blocked_among(self, spki_sha256s: Collection[str]) -> set[str]:
+        found: set[str] = set()
+        for blocklist in self._lists:
+            found |= blocklist.blocked_among(spki_sha256s)
+        return found
 
 
 @dataclass(frozen=True)
@@ -161,9 +176,11 @@ class Authority:
         now = self._clock.now().replace(microsecond=0)
         results: list[IssuedCertificate | VouchError] = []
         plans: list[tuple[int, _Plan]] = []
+        spkis = [_spki_or_none(r.public_key) for r in requests]
+        blocked = self._policy.blocklist.blocked_among({s for s in spkis if s})
         for index, request in enumerate(requests):
             try:
-                plans.append((index, self._plan(request, now)))
+                plans.append((index, self._plan(request, now, blocked)))
                 results.append(_PENDING)
             except VouchError as exc:
                 results.append(exc)
@@ -216,7 +233,7 @@ class Authority:
 
     # -- planning: everything checked, built and linted before anything is recorded ----------
 
-    def _plan(self, request: IssuanceRequest, now: dt.datetime) -> _Plan:
+    def _plan(self, request: IssuanceRequest, now: dt.datetime, blocked: set[str]) -> _Plan:
         policy = self._policy
         profile = policy.profiles.get(request.profile)
         if profile is None:
@@ -234,7 +251,7 @@ class Authority:
             )
         key_type = check_public_key(request.public_key, allowed_types=profile.key_types)
         spki = spki_sha256(request.public_key)
-        if policy.blocklist.is_blocked(spki):
+        if spki in blocked:
             raise PolicyViolation(
                 "key.blocked",
                 "this public key is blocked (known compromised)",
@@ -304,6 +321,7 @@ class Authority:
             not_before=now,
             not_after=not_after,
             tbs=tbs,
+            crl_shard=self._ca.urls.shard_of(serial),
         )
         return _Plan(request, template, intent, hashlib.sha256(tbs).hexdigest())
 
@@ -363,3 +381,10 @@ class Authority:
 
 
 _PENDING = VouchError("pending")
+
+
+def _spki_or_none(public_key: CertificatePublicKeyTypes) -> str | None:
+    try:
+        return spki_sha256(public_key)
+    except (TypeError, ValueError):
+        return None  # refused by the key policy in _plan

@@ -59,12 +59,13 @@ class UrlScheme:
 
     base: str
 
-    def for_issuer(self, ca_name: str, *, with_ocsp: bool) -> IssuerUrls:
+    def for_issuer(self, ca_name: str, *, with_ocsp: bool, crl_shards: int = 0) -> IssuerUrls:
         root = self.base.rstrip("/")
         return IssuerUrls(
             ca_issuers=f"{root}/ca/{ca_name}.cer",
             crl=f"{root}/crl/{ca_name}.crl",
             ocsp=f"{root}/ocsp/{ca_name}" if with_ocsp else None,
+            crl_shards=crl_shards,
         )
 
 

@@ -46,6 +46,8 @@ class CertificateRecord:
     issued_at: dt.datetime | None
     revoked_at: dt.datetime | None
     revocation_reason: str | None
+    invalidity_date: dt.datetime | None = None
+    crl_shard: int | None = None
 
     def status(self, now: dt.datetime) -> str:
         """``pending`` (recorded, never signed), ``revoked``, ``expired`` or ``valid``."""
@@ -72,6 +74,7 @@ class NewCertificate:
     not_before: dt.datetime
     not_after: dt.datetime
     tbs: bytes
+    crl_shard: int | None = None
 
 
 @dataclass(frozen=True)
@@ -79,3 +82,38 @@ class NewEvent:
     kind: str
     subject: str
     data: dict[str, object]
+
+
+@dataclass(frozen=True)
+class CRLRecord:
+    authority_id: int
+    shard: int  # -1: the full CRL
+    number: int
+    this_update: dt.datetime
+    next_update: dt.datetime
+    covers_revision: int
+    entries: int
+    der: bytes
+
+
+@dataclass(frozen=True)
+class OcspRow:
+    """A pre-signed OCSP response (``der``) for one certificate, or a stale marker (no der)."""
+
+    authority_id: int
+    serial: str
+    status: str  # good | revoked | stale
+    this_update: dt.datetime
+    next_update: dt.datetime
+    der: bytes | None
+    version: int = 0
+
+
+@dataclass(frozen=True)
+class ResponderRecord:
+    id: int
+    authority_id: int
+    certificate: bytes
+    key_ref: str
+    not_before: dt.datetime
+    not_after: dt.datetime

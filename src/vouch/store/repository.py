@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, bindparam, func, insert, select, update
+from sqlalchemy import Row, bindparam, case, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from vouch.errors import Conflict, NotFound, StoreError
@@ -23,6 +23,18 @@ from vouch.store.tables import authorities, certificates, events
 
 def canonical_json(data: dict[str, object]) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def append_events(conn: Connection, at: dt.datetime, new: Sequence[NewEvent]) -> None:
+    """Append events inside the caller's transaction: they commit or vanish with the change."""
+    if new:
+        conn.execute(
+            insert(events),
+            [
+                {"at": at, "kind": e.kind, "subject": e.subject, "data": canonical_json(e.data)}
+                for e in new
+            ],
+        )
 
 
 @dataclass(frozen=True)
@@ -45,14 +57,7 @@ class Store:
     # -- events -------------------------------------------------------------------------------
 
     def _append_events(self, conn: Connection, at: dt.datetime, new: Sequence[NewEvent]) -> None:
-        if new:
-            conn.execute(
-                insert(events),
-                [
-                    {"at": at, "kind": e.kind, "subject": e.subject, "data": canonical_json(e.data)}
-                    for e in new
-                ],
-            )
+        append_events(conn, at, new)
 
     def list_events(
         self, kind: str | None = None
@@ -117,19 +122,19 @@ class Store:
             row = conn.execute(select(authorities).where(authorities.c.name == name)).first()
         if row is None:
             raise NotFound(f"no CA named {name!r}", hint="vouch ca list shows the CAs")
-        return _authority(row)
+        return authority_record(row)
 
     def authority_by_id(self, authority_id: int) -> AuthorityRecord:
         with self.db.read() as conn:
             row = conn.execute(select(authorities).where(authorities.c.id == authority_id)).first()
         if row is None:
             raise NotFound(f"no CA with id {authority_id}")
-        return _authority(row)
+        return authority_record(row)
 
     def list_authorities(self) -> list[AuthorityRecord]:
         with self.db.read() as conn:
             rows = conn.execute(select(authorities).order_by(authorities.c.id)).all()
-        return [_authority(r) for r in rows]
+        return [authority_record(r) for r in rows]
 
     # -- certificates -------------------------------------------------------------------------
 
@@ -155,6 +160,7 @@ class Store:
                 "not_before": i.not_before,
                 "not_after": i.not_after,
                 "tbs": i.tbs,
+                "crl_shard": i.crl_shard,
                 "created_at": at,
             }
             for i in intents
@@ -221,7 +227,25 @@ class Store:
             statement = statement.limit(query.limit)
         with self.db.read() as conn:
             rows = conn.execute(statement).all()
-        return [_certificate(r) for r in rows]
+        return [certificate_record(r) for r in rows]
+
+    def status_counts(self, now: dt.datetime) -> dict[str, int]:
+        """Issued certificates by status: valid, revoked, expired."""
+        revoked = certificates.c.revoked_at.is_not(None)
+        expired = certificates.c.not_after < now
+        statement = select(
+            func.count(),
+            func.sum(case((revoked, 1), else_=0)),
+            func.sum(case((~revoked & expired, 1), else_=0)),
+        ).where(certificates.c.state == "issued")
+        with self.db.read() as conn:
+            total, n_revoked, n_expired = conn.execute(statement).one()
+        n_revoked, n_expired = int(n_revoked or 0), int(n_expired or 0)
+        return {
+            "valid": int(total) - n_revoked - n_expired,
+            "revoked": n_revoked,
+            "expired": n_expired,
+        }
 
     def count_certificates(self, state: str | None = None) -> int:
         statement = select(func.count()).select_from(certificates)
@@ -231,7 +255,7 @@ class Store:
             return int(conn.execute(statement).scalar_one())
 
 
-def _authority(row: Row[Any]) -> AuthorityRecord:
+def authority_record(row: Row[Any]) -> AuthorityRecord:
     m = row._mapping
     return AuthorityRecord(
         id=m["id"],
@@ -249,7 +273,7 @@ def _authority(row: Row[Any]) -> AuthorityRecord:
     )
 
 
-def _certificate(row: Row[Any]) -> CertificateRecord:
+def certificate_record(row: Row[Any]) -> CertificateRecord:
     m = row._mapping
     return CertificateRecord(
         id=m["id"],
@@ -269,4 +293,6 @@ def _certificate(row: Row[Any]) -> CertificateRecord:
         issued_at=m["issued_at"],
         revoked_at=m["revoked_at"],
         revocation_reason=m["revocation_reason"],
+        invalidity_date=m["invalidity_date"],
+        crl_shard=m["crl_shard"],
     )

@@ -90,9 +90,86 @@ certificates = Table(
     Column("issued_at", UTCDateTime, nullable=True),
     Column("revoked_at", UTCDateTime, nullable=True),
     Column("revocation_reason", String(32), nullable=True),
+    Column("invalidity_date", UTCDateTime, nullable=True),
+    # The CRL shard named in the certificate's CDP (None: the CA's one full CRL).
+    Column("crl_shard", Integer, nullable=True),
     UniqueConstraint("authority_id", "serial", name="uq_certificates_issuer_serial"),
     Index("ix_certificates_not_after", "not_after"),
     Index("ix_certificates_spki", "spki_sha256"),
+    Index("ix_certificates_revoked", "authority_id", "revoked_at"),
+)
+
+# Per-CA revocation state: ``revision`` grows with every revocation under the CA, so a CRL or
+# OCSP producer knows whether what it signed still covers everything.
+ca_state = Table(
+    "ca_state",
+    metadata,
+    Column("authority_id", Integer, ForeignKey("authorities.id"), primary_key=True),
+    Column("revision", Integer, nullable=False),
+    Column("revoked_at", UTCDateTime, nullable=True),
+    Column("revocation_reason", String(32), nullable=True),
+)
+
+crls = Table(
+    "crls",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("authority_id", Integer, ForeignKey("authorities.id"), nullable=False),
+    Column("shard", Integer, nullable=False),  # -1: the full CRL; 0..N-1: a partition
+    # Unique per CA across shards and nodes: CRL numbers only ever grow (RFC 5280 5.2.3).
+    Column("number", Integer, nullable=False),
+    Column("this_update", UTCDateTime, nullable=False),
+    Column("next_update", UTCDateTime, nullable=False),
+    Column("covers_revision", Integer, nullable=False),
+    Column("entries", Integer, nullable=False),
+    Column("der", LargeBinary, nullable=False),
+    UniqueConstraint("authority_id", "number", name="uq_crls_authority_id"),
+    Index("ix_crls_scope", "authority_id", "shard", "number"),
+)
+
+ocsp_responses = Table(
+    "ocsp_responses",
+    metadata,
+    Column("authority_id", Integer, ForeignKey("authorities.id"), primary_key=True),
+    Column("serial", String(42), primary_key=True),
+    Column("status", String(16), nullable=False),  # good | revoked | stale (re-sign pending)
+    Column("this_update", UTCDateTime, nullable=False),
+    Column("next_update", UTCDateTime, nullable=False),
+    Column("der", LargeBinary, nullable=True),
+    # Strictly increasing across writers: nodes poll for rows newer than the last they saw.
+    Column("version", Integer, nullable=False),
+    Index("ix_ocsp_responses_version", "version"),
+    Index("ix_ocsp_responses_next_update", "next_update"),
+)
+
+ocsp_responders = Table(
+    "ocsp_responders",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("authority_id", Integer, ForeignKey("authorities.id"), nullable=False),
+    Column("certificate_id", Integer, ForeignKey("certificates.id"), nullable=False),
+    Column("key_ref", String(512), nullable=False),
+    Column("not_before", UTCDateTime, nullable=False),
+    Column("not_after", UTCDateTime, nullable=False),
+    Index("ix_ocsp_responders_authority", "authority_id", "not_after"),
+)
+
+blocked_keys = Table(
+    "blocked_keys",
+    metadata,
+    Column("spki_sha256", String(64), primary_key=True),
+    Column("reason", String(32), nullable=False),
+    Column("source", String(128), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+)
+
+# Cluster-wide leases: periodic work runs on the node holding the lease, and moves when it lapses.
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(128), nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
 )
 
 events = Table(

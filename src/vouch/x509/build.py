@@ -35,6 +35,17 @@ class IssuerUrls:
     ca_issuers: str
     crl: str
     ocsp: str | None = None
+    # N > 0: leaves name one of N partitioned CRLs, chosen by serial.
+    crl_shards: int = 0
+
+    def shard_of(self, serial: int) -> int | None:
+        return serial % self.crl_shards if self.crl_shards else None
+
+    def crl_url(self, shard: int | None) -> str:
+        """The full CRL's URL, or a shard's: ``.../NAME.crl`` becomes ``.../NAME/SHARD.crl``."""
+        if shard is None:
+            return self.crl
+        return f"{self.crl.removesuffix('.crl')}/{shard}.crl"
 
 
 @dataclass(frozen=True)
@@ -167,11 +178,12 @@ class LeafFactory:
     def __init__(self, issuer: x509.Certificate, urls: IssuerUrls) -> None:
         self._issuer_name = issuer.subject
         self._directory = _constrained_directory(issuer)
+        self._urls = urls
         self._shared = (
             x509.Extension(x509.AuthorityKeyIdentifier.oid, False, _aki(issuer)),
             x509.Extension(x509.AuthorityInformationAccess.oid, False, _aia(urls)),
-            x509.Extension(x509.CRLDistributionPoints.oid, False, _cdp(urls.crl)),
         )
+        self._cdps: dict[int | None, x509.Extension[x509.ExtensionType]] = {}
         self._basic = x509.Extension(
             x509.BasicConstraints.oid, True, x509.BasicConstraints(ca=False, path_length=None)
         )
@@ -199,6 +211,7 @@ class LeafFactory:
             ski = x509.SubjectKeyIdentifier.from_public_key(spec.public_key)
             extensions.append(x509.Extension(x509.SubjectKeyIdentifier.oid, False, ski))
         extensions.extend(self._shared)
+        extensions.append(self._cdp(self._urls.shard_of(spec.serial)))
         if parts.policies is not None:
             extensions.append(parts.policies)
         # The constructor takes the extensions as a list: no per-extension builder copies.
@@ -211,6 +224,14 @@ class LeafFactory:
             not_valid_after=spec.not_after,
             extensions=extensions,
         )
+
+    def _cdp(self, shard: int | None) -> x509.Extension[x509.ExtensionType]:
+        cdp = self._cdps.get(shard)
+        if cdp is None:
+            cdp = self._cdps[shard] = x509.Extension(
+                x509.CRLDistributionPoints.oid, False, _cdp(self._urls.crl_url(shard))
+            )
+        return cdp
 
     def _parts(
         self, profile: Profile, is_rsa: bool, policy_oids: tuple[ObjectIdentifier, ...]
@@ -347,3 +368,30 @@ def intermediate_builder(
     if name_constraints is not None and not name_constraints.is_empty():
         builder = builder.add_extension(name_constraints.to_extension(subject), critical=True)
     return builder
+
+
+def responder_builder(
+    subject: x509.Name,
+    public_key: CertificatePublicKeyTypes,
+    issuer: x509.Certificate,
+    serial: int,
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+) -> x509.CertificateBuilder:
+    """A delegated OCSP responder (RFC 6960 4.2.2.2, CA/B BR 7.1.2.8): id-kp-OCSPSigning and
+    id-pkix-ocsp-nocheck, short-lived, so that clients need not check its own status."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer.subject)
+        .public_key(public_key)
+        .serial_number(serial)
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(frozenset({"digital_signature"})), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.OCSP_SIGNING]), critical=False)
+        .add_extension(x509.OCSPNoCheck(), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(_aki(issuer), critical=False)
+    )

@@ -74,6 +74,22 @@ class PkilintLinter:
             results = self._validator(("rfc5280", None)).validate(document.root)
         return self._findings(results)
 
+    def lint_crl(
+        self, der: bytes, *, arl: bool = False, profile: LintProfile = LintProfile.CABF_SERVERAUTH
+    ) -> list[Finding]:
+        """All findings at or above WARNING severity for one DER CRL.
+
+        The CA/B Forum profile is pkilint's ``lint_crl --profile BR``: RFC 5280 plus the TLS
+        Baseline Requirements' reason codes (7.2.2) and validity period (4.9.7: 10 days for a
+        CRL, 365 for an ARL). ``arl=True`` for a root's CRL of intermediates, which may also say
+        cACompromise. ``LintProfile.RFC5280`` is pkilint's PKIX profile, plus its warning for an
+        "unspecified" reasonCode (RFC 5280 5.3.1 says to omit the extension instead)."""
+        from pkilint import loader
+
+        document = loader.RFC5280CertificateListDocumentLoader().load_der_document(der, "crl")
+        validator = self._validator(("crl", (profile, arl)))
+        return self._findings(validator.validate(document.root))
+
     def _validator(self, key: tuple[str, Any]) -> Any:
         # Building a validator tree is costly; do it once per certificate type and reuse it.
         with self._lock:
@@ -87,6 +103,8 @@ class PkilintLinter:
         from pkilint.cabf import serverauth
         from pkilint.pkix import certificate, extension, name
 
+        if kind == "crl":
+            return _crl_validator(*cert_type)
         if kind == "cabf":
             if self._validity_start is not None:
                 return certificate.create_pkix_certificate_validator_container(
@@ -126,3 +144,34 @@ class PkilintLinter:
                         )
                     )
         return findings
+
+
+def _crl_validator(profile: LintProfile, arl: bool) -> Any:
+    """pkilint's CRL validator tree, as its ``lint_crl`` command builds it."""
+    from pkilint import pkix
+    from pkilint.cabf import cabf_crl
+    from pkilint.pkix import crl, extension, name
+    from pkilint.pkix.crl import crl_extension
+
+    crl_type = (
+        crl.CertificateRevocationListType.ARL if arl else crl.CertificateRevocationListType.CRL
+    )
+    validity: list[Any] = []
+    document: list[Any] = []
+    if profile is LintProfile.CABF_SERVERAUTH:
+        validity.append(cabf_crl.create_validity_period_validator(crl_type))
+        document.append(cabf_crl.CabfCrlReasonCodeAllowlistValidator(crl_type))
+    else:
+        document.append(crl_extension.CrlReasonCodeValidator())
+    return crl.create_pkix_crl_validator_container(
+        [
+            pkix.create_attribute_decoder(name.ATTRIBUTE_TYPE_MAPPINGS),
+            pkix.create_extension_decoder(extension.EXTENSION_MAPPINGS),
+        ],
+        [
+            crl.create_issuer_validator_container([]),
+            crl.create_validity_validator_container(validity),
+            crl.create_extensions_validator_container([]),
+            *document,
+        ],
+    )

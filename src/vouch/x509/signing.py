@@ -40,13 +40,22 @@ def sign_data(key: CertificateIssuerPrivateKeyTypes, data: bytes) -> bytes:
 
     ``key`` may be any subclass of ``cryptography``'s key classes (an HSM key's ``sign`` goes to
     the token), exactly as ``cryptography``'s own builders call it."""
+    return sign_buffer(key, data)
+
+
+def sign_buffer(
+    key: CertificateIssuerPrivateKeyTypes, data: bytes | bytearray | memoryview
+) -> bytes:
+    """``sign_data`` for any bytes-like ``data``: a large TBS (a CRL's) is signed uncopied."""
     hash_algorithm = signature_hash_for(key)
     if isinstance(key, ec.EllipticCurvePrivateKey):
         assert hash_algorithm is not None
         return key.sign(data, ec.ECDSA(hash_algorithm))
     if isinstance(key, rsa.RSAPrivateKey):
         assert hash_algorithm is not None
-        return key.sign(data, padding.PKCS1v15(), hash_algorithm)
+        # RSAPrivateKey.sign promises subclasses (HSM keys) bytes; EC and EdDSA take any buffer.
+        message = data if isinstance(data, bytes) else bytes(data)
+        return key.sign(message, padding.PKCS1v15(), hash_algorithm)
     if isinstance(key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
         return key.sign(data)
     raise TypeError(f"cannot sign with a {type(key).__name__}")

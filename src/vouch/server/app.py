@@ -1,0 +1,228 @@
+"""The ASGI app: an OCSP fast path in front of a small Starlette app for the rest.
+
+OCSP is answered by a bare ASGI handler (no routing, no request objects): a pre-signed response
+is a dictionary lookup and two ``send`` calls. Everything that is not OCSP goes to Starlette.
+HTTP statuses live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import email.utils
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from vouch.server.state import ServerState
+from vouch.x509.ocsp import MALFORMED
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+MAX_OCSP_BODY = 16 * 1024  # an OCSP request for one certificate is ~100 bytes
+OCSP_TYPE = b"application/ocsp-response"
+CRL_TYPE = "application/pkix-crl"
+CERT_TYPE = "application/pkix-cert"
+
+
+class VouchApp:
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.site = Starlette(
+            routes=[
+                Route("/ca/{file}", self.ca_certificate, methods=["GET", "HEAD"]),
+                Route("/crl/{file}", self.crl, methods=["GET", "HEAD"]),
+                Route("/crl/{ca}/{file}", self.crl_shard, methods=["GET", "HEAD"]),
+                Route("/ocsp", self.ocsp_root, methods=["GET", "POST"]),
+                Route("/healthz", self.healthz, methods=["GET", "HEAD"]),
+                Route("/metrics", self.metrics, methods=["GET"]),
+            ]
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/ocsp/"):
+            await self.ocsp(scope, receive, send)
+            return
+        await self.site(scope, receive, send)
+
+    # -- OCSP (RFC 6960 appendix A, RFC 5019) ----------------------------------------------------
+
+    async def ocsp(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method = scope["method"]
+        if method == "POST":
+            data = await _read_body(receive, MAX_OCSP_BODY)
+            if data is None:
+                await _plain(send, 413, b"an OCSP request is at most 16 KiB\n")
+                return
+            get = False
+        elif method in ("GET", "HEAD"):
+            # /ocsp/CA/<base64 request>; the base64 may itself contain "/".
+            _, _, encoded = scope["path"][len("/ocsp/") :].partition("/")
+            if not encoded:
+                await self._ocsp_reply(send, MALFORMED, get=False)
+                return
+            data = _b64(encoded)
+            get = True
+        else:
+            await _plain(send, 405, b"OCSP takes GET or POST\n", allow=b"GET, POST")
+            return
+        await self._answer(send, data, get)
+
+    async def ocsp_root(self, request: Request) -> Response:
+        """POST to the bare /ocsp (some clients strip the path)."""
+        if request.method != "POST":
+            return Response(MALFORMED, media_type=OCSP_TYPE.decode())
+        body = await request.body()
+        if len(body) > MAX_OCSP_BODY:
+            return PlainTextResponse("an OCSP request is at most 16 KiB\n", status_code=413)
+        der = await self._der_for(body)
+        return Response(der, media_type=OCSP_TYPE.decode())
+
+    async def _answer(self, send: Send, data: bytes | None, get: bool) -> None:
+        metrics = self.state.metrics
+        if data is None:
+            metrics.ocsp_malformed.inc()
+            await self._ocsp_reply(send, MALFORMED, get=False)
+            return
+        cached, parsed = self.state.cache.lookup(data)
+        if cached is not None:
+            metrics.ocsp_hit.inc()
+            await self._ocsp_reply(send, cached.der, get=get, expires=cached.expires)
+            return
+        if parsed is None:
+            metrics.ocsp_malformed.inc()
+            await self._ocsp_reply(send, MALFORMED, get=False)
+            return
+        der = await run_in_threadpool(self.state.answer, parsed)
+        metrics.ocsp_signed.inc()
+        await self._ocsp_reply(send, der, get=False)
+
+    async def _der_for(self, data: bytes) -> bytes:
+        cached, parsed = self.state.cache.lookup(data)
+        if cached is not None:
+            self.state.metrics.ocsp_hit.inc()
+            return cached.der
+        if parsed is None:
+            self.state.metrics.ocsp_malformed.inc()
+            return MALFORMED
+        self.state.metrics.ocsp_signed.inc()
+        return await run_in_threadpool(self.state.answer, parsed)
+
+    @staticmethod
+    async def _ocsp_reply(send: Send, der: bytes, *, get: bool, expires: float = 0.0) -> None:
+        headers = [
+            (b"content-type", OCSP_TYPE),
+            (b"content-length", str(len(der)).encode()),
+        ]
+        if get and expires:
+            # RFC 5019 6.2: let caches keep a GET answer until (well before) its nextUpdate.
+            max_age = max(0, int(expires - time.time()) // 2)
+            headers.append(
+                (b"cache-control", b"max-age=%d, public, no-transform, must-revalidate" % max_age)
+            )
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": der})
+
+    # -- CRLs, CA certificates, health ------------------------------------------------------------
+
+    async def ca_certificate(self, request: Request) -> Response:
+        file = request.path_params["file"]
+        name, _, ext = file.rpartition(".")
+        der = self.state.ca_certs.get(name)
+        if der is None or ext not in ("cer", "der", "pem"):
+            return PlainTextResponse(f"no CA certificate {file}\n", status_code=404)
+        if ext == "pem":
+            body = (
+                b"-----BEGIN CERTIFICATE-----\n"
+                + base64.encodebytes(der)
+                + b"-----END CERTIFICATE-----\n"
+            )
+            return Response(body, media_type="application/x-pem-file")
+        return Response(der, media_type=CERT_TYPE)
+
+    async def crl(self, request: Request) -> Response:
+        file = request.path_params["file"]
+        if not file.endswith(".crl"):
+            return PlainTextResponse("not found\n", status_code=404)
+        return self._crl_response(file.removesuffix(".crl"), -1)
+
+    async def crl_shard(self, request: Request) -> Response:
+        file = request.path_params["file"]
+        shard = file.removesuffix(".crl")
+        if not file.endswith(".crl") or not shard.isdigit():
+            return PlainTextResponse("not found\n", status_code=404)
+        return self._crl_response(request.path_params["ca"], int(shard))
+
+    def _crl_response(self, ca: str, shard: int) -> Response:
+        served = self.state.crls.get((ca, shard))
+        if served is None:
+            return PlainTextResponse(f"no CRL for {ca}\n", status_code=404)
+        self.state.metrics.crl_requests.labels(ca=ca).inc()
+        record = served.record
+        remaining = (record.next_update - dt.datetime.now(dt.UTC)).total_seconds()
+        return Response(
+            record.der,
+            media_type=CRL_TYPE,
+            headers={
+                "cache-control": f"max-age={max(0, int(remaining) // 2)}, public, no-transform",
+                "last-modified": email.utils.format_datetime(record.this_update, usegmt=True),
+            },
+        )
+
+    async def healthz(self, request: Request) -> Response:
+        state = self.state
+        body = {
+            "status": "ok" if state.ready else "starting",
+            "node": state.node,
+            "leader": state.leader,
+            "ocsp_presigned": len(state.cache),
+            "crls": len(state.crls),
+        }
+        return JSONResponse(body, status_code=200 if state.ready else 503)
+
+    async def metrics(self, request: Request) -> Response:
+        return Response(
+            generate_latest(self.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
+        )
+
+
+def _b64(text: str) -> bytes | None:
+    try:
+        cleaned = text.replace("-", "+").replace("_", "/")
+        return base64.b64decode(cleaned + "=" * (-len(cleaned) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b""
+        body = message.get("body", b"")
+        size += len(body)
+        if size > limit:
+            return None
+        chunks.append(body)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _plain(send: Send, status: int, body: bytes, *, allow: bytes | None = None) -> None:
+    headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
+    if allow is not None:
+        headers.append((b"allow", allow))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,139 @@
+"""Running ``vouch serve``: uvicorn listeners, the sync and producer loops, clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import uvicorn
+
+from vouch.errors import ConfigError, VouchError
+from vouch.server.app import VouchApp
+from vouch.server.state import ServerState
+from vouch.server.tls import TlsFiles, issue_tls_certificate, load_context, needs_renewal
+from vouch.wiring import Vouch
+
+log = logging.getLogger(__name__)
+TLS_CHECK_INTERVAL = 60.0
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Listen:
+        host, sep, port = text.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(
+                f"not a listen address: {text!r}", hint="use HOST:PORT, e.g. 127.0.0.1:8080"
+            )
+        return cls(host.strip("[]") or "127.0.0.1", int(port))
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: ``serve`` stops every listener at once."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _config(app: VouchApp, listen: Listen, context: ssl.SSLContext | None) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=listen.host,
+        port=listen.port,
+        http="httptools",
+        loop="none",
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        timeout_keep_alive=30,
+        # A client that opens many connections and sends nothing cannot starve the others.
+        limit_concurrency=4096,
+        backlog=4096,
+        ssl_context_factory=(lambda _config, _default: context) if context is not None else None,
+    )
+
+
+async def serve(
+    vouch: Vouch, *, http: Listen, https: Listen | None, ready: asyncio.Event | None = None
+) -> None:
+    state = ServerState(vouch)
+    # The first sync happens before listening: a node never answers from an empty cache.
+    await asyncio.to_thread(state.sync)
+    app = VouchApp(state)
+    servers = [_Server(_config(app, http, None))]
+    tls_files = TlsFiles.under(vouch.home)
+    context: ssl.SSLContext | None = None
+    names = vouch.config.serve.tls_names
+    if https is not None:
+        if needs_renewal(tls_files, names, vouch.clock.now()):
+            await asyncio.to_thread(issue_tls_certificate, vouch, names, tls_files)
+        context = load_context(vouch, tls_files)
+        servers.append(_Server(_config(app, https, context)))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def shutdown() -> None:
+        stop.set()
+        for server in servers:
+            server.should_exit = True
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, shutdown)
+
+    async def renew_tls() -> None:
+        while not stop.is_set() and context is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=TLS_CHECK_INTERVAL)
+            if stop.is_set():
+                return
+            try:
+                if needs_renewal(tls_files, names, vouch.clock.now()):
+                    await asyncio.to_thread(issue_tls_certificate, vouch, names, tls_files)
+                    load_context(vouch, tls_files, context)
+            except VouchError as exc:
+                state.metrics.job_errors.labels(job="tls").inc()
+                log.error("renewing the server certificate failed: %s", exc.message)
+
+    async def announce() -> None:
+        while not all(s.started for s in servers):
+            if any(s.should_exit for s in servers):
+                return
+            await asyncio.sleep(0.02)
+        urls = [f"http://{http}"] + ([f"https://{https}"] if https else [])
+        print(f"vouch serving on {', '.join(urls)} (node {state.node})", flush=True)
+        if ready is not None:
+            ready.set()
+
+    tasks = [
+        asyncio.create_task(state.run_sync(stop)),
+        asyncio.create_task(state.run_produce(stop)),
+        asyncio.create_task(renew_tls()),
+        asyncio.create_task(announce()),
+    ]
+    try:
+        await asyncio.gather(*(s.serve() for s in servers))
+    finally:
+        shutdown()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.to_thread(state.release)
+
+
+def run(vouch: Vouch, *, http: Listen, https: Listen | None) -> None:
+    import uvloop
+
+    uvloop.run(serve(vouch, http=http, https=https))

@@ -1,0 +1,206 @@
+"""What a running server holds and the periodic work it does.
+
+Every node keeps revocation data in memory and refreshes it from the store every
+``SYNC_INTERVAL`` (so a revocation made anywhere is served within seconds). One node at a time,
+holding the cluster lease, does the producing: responders, pre-signed OCSP responses, CRLs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+import secrets
+import socket
+import threading
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+
+from vouch.durations import parse_duration
+from vouch.errors import VouchError
+from vouch.server.metrics import Metrics
+from vouch.server.ocsp_cache import OcspCache
+from vouch.store.records import AuthorityRecord, CRLRecord
+from vouch.wiring import Vouch
+from vouch.x509.ocsp import INTERNAL_ERROR, TRY_LATER, ParsedRequest
+
+log = logging.getLogger(__name__)
+
+SYNC_INTERVAL = 2.0
+LEASE = "revocation-producer"
+MAX_SIGNING = 64  # on-demand OCSP signatures waiting at once; beyond: tryLater
+
+
+@dataclass
+class ServedCRL:
+    record: CRLRecord
+    ca: str
+
+
+@dataclass
+class ServerState:
+    vouch: Vouch
+    metrics: Metrics = field(default_factory=Metrics)
+    cache: OcspCache = field(default_factory=OcspCache)
+    node: str = field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+    )
+    crls: dict[tuple[str, int], ServedCRL] = field(default_factory=dict)
+    ca_certs: dict[str, bytes] = field(default_factory=dict)
+    authorities: dict[int, AuthorityRecord] = field(default_factory=dict)
+    last_version: int = 0
+    ready: bool = False
+    leader: bool = False
+    _keys: dict[int, CertificateIssuerPrivateKeyTypes] = field(default_factory=dict)
+    _signing: int = 0
+    _signing_lock: threading.Lock = field(default_factory=threading.Lock)
+    _db_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # -- every node ----------------------------------------------------------------------------
+
+    def sync(self) -> None:
+        """Refresh CAs, CRLs and OCSP responses from the store (blocking; run in a thread)."""
+        vouch = self.vouch
+        records = vouch.store.list_authorities()
+        self.authorities = {r.id: r for r in records}
+        self.ca_certs = {r.name: r.certificate for r in records}
+        producer = vouch.ocsp_producer
+        if {i.record.id for i in producer.issuers()} != {r.id for r in records if r.role != "root"}:
+            producer.reload_issuers()
+        self.cache.set_issuers({i.record.id: i.sha1 for i in producer.issuers()})
+        newest = self.last_version
+        changed = list(vouch.ocsp_store.changed_since(self.last_version))
+        for row in changed:
+            newest = max(newest, row.version)
+        self.cache.load(changed)
+        self.last_version = newest
+        now = vouch.clock.now()
+        for crl in vouch.revocations.latest_crls():
+            authority = self.authorities.get(crl.authority_id)
+            if authority is None:
+                continue
+            self.crls[(authority.name, crl.shard)] = ServedCRL(crl, authority.name)
+            self.metrics.crl_age.labels(ca=authority.name, shard=str(crl.shard)).set(
+                (now - crl.this_update).total_seconds()
+            )
+            if crl.shard == -1:
+                self.metrics.crl_number.labels(ca=authority.name).set(crl.number)
+        oldest = self.cache.oldest_produced()
+        self.metrics.ocsp_cached.set(len(self.cache))
+        self.metrics.ocsp_oldest.set(0 if oldest is None else now.timestamp() - oldest)
+        for status, count in vouch.store.status_counts(now).items():
+            self.metrics.certificates.labels(status=status).set(count)
+        self.ready = True
+
+    # -- the lease holder ----------------------------------------------------------------------
+
+    def produce(self) -> None:
+        """If this node holds the lease: responders, OCSP pre-signing and due CRLs."""
+        vouch = self.vouch
+        settings = vouch.config.revocation
+        interval = parse_duration(settings.check_interval)
+        self.leader = vouch.leases.acquire(
+            LEASE, self.node, now=vouch.clock.now(), ttl=max(interval * 6, dt.timedelta(seconds=15))
+        )
+        self.metrics.leader.set(1 if self.leader else 0)
+        if not self.leader:
+            return
+        producer = vouch.ocsp_producer
+        for issuer in producer.issuers():
+            record = issuer.record
+            if record.status == "revoked" or record.not_after <= vouch.clock.now():
+                continue
+            key = self._key(record)
+            if key is None:
+                continue
+            try:
+                responder = producer.responder(record, ca_key=key)
+                if responder is not None:
+                    while producer.presign(issuer, responder, limit=2000) == 2000:
+                        pass
+                vouch.crl_producer.produce(record, key, vouch.issuer_urls(record))
+            except VouchError as exc:
+                self.metrics.job_errors.labels(job="revocation").inc()
+                log.error("revocation data for CA %s: %s", record.name, exc.message)
+        root = next((r for r in self.authorities.values() if r.role == "root"), None)
+        if root is not None and root.key_ref != "none:":
+            key = self._key(root)
+            if key is not None:
+                try:
+                    vouch.crl_producer.produce(root, key, vouch.issuer_urls(root))
+                except VouchError as exc:
+                    self.metrics.job_errors.labels(job="root-crl").inc()
+                    log.error("root CRL: %s", exc.message)
+
+    def _key(self, record: AuthorityRecord) -> CertificateIssuerPrivateKeyTypes | None:
+        key = self._keys.get(record.id)
+        if key is None:
+            try:
+                key = self.vouch.ca_key(record)
+            except VouchError as exc:
+                log.warning("CA %s: key not available here: %s", record.name, exc.message)
+                return None
+            self._keys[record.id] = key
+        return key
+
+    # -- OCSP on demand --------------------------------------------------------------------------
+
+    def answer(self, parsed: ParsedRequest) -> bytes:
+        """Sign an answer the cache did not have (blocking; run in a thread)."""
+        with self._signing_lock:
+            if self._signing >= MAX_SIGNING:
+                self.metrics.ocsp_try_later.inc()
+                return TRY_LATER
+            self._signing += 1
+        try:
+            return self.vouch.ocsp_producer.answer(parsed)
+        except VouchError as exc:
+            log.warning("OCSP answer failed: %s", exc.message)
+            self.metrics.ocsp_try_later.inc()
+            return TRY_LATER
+        except Exception:
+            log.exception("OCSP answer failed")
+            return INTERNAL_ERROR
+        finally:
+            with self._signing_lock:
+                self._signing -= 1
+
+    # -- loops -----------------------------------------------------------------------------------
+
+    async def run_sync(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(self._locked, self.sync)
+            except VouchError as exc:
+                self.metrics.job_errors.labels(job="sync").inc()
+                log.warning("refreshing from the store failed: %s", exc.message)
+            await _sleep(stop, SYNC_INTERVAL)
+
+    async def run_produce(self, stop: asyncio.Event) -> None:
+        interval = parse_duration(self.vouch.config.revocation.check_interval).total_seconds()
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(self._locked, self.produce)
+                if self.leader:
+                    await asyncio.to_thread(self._locked, self.sync)
+            except VouchError as exc:
+                self.metrics.job_errors.labels(job="produce").inc()
+                log.warning("periodic revocation work failed: %s", exc.message)
+            await _sleep(stop, interval)
+
+    def _locked(self, work: object) -> None:
+        with self._db_lock:
+            work()  # type: ignore[operator]
+
+    def release(self) -> None:
+        if self.leader:
+            with contextlib.suppress(VouchError):
+                self.vouch.leases.release(LEASE, self.node)
+
+
+async def _sleep(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)

@@ -1,0 +1,331 @@
+"""OCSP production: delegated responders, pre-signed responses, and answers for the rest.
+
+Responses for every unexpired certificate are signed ahead of time by a short-lived delegated
+responder (never the CA key) and refreshed at half their validity, so answering is a lookup.
+What cannot be pre-signed (a nonce, a SHA-256 CertID, an unknown or expired serial) is signed on
+demand. A "good" response is never written over a revocation: the write re-checks the
+certificate under a row lock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+
+from vouch.clock import Clock
+from vouch.errors import LintFailure
+from vouch.keys.base import KeyRef
+from vouch.keys.registry import KeyRegistry
+from vouch.store.ocsp import OcspStore
+from vouch.store.records import (
+    AuthorityRecord,
+    CertificateRecord,
+    NewCertificate,
+    NewEvent,
+    OcspRow,
+)
+from vouch.store.repository import Store
+from vouch.store.revocations import RevocationStore, next_version
+from vouch.x509.build import ca_subject, responder_builder
+from vouch.x509.keypolicy import spki_sha256
+from vouch.x509.lint import Linter, LintMode, LintProfile
+from vouch.x509.ocsp import (
+    TRY_LATER,
+    UNAUTHORIZED,
+    CertStatus,
+    IssuerHashes,
+    ParsedRequest,
+    issuer_hashes,
+    sign_response,
+)
+from vouch.x509.serials import format_serial, new_serial
+from vouch.x509.signing import finish_certificate, template_certificate
+
+log = logging.getLogger(__name__)
+RESPONDER_PROFILE = "ocsp-responder"
+
+
+@dataclass(frozen=True)
+class OcspSettings:
+    validity: dt.timedelta
+    responder_validity: dt.timedelta
+    organization: str
+    country: str
+
+
+@dataclass(frozen=True)
+class Responder:
+    authority_id: int
+    certificate: x509.Certificate
+    key: CertificateIssuerPrivateKeyTypes
+    not_after: dt.datetime
+
+
+@dataclass(frozen=True)
+class KnownIssuer:
+    record: AuthorityRecord
+    certificate: x509.Certificate
+    sha1: IssuerHashes
+
+
+class OcspProducer:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        ocsp: OcspStore,
+        revocations: RevocationStore,
+        keys: KeyRegistry,
+        clock: Clock,
+        settings: OcspSettings,
+        linter: Linter | None = None,
+        lint_mode: LintMode = LintMode.BLOCK,
+    ) -> None:
+        self._store = store
+        self._ocsp = ocsp
+        self._revocations = revocations
+        self._keys = keys
+        self._clock = clock
+        self._settings = settings
+        self._linter = linter
+        self._lint_mode = lint_mode
+        self._responders: dict[int, Responder] = {}
+        self._lock = threading.Lock()
+        self._issuers: dict[tuple[str, bytes, bytes], KnownIssuer] = {}
+        self.reload_issuers()
+
+    # -- issuers -------------------------------------------------------------------------------
+
+    def reload_issuers(self) -> None:
+        """Index the CAs vouch answers for (online issuing CAs) by their CertID hashes."""
+        index: dict[tuple[str, bytes, bytes], KnownIssuer] = {}
+        for record in self._store.list_authorities():
+            if record.role == "root":
+                continue
+            certificate = x509.load_der_x509_certificate(record.certificate)
+            all_hashes = issuer_hashes(certificate)
+            sha1 = next(h for h in all_hashes if h.algorithm == "sha1")
+            for hashes_ in all_hashes:
+                index[(hashes_.algorithm, hashes_.name_hash, hashes_.key_hash)] = KnownIssuer(
+                    record, certificate, sha1
+                )
+        self._issuers = index
+
+    def issuers(self) -> list[KnownIssuer]:
+        unique = {i.record.id: i for i in self._issuers.values()}
+        return list(unique.values())
+
+    def issuer_for(self, request: ParsedRequest) -> KnownIssuer | None:
+        return self._issuers.get((request.algorithm, request.name_hash, request.key_hash))
+
+    # -- responders ----------------------------------------------------------------------------
+
+    def responder(
+        self,
+        authority: AuthorityRecord,
+        *,
+        ca_key: CertificateIssuerPrivateKeyTypes | None = None,
+    ) -> Responder | None:
+        """The CA's current responder; with ``ca_key``, a new one when it is past half-life."""
+        now = self._clock.now()
+        renew_at = self._settings.responder_validity / 2
+        with self._lock:
+            cached = self._responders.get(authority.id)
+            if cached is not None and cached.not_after - now > renew_at:
+                return cached
+            record = self._ocsp.current_responder(authority.id, now)
+            if record is not None and (record.not_after - now > renew_at or ca_key is None):
+                if cached is None or cached.not_after < record.not_after:
+                    cached = Responder(
+                        authority.id,
+                        x509.load_der_x509_certificate(record.certificate),
+                        self._keys.load(KeyRef.parse(record.key_ref)),
+                        record.not_after,
+                    )
+                    self._responders[authority.id] = cached
+                return cached
+            if ca_key is None:
+                return cached if cached is not None and cached.not_after > now else None
+            created = self._create_responder(authority, ca_key)
+            self._responders[authority.id] = created
+            return created
+
+    def _create_responder(
+        self, authority: AuthorityRecord, ca_key: CertificateIssuerPrivateKeyTypes
+    ) -> Responder:
+        now = self._clock.now().replace(microsecond=0)
+        issuer = x509.load_der_x509_certificate(authority.certificate)
+        serial = new_serial()
+        serial_hex = format_serial(serial)
+        key_ref = KeyRef("file", f"keys/ocsp/{authority.name}-{serial_hex[:16].lower()}.key.pem")
+        key = self._keys.generate(key_ref, "ec-p256")
+        not_after = min(
+            now + self._settings.responder_validity - dt.timedelta(seconds=1),
+            authority.not_after,
+        )
+        subject = ca_subject(
+            self._settings.organization,
+            f"{self._settings.organization} {authority.name} OCSP Responder",
+            self._settings.country,
+        )
+        builder = responder_builder(subject, key.public_key(), issuer, serial, now, not_after)
+        template = template_certificate(builder, ca_key)
+        self._lint(template)
+        [cert_id] = self._store.record_intents(
+            [
+                NewCertificate(
+                    authority_id=authority.id,
+                    serial=serial_hex,
+                    profile=RESPONDER_PROFILE,
+                    names=(),
+                    subject=subject.rfc4514_string(),
+                    key_type="ec-p256",
+                    spki_sha256=spki_sha256(key.public_key()),
+                    not_before=now,
+                    not_after=not_after,
+                    tbs=template.tbs_certificate_bytes,
+                )
+            ],
+            now,
+            [
+                NewEvent(
+                    "certificate.intent",
+                    serial_hex,
+                    {"ca": authority.name, "serial": serial_hex, "profile": RESPONDER_PROFILE},
+                )
+            ],
+        )
+        certificate = finish_certificate(template, ca_key)
+        der = certificate.public_bytes(serialization.Encoding.DER)
+        import base64
+
+        self._store.record_issued(
+            [(cert_id, der)],
+            now,
+            [
+                NewEvent(
+                    "certificate.issued",
+                    serial_hex,
+                    {
+                        "ca": authority.name,
+                        "serial": serial_hex,
+                        "der": base64.b64encode(der).decode("ascii"),
+                    },
+                )
+            ],
+        )
+        self._ocsp.add_responder(
+            authority_id=authority.id,
+            certificate_id=cert_id,
+            key_ref=str(key_ref),
+            not_before=now,
+            not_after=not_after,
+        )
+        log.info("new OCSP responder %s for CA %s until %s", serial_hex, authority.name, not_after)
+        return Responder(authority.id, certificate, key, not_after)
+
+    def _lint(self, certificate: x509.Certificate) -> None:
+        if self._lint_mode is LintMode.OFF or self._linter is None:
+            return
+        findings = self._linter.lint(
+            certificate.public_bytes(serialization.Encoding.DER), LintProfile.RFC5280
+        )
+        if findings and self._lint_mode is LintMode.BLOCK:
+            raise LintFailure([str(f) for f in findings])
+
+    # -- responses -----------------------------------------------------------------------------
+
+    def _window(self, responder: Responder) -> tuple[dt.datetime, dt.datetime]:
+        now = self._clock.now().replace(microsecond=0)
+        # A response never outlives the responder certificate that vouches for it.
+        return now, min(now + self._settings.validity, responder.not_after)
+
+    def presign(self, issuer: KnownIssuer, responder: Responder, *, limit: int = 2000) -> int:
+        """Sign responses for certificates that have none, a stale one, or one past half-life."""
+        now = self._clock.now()
+        records = self._ocsp.needing_response(
+            issuer.record.id,
+            now=now,
+            refresh_before=now + self._settings.validity / 2,
+            limit=limit,
+        )
+        rows = [self._row(issuer, responder, record) for record in records]
+        self._ocsp.put(rows)
+        return len(rows)
+
+    def refresh_one(
+        self, issuer: KnownIssuer, responder: Responder, record: CertificateRecord
+    ) -> None:
+        self._ocsp.put([self._row(issuer, responder, record)])
+
+    def _row(self, issuer: KnownIssuer, responder: Responder, record: CertificateRecord) -> OcspRow:
+        this_update, next_update = self._window(responder)
+        status = _status_of(record)
+        der = sign_response(
+            hashes_=issuer.sha1,
+            serial=int(record.serial, 16),
+            status=status,
+            this_update=this_update,
+            next_update=next_update,
+            responder_cert=responder.certificate,
+            responder_key=responder.key,
+        )
+        return OcspRow(
+            authority_id=issuer.record.id,
+            serial=record.serial,
+            status=status.status,
+            this_update=this_update,
+            next_update=next_update,
+            der=der,
+            version=next_version(self._clock.now()),
+        )
+
+    def answer(self, request: ParsedRequest) -> bytes:
+        """Sign an answer on demand (the slow path: not pre-signed, or a nonce asked for one)."""
+        issuer = self.issuer_for(request)
+        if issuer is None:
+            return UNAUTHORIZED
+        responder = self.responder(issuer.record)
+        if responder is None:
+            return TRY_LATER
+        serial_hex = format_serial(request.serial)
+        found = self._revocations.find_issued(serial_hex, issuer.record.name)
+        record = found[0] if found else None
+        if (
+            record is not None
+            and request.algorithm == "sha1"
+            and request.nonce is None
+            and record.not_after > self._clock.now()
+        ):
+            # Pre-signable: sign it the usual way and keep it, so the next ask is a lookup.
+            row = self._row(issuer, responder, record)
+            self._ocsp.put([row])
+            assert row.der is not None
+            return row.der
+        this_update, next_update = self._window(responder)
+        hashes_ = next(
+            h for h in issuer_hashes(issuer.certificate) if h.algorithm == request.algorithm
+        )
+        return sign_response(
+            hashes_=hashes_,
+            serial=request.serial,
+            # A serial vouch never issued is never "good" (CA/B BR 4.9.10).
+            status=_status_of(record) if record is not None else CertStatus("unknown"),
+            this_update=this_update,
+            next_update=next_update,
+            responder_cert=responder.certificate,
+            responder_key=responder.key,
+            nonce=request.nonce,
+        )
+
+
+def _status_of(record: CertificateRecord) -> CertStatus:
+    if record.revoked_at is not None:
+        return CertStatus("revoked", record.revoked_at, record.revocation_reason)
+    return CertStatus("good")

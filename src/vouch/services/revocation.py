@@ -1,0 +1,146 @@
+"""Revoking certificates and CAs: recorded once, final, and published at once.
+
+A revocation commits first (with its events, and the key's block for keyCompromise); then the
+CA's CRL and the certificate's OCSP response are produced again by the ``after_revoke`` hook.
+If that fails (no key here, say) the server's periodic check catches up within seconds: the CA's
+revision tells it the published data is behind.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from vouch.clock import Clock
+from vouch.errors import BadInput, NotFound
+from vouch.store.records import AuthorityRecord, CertificateRecord, NewEvent
+from vouch.store.repository import Store
+from vouch.store.revocations import RevocationStore
+from vouch.x509.serials import format_serial, parse_serial
+
+LEAF_REASONS = (
+    "unspecified",
+    "keyCompromise",
+    "affiliationChanged",
+    "superseded",
+    "cessationOfOperation",
+    "privilegeWithdrawn",
+)
+CA_REASONS = ("unspecified", "keyCompromise", "cACompromise", "superseded", "cessationOfOperation")
+
+
+@dataclass(frozen=True)
+class Revoked:
+    serial: str
+    ca: str
+    reason: str
+    revoked_at: dt.datetime
+    invalidity_date: dt.datetime | None
+    key_blocked: bool
+
+
+def check_reason(reason: str, allowed: tuple[str, ...]) -> str:
+    by_lower = {r.lower(): r for r in allowed}
+    found = by_lower.get(reason.lower())
+    if found is None:
+        raise BadInput(
+            f"unknown revocation reason {reason!r}", hint=f"one of: {', '.join(allowed)}"
+        )
+    return found
+
+
+class Revoker:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        revocations: RevocationStore,
+        clock: Clock,
+        after_revoke: Callable[[AuthorityRecord, CertificateRecord], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._revocations = revocations
+        self._clock = clock
+        self._after_revoke = after_revoke
+
+    def find(self, serial: str, ca: str | None = None) -> CertificateRecord:
+        canonical = format_serial(parse_serial(serial))
+        found = self._revocations.find_issued(canonical, ca)
+        if not found:
+            where = f" under CA {ca}" if ca else ""
+            raise NotFound(
+                f"vouch never issued a certificate with serial {canonical}{where}",
+                hint="vouch cert list shows what was issued",
+            )
+        if len(found) > 1:
+            raise BadInput(
+                f"serial {canonical} was issued by several CAs ({', '.join(c.authority for c in found)})",
+                hint="name the CA with --ca",
+            )
+        return found[0]
+
+    def revoke(
+        self,
+        serial: str,
+        reason: str,
+        *,
+        ca: str | None = None,
+        invalidity_date: dt.datetime | None = None,
+        reasons: tuple[str, ...] = LEAF_REASONS,
+    ) -> Revoked:
+        reason = check_reason(reason, reasons)
+        record = self.find(serial, ca)
+        now = self._clock.now().replace(microsecond=0)
+        if invalidity_date is not None:
+            if invalidity_date.tzinfo is None:
+                raise BadInput("the invalidity date needs a time zone (e.g. 2026-11-01T12:00Z)")
+            invalidity_date = invalidity_date.astimezone(dt.UTC).replace(microsecond=0)
+            if invalidity_date > now:
+                raise BadInput("the invalidity date lies in the future")
+        block = reason in ("keyCompromise", "cACompromise")
+        events = [
+            NewEvent(
+                "certificate.revoked",
+                record.serial,
+                {
+                    "ca": record.authority,
+                    "serial": record.serial,
+                    "reason": reason,
+                    "revoked_at": now.isoformat(),
+                    "invalidity_date": invalidity_date.isoformat() if invalidity_date else None,
+                },
+            )
+        ]
+        if block:
+            events.append(
+                NewEvent(
+                    "key.blocked",
+                    record.spki_sha256,
+                    {"spki_sha256": record.spki_sha256, "serial": record.serial, "reason": reason},
+                )
+            )
+        self._revocations.revoke(
+            certificate_id=record.id,
+            reason=reason,
+            at=now,
+            invalidity_date=invalidity_date,
+            block_key=block,
+            new_events=events,
+        )
+        if self._after_revoke is not None:
+            self._after_revoke(self._store.authority_by_id(record.authority_id), record)
+        return Revoked(record.serial, record.authority, reason, now, invalidity_date, block)
+
+    def revoke_ca(self, name: str, reason: str) -> Revoked:
+        """Revoke an intermediate: its certificate on its issuer's CRL, and the CA retired."""
+        authority = self._store.get_authority(name)
+        if authority.role == "root" or authority.parent_id is None:
+            raise BadInput(
+                f"{name} is a root CA: a root is not revoked, it is removed from trust stores",
+                hint="revoke its intermediates instead, or distribute a new root",
+            )
+        parent = self._store.authority_by_id(authority.parent_id)
+        revoked = self.revoke(authority.serial, reason, ca=parent.name, reasons=CA_REASONS)
+        self._revocations.mark_ca_revoked(authority.id, revoked.reason, revoked.revoked_at)
+        return revoked
