@@ -66,10 +66,11 @@ class VouchServer:
     def start(self, timeout: float = 60) -> VouchServer:
         args = [VOUCH, "--home", str(self.home), "serve", "--http", f"127.0.0.1:{self.http_port}"]
         args += ["--https", f"127.0.0.1:{self.https_port}" if self.https_port else "off"]
-        handle = self.log.open("w")
-        self.process = subprocess.Popen(
-            args, stdout=handle, stderr=subprocess.STDOUT, text=True, env=vouch_env()
-        )
+        with self.log.open("w") as handle:
+            # The child keeps its own copy of the descriptor.
+            self.process = subprocess.Popen(
+                args, stdout=handle, stderr=subprocess.STDOUT, text=True, env=vouch_env()
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if "vouch serving on" in self.log.read_text():

@@ -414,4 +414,8 @@ def init_home(
         key_ref=KeyRef("file", "keys/issuing.key.pem"),
         name_constraints=name_constraints,
     )
+    # The first CRLs, while the root key is at hand (an offline root's next one is a ceremony).
+    vouch.crl_producer.produce(created.record, root_key, vouch.issuer_urls(created.record))
+    issuing = vouch.store.get_authority("issuing")
+    vouch.crl_producer.produce(issuing, vouch.ca_key(issuing), vouch.issuer_urls(issuing))
     return vouch

@@ -6,7 +6,8 @@ extension but no revoked entries, signed with a throwaway key of the CA key's al
 ``vouch.x509.signing``). The ``revokedCertificates`` SEQUENCE is encoded here, straight into one
 ``bytearray``, and spliced into the template's TBSCertList between ``nextUpdate`` and the ``[0]``
 ``crlExtensions``; the CA key then signs that TBS once. The entries are read once, from any
-iterable, and nothing per entry outlives its iteration.
+iterable, and nothing per entry outlives its iteration: the peak memory is the CRL's size twice
+(the buffer, and the bytes returned).
 
 Each entry is ``(serial, revoked_at, reason, invalidity_date)``::
 
@@ -35,7 +36,7 @@ from vouch.x509.signing import sign_buffer, template_crl
 
 Entry = tuple[int, dt.datetime, str | None, dt.datetime | None]
 """(serial, revoked_at, reason, invalidity_date): the reason is a ``x509.ReasonFlags`` value
-such as ``"keyCompromise"``, or None; both times are aware datetimes."""
+such as ``"keyCompromise"`` (but not ``"removeFromCRL"``), or None; the times are aware."""
 
 MAX_SERIAL_BITS = 159  # RFC 5280 4.1.2.2: at most 20 octets, and positive
 MAX_CRL_NUMBER_BITS = 159  # RFC 5280 5.2.3: at most 20 octets, non-negative
@@ -44,7 +45,7 @@ _SEQUENCE = 0x30
 _CONTEXT_0 = 0xA0
 _BIT_STRING = 0x03
 _UTC = dt.UTC
-_EPOCH_FLOOR = 1950  # RFC 5280 5.1.2.4: Time cannot express earlier years (nor does cryptography)
+_EARLIEST_YEAR = 1950  # cryptography's builders refuse earlier dates, and so does vouch
 _UTCTIME_END = 2050  # RFC 5280 5.1.2.6: UTCTime through 2049, GeneralizedTime from 2050
 
 # CRLReason ::= ENUMERATED (RFC 5280 5.3.1); 7 is unused. removeFromCRL (8) belongs only in delta
@@ -219,7 +220,7 @@ def _encode_entries(entries: Iterable[Entry], out: bytearray) -> None:
         if type(revoked_at) is not datetime or revoked_at.tzinfo is not utc:
             revoked_at = _utc(revoked_at, "a revocation date")
         year = revoked_at.year
-        if _EPOCH_FLOOR <= year < _UTCTIME_END:
+        if _EARLIEST_YEAR <= year < _UTCTIME_END:
             when = b"\x17\x0d%02d%02d%02d%02d%02d%02dZ" % (
                 year % 100,
                 revoked_at.month,
@@ -246,7 +247,7 @@ def _encode_entries(entries: Iterable[Entry], out: bytearray) -> None:
         if invalidity is not None:
             if type(invalidity) is not datetime or invalidity.tzinfo is not utc:
                 invalidity = _utc(invalidity, "an invalidity date")
-            if invalidity.year < _EPOCH_FLOOR:
+            if invalidity.year < _EARLIEST_YEAR:
                 raise BadInput(f"invalidity date of serial {serial:#x} is before 1950")
             extensions += invalidity_prefix + b"%04d%02d%02d%02d%02d%02dZ" % (
                 invalidity.year,
