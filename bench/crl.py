@@ -527,9 +527,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"  peak RSS {fmt(c_rss, 'MB', 1)}"
                 f"  (of which build+sign {fmt(samples.median(f'crypto_sign_{count}'), 's', 3)})"
             )
-        print(
-            f"    openssl / vouch: time {fmt(ratio(o, v), 'x')}, memory {fmt(ratio(o_rss, v_rss), 'x')}"
-        )
+        time_x, memory_x = fmt(ratio(o, v), "x"), fmt(ratio(o_rss, v_rss), "x")
+        print(f"    openssl / vouch: time {time_x}, memory {memory_x}")
         per_size[str(count)] = {
             "vouch_build_seconds": rounded(v),
             "vouch_process_seconds": rounded(samples.median(f"vouch_wall_{count}")),

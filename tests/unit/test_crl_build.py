@@ -240,6 +240,24 @@ def test_shard_crl_carries_a_critical_issuing_distribution_point(only: str | Non
     assert crl.tbs_certlist_bytes == _reference(spec, entries, P256).tbs_certlist_bytes
 
 
+def test_issuer_without_ski_gets_an_aki_from_its_public_key() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    issuer = (
+        x509.CertificateBuilder()
+        .subject_name(_name("no SKI"))
+        .issuer_name(_name("no SKI"))
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(NOW)
+        .not_valid_after(NOW + WEEK)
+        .sign(key, signature_hash_for(key))  # type: ignore[arg-type]
+    )
+    crl = x509.load_der_x509_crl(build_crl(_spec(issuer), [], key))
+    aki = crl.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    assert aki == x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key())
+    assert crl.is_signature_valid(key.public_key())
+
+
 def test_times_are_truncated_to_whole_seconds() -> None:
     spec = _spec(this_update=NOW.replace(microsecond=999_999), next_update=NOW + WEEK)
     at = NOW.replace(microsecond=500_000)
