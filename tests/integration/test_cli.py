@@ -226,3 +226,23 @@ def test_offline_root(tmp_path: Path) -> None:
     assert verify.returncode == 0, verify.stdout + verify.stderr
     cas = {c["name"]: c for c in json.loads(vouch(home, "ca", "list", "--json").stdout)}
     assert cas["team-b"]["key_type"] == "ec-p384" and cas["external"]["key_backend"] == "offline"
+
+
+def test_demo_without_server(tmp_path: Path) -> None:
+    """`vouch demo` makes a working CA and a sample certificate (the server part: test_revocation)."""
+    home = tmp_path / "demo-home"
+    env = {k: v for k, v in os.environ.items() if k not in ("VOUCH_PASSPHRASE", "VOUCH_HOME")}
+    result = subprocess.run(
+        [VOUCH, "--home", str(home), "demo", "--no-serve"],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Issued a sample certificate" in result.stdout
+    assert (home / "demo-passphrase").stat().st_mode & 0o077 == 0
+    chain = home / "demo" / "demo.localhost.pem"
+    verified = subprocess.run(
+        ["openssl", "verify", "-x509_strict", "-CAfile", str(home / "root.pem"),
+         "-untrusted", str(chain), str(chain)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert verified.returncode == 0, verified.stdout + verified.stderr

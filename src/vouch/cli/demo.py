@@ -16,8 +16,11 @@ def demo_command(
     name: Annotated[
         str, typer.Option("--name", help="The sample certificate's DNS name.")
     ] = "demo.localhost",
+    serve: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="Start the server afterwards.")
+    ] = True,
 ) -> None:
-    """Set up a demo CA in the home if there is none, issue a sample certificate, say what next."""
+    """Set up a demo CA in the home if there is none, issue a sample certificate, and serve it."""
     state: CliState = ctx.obj
     home = state.home
     with errors_to_exit():
@@ -84,3 +87,20 @@ def demo_command(
     print(f"  vouch --home {home} cert new www.example.com --out-dir /tmp")
     print(f"  vouch --home {home} cert list")
     print(f"  vouch --home {home} ca list")
+    if not serve:
+        return
+    http = vouch.config.serve.http
+    chain = out_dir / f"{name}.pem"
+    print(
+        f"  openssl ocsp -issuer <(curl -s http://{http}/ca/issuing.pem) -cert {chain} "
+        f"-url http://{http}/ocsp/issuing -CAfile {home / 'root.pem'}"
+    )
+    print(
+        f"  curl http://{http}/healthz     (OCSP: http://{http}/ocsp/issuing, CRL: /crl/issuing.crl)"
+    )
+    print("Starting the server; Ctrl-C stops it.")
+    with errors_to_exit():
+        from vouch.server.run import Listen, run
+
+        https = vouch.config.serve.https
+        run(vouch, http=Listen.parse(http), https=Listen.parse(https) if https else None)
