@@ -8,6 +8,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from tests.conftest import make_home
@@ -119,9 +120,13 @@ def _health(server: VouchServer) -> dict[str, object]:
         return json.loads(response.read())  # type: ignore[no-any-return]
 
 
-def test_periodic_work_runs_on_one_node_and_moves_when_it_dies(tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_periodic_work_runs_on_one_node_and_moves_when_it_dies(
+    store: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     port = free_port()
-    home = _home(tmp_path, port)
+    url = request.getfixturevalue("pg_schema_url") if store == "postgres" else "sqlite:///vouch.db"
+    home = _home(tmp_path, port, store_url=url)
     first = VouchServer(home, http_port=port, https=False).start()
     second = VouchServer(home, https=False).start()
     try:

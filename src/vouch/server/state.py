@@ -103,7 +103,7 @@ class ServerState:
         settings = vouch.config.revocation
         interval = parse_duration(settings.check_interval)
         self.leader = vouch.leases.acquire(
-            LEASE, self.node, now=vouch.clock.now(), ttl=max(interval * 6, dt.timedelta(seconds=15))
+            LEASE, self.node, now=vouch.clock.now(), ttl=max(interval * 6, dt.timedelta(seconds=5))
         )
         self.metrics.leader.set(1 if self.leader else 0)
         if not self.leader:

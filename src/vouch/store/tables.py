@@ -6,6 +6,7 @@ import datetime as dt
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     DateTime,
     ForeignKey,
@@ -137,7 +138,7 @@ ocsp_responses = Table(
     Column("next_update", UTCDateTime, nullable=False),
     Column("der", LargeBinary, nullable=True),
     # Strictly increasing across writers: nodes poll for rows newer than the last they saw.
-    Column("version", Integer, nullable=False),
+    Column("version", BigInteger, nullable=False),
     Index("ix_ocsp_responses_version", "version"),
     Index("ix_ocsp_responses_next_update", "next_update"),
 )

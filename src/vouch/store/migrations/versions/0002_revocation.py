@@ -66,7 +66,7 @@ def upgrade() -> None:
         sa.Column("this_update", UTCDateTime, nullable=False),
         sa.Column("next_update", UTCDateTime, nullable=False),
         sa.Column("der", sa.LargeBinary, nullable=True),
-        sa.Column("version", sa.Integer, nullable=False),
+        sa.Column("version", sa.BigInteger, nullable=False),
         sa.PrimaryKeyConstraint("authority_id", "serial", name="pk_ocsp_responses"),
     )
     op.create_index("ix_ocsp_responses_version", "ocsp_responses", ["version"])
