@@ -47,16 +47,6 @@ class Metrics:
             ["status"],
             registry=self.registry,
         )
-        self.issued = Counter(
-            "vouch_certificates_issued",
-            "Certificates this node saw issued (from the store)",
-            registry=self.registry,
-        )
-        self.revoked = Counter(
-            "vouch_certificates_revoked",
-            "Revocations this node saw (from the store)",
-            registry=self.registry,
-        )
         self.leader = Gauge(
             "vouch_revocation_leader",
             "1 when this node runs the cluster's periodic revocation work",

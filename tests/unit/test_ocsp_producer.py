@@ -1,0 +1,141 @@
+"""OCSP production in process: responders renewed on their own, responses that never outlive
+them, pre-signing, and on-demand answers (unknown, nonce, SHA-256 CertID)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509 import ocsp
+from tests.conftest import make_home, passphrase
+
+from vouch.clock import FixedClock
+from vouch.server.tls import TlsFiles, issue_tls_certificate, needs_renewal
+from vouch.services.authority import IssuanceRequest, IssuedCertificate
+from vouch.wiring import DEFAULT_LINT_ALLOW, Vouch
+from vouch.x509.names import parse_name
+from vouch.x509.ocsp import parse_request
+
+START = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC)
+
+
+def _vouch(tmp_path: Path) -> tuple[Vouch, FixedClock]:
+    clock = FixedClock(START)
+    make_home(tmp_path / "home", clock=clock, lint_allow=list(DEFAULT_LINT_ALLOW)).close()
+    return Vouch(tmp_path / "home", passphrase=passphrase, clock=clock), clock
+
+
+def _issue(vouch: Vouch, name: str) -> IssuedCertificate:
+    key = ec.generate_private_key(ec.SECP256R1())
+    return vouch.authority().issue(
+        IssuanceRequest(key.public_key(), (parse_name(name),), "tls-server")
+    )
+
+
+def _request(
+    issued: IssuedCertificate, algorithm: hashes.HashAlgorithm, nonce: bytes | None = None
+) -> bytes:
+    builder = ocsp.OCSPRequestBuilder().add_certificate(
+        issued.certificate, issued.chain[0], algorithm
+    )
+    if nonce is not None:
+        builder = builder.add_extension(x509.OCSPNonce(nonce), critical=False)
+    from cryptography.hazmat.primitives import serialization
+
+    return builder.build().public_bytes(serialization.Encoding.DER)
+
+
+def test_responder_is_renewed_at_half_life_and_bounds_responses(tmp_path: Path) -> None:
+    vouch, clock = _vouch(tmp_path)
+    try:
+        producer = vouch.ocsp_producer
+        authority = vouch.store.get_authority("issuing")
+        key = vouch.ca_key(authority)
+        first = producer.responder(authority, ca_key=key)
+        assert first is not None
+        assert producer.responder(authority, ca_key=key) is first
+        eku = first.certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        assert x509.oid.ExtendedKeyUsageOID.OCSP_SIGNING in eku
+        first.certificate.extensions.get_extension_for_class(x509.OCSPNoCheck)
+        assert first.certificate.not_valid_after_utc - START <= dt.timedelta(days=14)
+        clock.advance(dt.timedelta(days=8))  # past half of the 14-day validity
+        second = producer.responder(authority, ca_key=key)
+        assert (
+            second is not None
+            and second.certificate.serial_number != first.certificate.serial_number
+        )
+        issued = _issue(vouch, "bounded.example.com")
+        [issuer] = producer.issuers()
+        assert producer.presign(issuer, second) >= 1
+        row = vouch.ocsp_store.get(authority.id, issued.serial)
+        assert row is not None and row.status == "good"
+        assert row.next_update <= second.not_after
+        response = ocsp.load_der_ocsp_response(row.der or b"")
+        assert response.certificates[0] == second.certificate
+    finally:
+        vouch.close()
+
+
+def test_on_demand_answers(tmp_path: Path) -> None:
+    vouch, _ = _vouch(tmp_path)
+    try:
+        producer = vouch.ocsp_producer
+        authority = vouch.store.get_authority("issuing")
+        producer.responder(authority, ca_key=vouch.ca_key(authority))
+        issued = _issue(vouch, "demand.example.com")
+        parsed = parse_request(_request(issued, hashes.SHA256(), nonce=b"0123456789abcdef"))
+        assert parsed is not None
+        response = ocsp.load_der_ocsp_response(producer.answer(parsed))
+        assert response.certificate_status == ocsp.OCSPCertStatus.GOOD
+        assert response.hash_algorithm.name == "sha256"
+        assert (
+            response.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce
+            == b"0123456789abcdef"
+        )
+        vouch.revoker(publish=False).revoke(issued.serial, "keyCompromise")
+        revoked = ocsp.load_der_ocsp_response(producer.answer(parsed))
+        assert revoked.certificate_status == ocsp.OCSPCertStatus.REVOKED
+        assert revoked.revocation_reason == x509.ReasonFlags.key_compromise
+        # A serial vouch never issued is never "good".
+        unknown_request = (
+            ocsp.OCSPRequestBuilder()
+            .add_certificate_by_hash(parsed.name_hash, parsed.key_hash, 0x5EED, hashes.SHA256())
+            .build()
+        )
+        from cryptography.hazmat.primitives import serialization
+
+        unknown = parse_request(unknown_request.public_bytes(serialization.Encoding.DER))
+        assert unknown is not None
+        answer = ocsp.load_der_ocsp_response(producer.answer(unknown))
+        assert answer.certificate_status == ocsp.OCSPCertStatus.UNKNOWN
+        # An issuer vouch does not run gets "unauthorized".
+        stranger = parse_request(
+            ocsp.OCSPRequestBuilder()
+            .add_certificate_by_hash(b"\x01" * 32, b"\x02" * 32, 5, hashes.SHA256())
+            .build()
+            .public_bytes(serialization.Encoding.DER)
+        )
+        assert stranger is not None
+        refused = ocsp.load_der_ocsp_response(producer.answer(stranger))
+        assert refused.response_status == ocsp.OCSPResponseStatus.UNAUTHORIZED
+    finally:
+        vouch.close()
+
+
+def test_server_tls_certificate_renews_on_its_own(tmp_path: Path) -> None:
+    vouch, clock = _vouch(tmp_path)
+    try:
+        files = TlsFiles.under(vouch.home)
+        names = ["localhost", "127.0.0.1"]
+        assert needs_renewal(files, names, clock.now())
+        issue_tls_certificate(vouch, names, files)
+        assert (files.key.stat().st_mode & 0o077) == 0
+        assert not needs_renewal(files, names, clock.now())
+        assert needs_renewal(files, ["localhost"], clock.now())  # other names: a new one
+        clock.advance(dt.timedelta(days=21))  # two thirds of the 30-day default
+        assert needs_renewal(files, names, clock.now())
+    finally:
+        vouch.close()
