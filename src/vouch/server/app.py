@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from vouch.server.state import ServerState
-from vouch.x509.ocsp import MALFORMED
+from vouch.x509.ocsp import INTERNAL_ERROR, MALFORMED, TRY_LATER, UNAUTHORIZED
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -104,8 +104,15 @@ class VouchApp:
             await self._ocsp_reply(send, MALFORMED, get=False)
             return
         der = await run_in_threadpool(self.state.answer, parsed)
-        metrics.ocsp_signed.inc()
+        self._count(der)
         await self._ocsp_reply(send, der, get=False)
+
+    def _count(self, der: bytes) -> None:
+        metrics = self.state.metrics
+        if der == UNAUTHORIZED:
+            metrics.ocsp_unauthorized.inc()
+        elif der not in (TRY_LATER, INTERNAL_ERROR):  # those are counted where they arise
+            metrics.ocsp_signed.inc()
 
     async def _der_for(self, data: bytes) -> bytes:
         cached, parsed = self.state.cache.lookup(data)
@@ -115,8 +122,9 @@ class VouchApp:
         if parsed is None:
             self.state.metrics.ocsp_malformed.inc()
             return MALFORMED
-        self.state.metrics.ocsp_signed.inc()
-        return await run_in_threadpool(self.state.answer, parsed)
+        der = await run_in_threadpool(self.state.answer, parsed)
+        self._count(der)
+        return der
 
     @staticmethod
     async def _ocsp_reply(send: Send, der: bytes, *, get: bool, expires: float = 0.0) -> None:

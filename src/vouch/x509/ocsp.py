@@ -158,7 +158,7 @@ def parse_request(data: bytes) -> ParsedRequest | None:
     if (
         algorithm not in CERTID_HASHES
         or parsed.serial <= 0
-        or (nonce is not None and len(nonce) > 128)
+        or (nonce is not None and not 1 <= len(nonce) <= 128)  # RFC 9654 2.1: never empty
     ):
         return None
     return parsed
