@@ -81,6 +81,13 @@ class RevocationSettings(_Strict):
         return self
 
 
+class AuditSettings(_Strict):
+    # The key that signs tree heads (any key backend); its public key is audit-key.pem.
+    key: str = "file:keys/audit.key.pem"
+    # A running server signs a new tree head when the log grew, at least this often.
+    head_interval: str = "60s"
+
+
 class CASettings(_Strict):
     policy: dict[str, Any] = Field(default_factory=dict)
 
@@ -93,6 +100,7 @@ class VouchConfig(_Strict):
     issuance: IssuanceSettings = Field(default_factory=IssuanceSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
     revocation: RevocationSettings = Field(default_factory=RevocationSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     policy: dict[str, Any] = Field(default_factory=dict)
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
     cas: dict[str, CASettings] = Field(default_factory=dict)

@@ -10,7 +10,10 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+    PublicKeyTypes,
+)
 from sqlalchemy.engine import make_url
 
 from vouch.clock import Clock, SystemClock
@@ -21,6 +24,7 @@ from vouch.fsutil import atomic_write
 from vouch.keys.base import KeyRef, PassphraseSource
 from vouch.keys.file import FileKeyBackend
 from vouch.keys.registry import KeyRegistry
+from vouch.services.audit import AuditLog
 from vouch.services.authority import (
     Authority,
     Blocklists,
@@ -32,10 +36,11 @@ from vouch.services.ca_admin import CAAdmin, CreatedCA, UrlScheme
 from vouch.services.crls import CRLProducer, CRLSettings
 from vouch.services.ocsp import OcspProducer, OcspSettings
 from vouch.services.revocation import Revoker
+from vouch.store.audit import AuditStore
 from vouch.store.engine import Database
 from vouch.store.leases import Leases
 from vouch.store.ocsp import OcspStore
-from vouch.store.records import AuthorityRecord, CertificateRecord
+from vouch.store.records import AuthorityRecord, CertificateRecord, NewEvent
 from vouch.store.repository import Store
 from vouch.store.revocations import RevocationStore
 from vouch.x509.build import IssuerUrls, NameConstraintsSpec
@@ -45,6 +50,7 @@ from vouch.x509.policy import NamePolicy
 from vouch.x509.profiles import load_profiles
 
 ROOT_KEY_FILE = "root.key.pem"
+AUDIT_KEY_FILE = "audit-key.pem"
 ROOT_CERT_FILE = "root.pem"
 DEFAULT_LINT_ALLOW = ["cabf.internal_domain_name", "cabf.internal_ip_address"]
 
@@ -283,6 +289,48 @@ class Vouch:
                 "a running `vouch serve` publishes it within seconds"
             )
 
+    # -- audit log -------------------------------------------------------------------------------
+
+    @cached_property
+    def audit(self) -> AuditLog:
+        return AuditLog(
+            store=AuditStore(self.db),
+            clock=self.clock,
+            key_loader=self._audit_key,
+            public_key=self.audit_public_key,
+        )
+
+    def audit_public_key(self) -> PublicKeyTypes:
+        path = self.home / AUDIT_KEY_FILE
+        try:
+            return serialization.load_pem_public_key(path.read_bytes())
+        except FileNotFoundError:
+            return self._audit_key().public_key()
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read the audit public key {path}: {exc}") from exc
+
+    def _audit_key(self) -> CertificateIssuerPrivateKeyTypes:
+        """The audit key, made on first use (homes from before the audit log get one then)."""
+        ref = KeyRef.parse(self.config.audit.key)
+        try:
+            key = self.keys.load(ref)
+        except KeyUnavailable:
+            if (
+                ref.scheme != "file"
+                or FileKeyBackend(self.home, self.passphrase).path_of(ref).exists()
+            ):
+                raise
+            key = self.keys.generate(ref, "ec-p256")
+            pem = key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            atomic_write(self.home / AUDIT_KEY_FILE, pem)
+            self.store.record_event(
+                NewEvent("audit.key-created", "audit", {"public_key": pem.decode("ascii")}),
+                self.clock.now(),
+            )
+        return key
+
     def root(self) -> AuthorityRecord:
         roots = [a for a in self.store.list_authorities() if a.role == "root"]
         if not roots:
@@ -414,6 +462,8 @@ def init_home(
         key_ref=KeyRef("file", "keys/issuing.key.pem"),
         name_constraints=name_constraints,
     )
+    # The audit key, and a first signed tree head over the CAs' creation.
+    vouch.audit.sign_head()
     # The first CRLs, while the root key is at hand (an offline root's next one is a ceremony).
     vouch.crl_producer.produce(created.record, root_key, vouch.issuer_urls(created.record))
     issuing = vouch.store.get_authority("issuing")

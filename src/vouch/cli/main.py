@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vouch.cli import ca, cert, crl, demo, init, serve
+from vouch.cli import audit, ca, cert, crl, demo, init, serve
 from vouch.cli.context import CliState, default_home
 
 app = typer.Typer(
@@ -45,6 +45,7 @@ app.command("serve")(serve.serve_command)
 app.command("publish")(serve.publish_command)
 app.add_typer(cert.app, name="cert", help="Issue, list, show and export certificates.")
 app.add_typer(ca.app, name="ca", help="List, inspect and create certificate authorities.")
+app.add_typer(audit.app, name="audit", help="The audit log: verify, prove, export, witness.")
 
 
 def run() -> None:

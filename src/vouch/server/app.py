@@ -22,7 +22,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from vouch.errors import VouchError
 from vouch.server.state import ServerState
+from vouch.services.audit import head_json
 from vouch.x509.ocsp import INTERNAL_ERROR, MALFORMED, TRY_LATER, UNAUTHORIZED
 
 Scope = MutableMapping[str, Any]
@@ -45,6 +47,10 @@ class VouchApp:
                 Route("/crl/{ca}/{file}", self.crl_shard, methods=["GET", "HEAD"]),
                 Route("/ocsp", self.ocsp_root, methods=["GET", "POST"]),
                 Route("/healthz", self.healthz, methods=["GET", "HEAD"]),
+                Route("/audit/tree-head", self.tree_head, methods=["GET"]),
+                Route("/audit/key.pem", self.audit_key, methods=["GET"]),
+                Route("/audit/proof/inclusion", self.inclusion, methods=["GET"]),
+                Route("/audit/proof/consistency", self.consistency, methods=["GET"]),
                 Route("/metrics", self.metrics, methods=["GET"]),
             ]
         )
@@ -198,10 +204,62 @@ class VouchApp:
         }
         return JSONResponse(body, status_code=200 if state.ready else 503)
 
+    # -- audit log (read-only: tree heads and proofs are public by design) -----------------------
+
+    async def tree_head(self, request: Request) -> Response:
+        head = await run_in_threadpool(self.state.vouch.audit.store.latest_tree_head)
+        if head is None:
+            return JSONResponse({"error": "no signed tree head yet"}, status_code=404)
+        return JSONResponse(head_json(head))
+
+    async def audit_key(self, request: Request) -> Response:
+        from cryptography.hazmat.primitives import serialization
+
+        key = await run_in_threadpool(self.state.vouch.audit_public_key)
+        pem = key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return Response(pem, media_type="application/x-pem-file")
+
+    async def inclusion(self, request: Request) -> Response:
+        audit = self.state.vouch.audit
+        serial = request.query_params.get("serial")
+        index = request.query_params.get("index")
+        try:
+            if serial:
+                proof = await run_in_threadpool(audit.prove_certificate, serial)
+            elif index is not None and index.isdigit():
+                proof = await run_in_threadpool(audit.prove_index, int(index))
+            else:
+                return JSONResponse({"error": "give ?serial=HEX or ?index=N"}, status_code=400)
+        except VouchError as exc:
+            return _problem(exc)
+        return JSONResponse(proof)
+
+    async def consistency(self, request: Request) -> Response:
+        first = request.query_params.get("first", "")
+        second = request.query_params.get("second")
+        if not first.isdigit() or (second is not None and not second.isdigit()):
+            return JSONResponse({"error": "give ?first=M[&second=N]"}, status_code=400)
+        try:
+            proof = await run_in_threadpool(
+                self.state.vouch.audit.prove_consistency,
+                int(first),
+                int(second) if second is not None else None,
+            )
+        except VouchError as exc:
+            return _problem(exc)
+        return JSONResponse(proof)
+
     async def metrics(self, request: Request) -> Response:
         return Response(
             generate_latest(self.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
         )
+
+
+def _problem(exc: VouchError) -> Response:
+    status = {"not-found": 404, "bad-input": 400}.get(exc.category, 503)
+    return JSONResponse({"error": exc.message}, status_code=status)
 
 
 def _b64(text: str) -> bytes | None:

@@ -129,6 +129,12 @@ class ServerState:
             except VouchError as exc:
                 self.metrics.job_errors.labels(job="revocation").inc()
                 log.error("revocation data for CA %s: %s", record.name, exc.message)
+        try:
+            interval = parse_duration(vouch.config.audit.head_interval)
+            vouch.audit.sign_head(if_older_than=interval)
+        except VouchError as exc:
+            self.metrics.job_errors.labels(job="tree-head").inc()
+            log.error("signing a tree head: %s", exc.message)
         root = next((r for r in self.authorities.values() if r.role == "root"), None)
         if root is not None and root.key_ref != "none:":
             key = self._key(root)

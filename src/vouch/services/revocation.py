@@ -142,5 +142,14 @@ class Revoker:
             )
         parent = self._store.authority_by_id(authority.parent_id)
         revoked = self.revoke(authority.serial, reason, ca=parent.name, reasons=CA_REASONS)
-        self._revocations.mark_ca_revoked(authority.id, revoked.reason, revoked.revoked_at)
+        self._revocations.mark_ca_revoked(
+            authority.id,
+            revoked.reason,
+            revoked.revoked_at,
+            NewEvent(
+                "ca.revoked",
+                authority.name,
+                {"name": authority.name, "serial": authority.serial, "reason": revoked.reason},
+            ),
+        )
         return revoked

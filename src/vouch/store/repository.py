@@ -15,26 +15,50 @@ from typing import Any
 from sqlalchemy import Row, bindparam, case, func, insert, select, update
 from sqlalchemy.engine import Connection
 
+from vouch.audit.entries import canonical_json as _canonical_json
+from vouch.audit.entries import entry_bytes
+from vouch.audit.merkle import CompactRange, leaf_hash
 from vouch.errors import Conflict, NotFound, StoreError
 from vouch.store.engine import Database
 from vouch.store.records import AuthorityRecord, CertificateRecord, NewCertificate, NewEvent
-from vouch.store.tables import authorities, certificates, events
+from vouch.store.tables import audit_head, authorities, certificates, events
 
 
 def canonical_json(data: dict[str, object]) -> str:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return _canonical_json(data)
 
 
 def append_events(conn: Connection, at: dt.datetime, new: Sequence[NewEvent]) -> None:
-    """Append events inside the caller's transaction: they commit or vanish with the change."""
-    if new:
-        conn.execute(
-            insert(events),
-            [
-                {"at": at, "kind": e.kind, "subject": e.subject, "data": canonical_json(e.data)}
-                for e in new
-            ],
+    """Append events to the audit log inside the caller's transaction: they commit or vanish
+    with the change they record. The log head row is locked first, so entries are numbered
+    densely in commit order on every database (PostgreSQL: FOR UPDATE; SQLite: one writer)."""
+    if not new:
+        return
+    head = conn.execute(select(audit_head).where(audit_head.c.id == 1).with_for_update()).first()
+    if head is None:
+        raise StoreError("the audit log head is missing: the database was altered outside vouch")
+    compact = CompactRange.from_bytes(int(head.size), bytes(head.frontier))
+    rows = []
+    for event in new:
+        seq = compact.size
+        leaf = leaf_hash(entry_bytes(seq, at, event.kind, event.subject, event.data))
+        compact.append(leaf)
+        rows.append(
+            {
+                "at": at,
+                "kind": event.kind,
+                "subject": event.subject,
+                "data": canonical_json(event.data),
+                "seq": seq,
+                "leaf_hash": leaf,
+            }
         )
+    conn.execute(insert(events), rows)
+    conn.execute(
+        update(audit_head)
+        .where(audit_head.c.id == 1)
+        .values(size=compact.size, frontier=compact.to_bytes())
+    )
 
 
 @dataclass(frozen=True)
@@ -59,11 +83,16 @@ class Store:
     def _append_events(self, conn: Connection, at: dt.datetime, new: Sequence[NewEvent]) -> None:
         append_events(conn, at, new)
 
+    def record_event(self, event: NewEvent, at: dt.datetime) -> None:
+        """An event on its own (one that changes nothing else in the store)."""
+        with self.db.begin() as conn:
+            append_events(conn, at, [event])
+
     def list_events(
         self, kind: str | None = None
     ) -> list[tuple[dt.datetime, str, str, dict[str, Any]]]:
         query = select(events.c.at, events.c.kind, events.c.subject, events.c.data).order_by(
-            events.c.id
+            events.c.seq
         )
         if kind is not None:
             query = query.where(events.c.kind == kind)

@@ -93,9 +93,12 @@ class RevocationStore:
                 self._block(conn, row.spki_sha256, reason, f"certificate {row.serial}", at)
             append_events(conn, at, new_events)
 
-    def mark_ca_revoked(self, authority_id: int, reason: str, at: dt.datetime) -> None:
+    def mark_ca_revoked(
+        self, authority_id: int, reason: str, at: dt.datetime, event: NewEvent
+    ) -> None:
         """Record that a CA itself is revoked (its certificate row is revoked separately)."""
         with self.db.begin() as conn:
+            append_events(conn, at, [event])
             self._bump_revision(conn, authority_id, revoked_at=at, reason=reason)
             conn.execute(
                 update(authorities).where(authorities.c.id == authority_id).values(status="revoked")

@@ -181,4 +181,30 @@ events = Table(
     Column("kind", String(64), nullable=False),
     Column("subject", String(128), nullable=False),
     Column("data", Text, nullable=False),  # canonical JSON
+    # The audit log: dense position 0..n-1 and RFC 9162 leaf hash of the canonical entry.
+    Column("seq", BigInteger, nullable=False),
+    Column("leaf_hash", LargeBinary, nullable=False),
+    UniqueConstraint("seq", name="uq_events_seq"),
+)
+
+# The log's right edge (RFC 9162 compact range): one row, locked by every appender, so entries
+# are numbered densely in commit order and the root is always known.
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("frontier", LargeBinary, nullable=False),
+)
+
+tree_heads = Table(
+    "tree_heads",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("root_hash", LargeBinary, nullable=False),
+    Column("timestamp", UTCDateTime, nullable=False),
+    Column("key_id", String(64), nullable=False),
+    Column("signature", LargeBinary, nullable=False),
+    Index("ix_tree_heads_size", "size"),
 )
