@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import shutil
 from collections.abc import Collection
 from functools import cached_property
@@ -16,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 )
 from sqlalchemy.engine import make_url
 
+from vouch.audit.entries import canonical_json
 from vouch.clock import Clock, SystemClock
 from vouch.config import CONFIG_NAME, VouchConfig, load_config, render_initial_config
 from vouch.durations import parse_duration
@@ -106,6 +108,7 @@ class Vouch:
         self.keys = KeyRegistry([FileKeyBackend(home, passphrase)])
         self.urls = UrlScheme(self.config.serve.public_url)
         self.publish_notes: list[str] = []
+        self._policy_logged: str | None = None
 
     def close(self) -> None:
         self.db.dispose()
@@ -180,7 +183,24 @@ class Vouch:
             chain=self.chain_above(record),
         )
 
+    def record_policy(self) -> None:
+        """Log the issuance policy in force when it differs from the last one logged, so the
+        audit log shows every policy and profile change before anything is issued under it."""
+        config = self.config.model_dump(
+            mode="json", include={"issuance", "policy", "profiles", "cas", "revocation"}
+        )
+        digest = hashlib.sha256(canonical_json(config).encode()).hexdigest()
+        if self._policy_logged == digest:
+            return
+        if self.store.latest_event_subject("policy.in-force") != digest:
+            self.store.record_event(
+                NewEvent("policy.in-force", digest, {"sha256": digest, "config": config}),
+                self.clock.now(),
+            )
+        self._policy_logged = digest
+
     def authority(self, name: str | None = None) -> Authority:
+        self.record_policy()
         ca = self.issuing_ca(name)
         return Authority(
             ca=ca, store=self.store, policy=self.issuance_policy(ca.record.name), clock=self.clock

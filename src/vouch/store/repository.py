@@ -88,6 +88,16 @@ class Store:
         with self.db.begin() as conn:
             append_events(conn, at, [event])
 
+    def latest_event_subject(self, kind: str) -> str | None:
+        with self.db.read() as conn:
+            value = conn.execute(
+                select(events.c.subject)
+                .where(events.c.kind == kind)
+                .order_by(events.c.seq.desc())
+                .limit(1)
+            ).scalar()
+        return None if value is None else str(value)
+
     def list_events(
         self, kind: str | None = None
     ) -> list[tuple[dt.datetime, str, str, dict[str, Any]]]:

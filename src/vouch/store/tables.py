@@ -185,6 +185,7 @@ events = Table(
     Column("seq", BigInteger, nullable=False),
     Column("leaf_hash", LargeBinary, nullable=False),
     UniqueConstraint("seq", name="uq_events_seq"),
+    Index("ix_events_kind_subject", "kind", "subject"),
 )
 
 # The log's right edge (RFC 9162 compact range): one row, locked by every appender, so entries

@@ -76,9 +76,11 @@ def upgrade() -> None:
         batch.alter_column("seq", existing_type=sa.BigInteger, nullable=False)
         batch.alter_column("leaf_hash", existing_type=sa.LargeBinary, nullable=False)
         batch.create_unique_constraint("uq_events_seq", ["seq"])
+    op.create_index("ix_events_kind_subject", "events", ["kind", "subject"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_events_kind_subject", "events")
     op.drop_index("ix_tree_heads_size", "tree_heads")
     op.drop_table("tree_heads")
     op.drop_table("audit_head")
