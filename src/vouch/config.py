@@ -28,6 +28,11 @@ class StoreSettings(_Strict):
 
 class KeySettings(_Strict):
     passphrase_file: str | None = None
+    # PKCS#11 (pkcs11: key references): the module, default SoftHSM2's usual paths. The user PIN
+    # is read from pkcs11_pin_file (mode 0600), else VOUCH_PKCS11_PIN; never written here.
+    pkcs11_module: str | None = None
+    pkcs11_pin_file: str | None = None
+    pkcs11_sessions: int = Field(default=4, ge=1, le=64)
 
 
 class IssuanceSettings(_Strict):
@@ -81,6 +86,20 @@ class RevocationSettings(_Strict):
         return self
 
 
+class AcmeConfig(_Strict):
+    enabled: bool = True
+    terms_of_service: str | None = None
+    website: str | None = None
+    caa_identities: list[str] = Field(default_factory=list)
+    profile: str = "tls-server"
+    # Where validation looks: "host:port" of a DNS resolver ("" = the system's), and the ports
+    # http-01 and tls-alpn-01 connect to (RFC 8555 / 8737 say 80 and 443). The environment
+    # (VOUCH_ACME_RESOLVER, VOUCH_ACME_HTTP01_PORT, VOUCH_ACME_TLSALPN01_PORT) overrides these.
+    resolver: str = ""
+    http01_port: int = Field(default=80, ge=1, le=65535)
+    tlsalpn01_port: int = Field(default=443, ge=1, le=65535)
+
+
 class AuditSettings(_Strict):
     # The key that signs tree heads (any key backend); its public key is audit-key.pem.
     key: str = "file:keys/audit.key.pem"
@@ -101,6 +120,7 @@ class VouchConfig(_Strict):
     serve: ServeSettings = Field(default_factory=ServeSettings)
     revocation: RevocationSettings = Field(default_factory=RevocationSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    acme: AcmeConfig = Field(default_factory=AcmeConfig)
     policy: dict[str, Any] = Field(default_factory=dict)
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
     cas: dict[str, CASettings] = Field(default_factory=dict)

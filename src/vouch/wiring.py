@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import shutil
 from collections.abc import Collection
 from functools import cached_property
@@ -17,15 +18,26 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 )
 from sqlalchemy.engine import make_url
 
+from vouch.acme.challenges import ValidationSettings
 from vouch.audit.entries import canonical_json
 from vouch.clock import Clock, SystemClock
 from vouch.config import CONFIG_NAME, VouchConfig, load_config, render_initial_config
 from vouch.durations import parse_duration
-from vouch.errors import BadInput, ConfigError, Conflict, KeyUnavailable, NotFound, VouchError
+from vouch.errors import (
+    AuthenticationFailed,
+    BadInput,
+    ConfigError,
+    Conflict,
+    KeyUnavailable,
+    NotFound,
+    VouchError,
+)
 from vouch.fsutil import atomic_write
 from vouch.keys.base import KeyRef, PassphraseSource
 from vouch.keys.file import FileKeyBackend
+from vouch.keys.pkcs11 import PinSource, Pkcs11KeyBackend
 from vouch.keys.registry import KeyRegistry
+from vouch.services.acme import AcmeService, AcmeSettings
 from vouch.services.audit import AuditLog
 from vouch.services.authority import (
     Authority,
@@ -38,6 +50,7 @@ from vouch.services.ca_admin import CAAdmin, CreatedCA, UrlScheme
 from vouch.services.crls import CRLProducer, CRLSettings
 from vouch.services.ocsp import OcspProducer, OcspSettings
 from vouch.services.revocation import Revoker
+from vouch.store.acme import AcmeStore
 from vouch.store.audit import AuditStore
 from vouch.store.engine import Database
 from vouch.store.leases import Leases
@@ -82,6 +95,30 @@ class FileBlocklist:
         return {s for s in spki_sha256s if s in self._hashes}
 
 
+def pkcs11_pin_source(home: Path, pin_file: str | None) -> PinSource:
+    def pin(description: str) -> str:
+        if pin_file:
+            path = Path(pin_file) if Path(pin_file).is_absolute() else home / pin_file
+            try:
+                if path.stat().st_mode & 0o077:
+                    raise ConfigError(
+                        f"PIN file {path} is readable by others", hint=f"chmod 600 {path}"
+                    )
+                return path.read_text(encoding="utf-8").rstrip("\r\n")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(
+                    f"cannot read the PKCS#11 PIN file {path} ({type(exc).__name__})"
+                ) from exc
+        value = os.environ.get("VOUCH_PKCS11_PIN")
+        if value:
+            return value
+        raise AuthenticationFailed(
+            f"no PIN for {description}", hint="set keys.pkcs11_pin_file or VOUCH_PKCS11_PIN"
+        )
+
+    return pin
+
+
 class Vouch:
     """A vouch home, opened: config, store, keys, and the services built from them."""
 
@@ -105,12 +142,19 @@ class Vouch:
         self.revocations = RevocationStore(self.db)
         self.ocsp_store = OcspStore(self.db)
         self.leases = Leases(self.db)
-        self.keys = KeyRegistry([FileKeyBackend(home, passphrase)])
+        settings = self.config.keys
+        self.pkcs11 = Pkcs11KeyBackend(  # loads no library until a pkcs11: key is used
+            settings.pkcs11_module,
+            pkcs11_pin_source(home, settings.pkcs11_pin_file),
+            pool_size=settings.pkcs11_sessions,
+        )
+        self.keys = KeyRegistry([FileKeyBackend(home, passphrase), self.pkcs11])
         self.urls = UrlScheme(self.config.serve.public_url)
         self.publish_notes: list[str] = []
         self._policy_logged: str | None = None
 
     def close(self) -> None:
+        self.pkcs11.close()
         self.db.dispose()
 
     @cached_property
@@ -350,6 +394,41 @@ class Vouch:
                 self.clock.now(),
             )
         return key
+
+    # -- ACME ----------------------------------------------------------------------------------
+
+    @cached_property
+    def acme(self) -> AcmeService:
+        config = self.config.acme
+        return AcmeService(
+            store=AcmeStore(self.db),
+            certificates=self.store,
+            authority=self.authority,
+            revoker=self.revoker,
+            name_policy=NamePolicy.from_config("policy", self.config.policy),
+            clock=self.clock,
+            settings=AcmeSettings(
+                terms_of_service=config.terms_of_service,
+                website=config.website,
+                caa_identities=tuple(config.caa_identities),
+                profile=config.profile,
+            ),
+        )
+
+    def acme_validation(self) -> ValidationSettings:
+        config = self.config.acme
+        resolver_text = os.environ.get("VOUCH_ACME_RESOLVER", config.resolver)
+        resolver = None
+        if resolver_text:
+            host, _, port = resolver_text.rpartition(":")
+            if not host or not port.isdigit():
+                raise ConfigError(f"acme.resolver {resolver_text!r} is not HOST:PORT")
+            resolver = (host.strip("[]"), int(port))
+        return ValidationSettings(
+            resolver=resolver,
+            http01_port=int(os.environ.get("VOUCH_ACME_HTTP01_PORT", config.http01_port)),
+            tlsalpn01_port=int(os.environ.get("VOUCH_ACME_TLSALPN01_PORT", config.tlsalpn01_port)),
+        )
 
     def root(self) -> AuthorityRecord:
         roots = [a for a in self.store.list_authorities() if a.role == "root"]

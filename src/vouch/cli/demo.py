@@ -103,4 +103,5 @@ def demo_command(
         from vouch.server.run import Listen, run
 
         https = vouch.config.serve.https
-        run(vouch, http=Listen.parse(http), https=Listen.parse(https) if https else None)
+        listen_https = Listen.parse(https) if https and https != "off" else None
+        run(vouch, http=Listen.parse(http), https=listen_https)

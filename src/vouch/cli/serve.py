@@ -39,6 +39,11 @@ def serve_command(
         http_listen = Listen.parse(http or serve_settings.http)
         https_text = https if https is not None else serve_settings.https
         https_listen = None if https_text in (None, "", "off") else Listen.parse(https_text)
+        # Open the online CA keys now: a wrong passphrase is a clear error before listening,
+        # not a server that answers but can sign nothing.
+        for record in vouch.store.list_authorities():
+            if record.role != "root" and record.status == "active" and record.key_ref != "none:":
+                vouch.ca_key(record)
         run(vouch, http=http_listen, https=https_listen)
 
 

@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from vouch.errors import VouchError
+from vouch.server.acme import AcmeFace
 from vouch.server.state import ServerState
 from vouch.services.audit import head_json
 from vouch.x509.ocsp import INTERNAL_ERROR, MALFORMED, TRY_LATER, UNAUTHORIZED
@@ -40,8 +41,10 @@ CERT_TYPE = "application/pkix-cert"
 class VouchApp:
     def __init__(self, state: ServerState) -> None:
         self.state = state
+        self.acme = AcmeFace(state)
         self.site = Starlette(
             routes=[
+                *(self.acme.routes() if state.vouch.config.acme.enabled else []),
                 Route("/ca/{file}", self.ca_certificate, methods=["GET", "HEAD"]),
                 Route("/crl/{file}", self.crl, methods=["GET", "HEAD"]),
                 Route("/crl/{ca}/{file}", self.crl_shard, methods=["GET", "HEAD"]),

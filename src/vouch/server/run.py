@@ -57,6 +57,10 @@ def _config(app: VouchApp, listen: Listen, context: ssl.SSLContext | None) -> uv
         loop="none",
         lifespan="off",
         access_log=False,
+        # Fewer per-response headers on the OCSP hot path; no proxy header rewriting.
+        server_header=False,
+        date_header=False,
+        proxy_headers=False,
         log_level="warning",
         timeout_keep_alive=30,
         # A client that opens many connections and sends nothing cannot starve the others.

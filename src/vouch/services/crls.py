@@ -115,7 +115,10 @@ class CRLProducer:
         number = self._revocations.next_crl_number(authority.id)
         counted = _Counter(
             self._revocations.iter_revoked(
-                authority.id, shard=None if shard == FULL else shard, expired_before=now
+                authority.id,
+                shard=None if shard == FULL else shard,
+                # CA/B BR 7.2.2: an entry stays on at least one CRL after its certificate expires.
+                expired_before=now - self.validity(authority),
             )
         )
         spec = CRLSpec(

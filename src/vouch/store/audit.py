@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, insert, select
 
 from vouch.audit.merkle import CompactRange
+from vouch.errors import NotFound
 from vouch.store.engine import Database
 from vouch.store.tables import audit_head, authorities, certificates, events, tree_heads
 
@@ -71,10 +72,10 @@ class AuditStore:
         with self.db.read() as conn:
             for seq, leaf in conn.execution_options(yield_per=50_000).execute(statement):
                 if seq != len(hashes):
-                    raise ValueError(f"audit log entry {len(hashes)} is missing")
+                    raise NotFound(f"audit log entry {len(hashes)} is missing")
                 hashes.append(bytes(leaf))
         if len(hashes) != size:
-            raise ValueError(f"the audit log holds {len(hashes)} entries, not {size}")
+            raise NotFound(f"the audit log holds {len(hashes)} entries, not {size}")
         return hashes
 
     def find(self, kind: str, subject: str) -> list[StoredEntry]:
@@ -121,23 +122,32 @@ class AuditStore:
         with self.db.read() as conn:
             return int(conn.execute(select(func.count()).select_from(events)).scalar_one())
 
-    def issued_certificates(self) -> Iterator[tuple[str, str, bytes | None, str | None]]:
-        """(CA name, serial, DER, revocation reason) of every certificate signed."""
+    def issued_certificates(
+        self,
+    ) -> Iterator[tuple[str, str, bytes | None, str | None, dt.datetime | None]]:
+        """(CA name, serial, DER, revocation reason, revocation time) of every certificate."""
         statement = (
             select(
                 authorities.c.name,
                 certificates.c.serial,
                 certificates.c.der,
                 certificates.c.revocation_reason,
+                certificates.c.revoked_at,
             )
             .join(authorities, certificates.c.authority_id == authorities.c.id)
             .where(certificates.c.state == "issued")
         )
         with self.db.read() as conn:
-            for name, serial, der, reason in conn.execution_options(yield_per=20_000).execute(
-                statement
-            ):
-                yield str(name), str(serial), None if der is None else bytes(der), reason
+            for name, serial, der, reason, revoked_at in conn.execution_options(
+                yield_per=20_000
+            ).execute(statement):
+                yield (
+                    str(name),
+                    str(serial),
+                    None if der is None else bytes(der),
+                    reason,
+                    revoked_at,
+                )
 
 
 def _head(row: object) -> TreeHead:

@@ -268,6 +268,18 @@ class Store:
             rows = conn.execute(statement).all()
         return [certificate_record(r) for r in rows]
 
+    def certificate(self, certificate_id: int) -> CertificateRecord:
+        statement = (
+            select(certificates, authorities.c.name.label("authority_name"))
+            .join(authorities, certificates.c.authority_id == authorities.c.id)
+            .where(certificates.c.id == certificate_id)
+        )
+        with self.db.read() as conn:
+            row = conn.execute(statement).first()
+        if row is None:
+            raise NotFound(f"no certificate {certificate_id}")
+        return certificate_record(row)
+
     def status_counts(self, now: dt.datetime) -> dict[str, int]:
         """Issued certificates by status: valid, revoked, expired."""
         revoked = certificates.c.revoked_at.is_not(None)

@@ -209,3 +209,67 @@ tree_heads = Table(
     Column("signature", LargeBinary, nullable=False),
     Index("ix_tree_heads_size", "size"),
 )
+
+
+# -- ACME (RFC 8555) ------------------------------------------------------------------------
+
+acme_accounts = Table(
+    "acme_accounts",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("thumbprint", String(64), nullable=False, unique=True),
+    Column("jwk", Text, nullable=False),
+    Column("status", String(16), nullable=False),  # valid | deactivated | revoked
+    Column("contact", Text, nullable=False),  # JSON list
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+acme_nonces = Table(
+    "acme_nonces",
+    metadata,
+    Column("nonce", String(64), primary_key=True),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Index("ix_acme_nonces_expires", "expires_at"),
+)
+
+acme_orders = Table(
+    "acme_orders",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("account_id", Integer, ForeignKey("acme_accounts.id"), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("identifiers", Text, nullable=False),  # JSON list of {"type", "value"}
+    Column("expires", UTCDateTime, nullable=False),
+    Column("certificate_id", Integer, ForeignKey("certificates.id"), nullable=True),
+    Column("error", Text, nullable=True),  # JSON problem document
+    Column("replaces", String(256), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_acme_orders_account", "account_id"),
+)
+
+acme_authzs = Table(
+    "acme_authzs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("order_id", Integer, ForeignKey("acme_orders.id"), nullable=False),
+    Column("type", String(8), nullable=False),
+    Column("value", String(255), nullable=False),
+    Column("wildcard", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("expires", UTCDateTime, nullable=False),
+    Column("validated_at", UTCDateTime, nullable=True),
+    Index("ix_acme_authzs_order", "order_id"),
+)
+
+acme_challenges = Table(
+    "acme_challenges",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("authz_id", Integer, ForeignKey("acme_authzs.id"), nullable=False),
+    Column("type", String(16), nullable=False),
+    Column("token", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("validated_at", UTCDateTime, nullable=True),
+    Column("error", Text, nullable=True),
+    Index("ix_acme_challenges_authz", "authz_id"),
+)

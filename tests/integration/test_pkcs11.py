@@ -1,0 +1,465 @@
+"""PKCS#11 keys against a real SoftHSM2 token, made fresh for this module in a temp directory.
+
+Keys are generated in the token and sign certificates, CRLs and OCSP responses through
+``cryptography``'s builders and vouch's own signing path; the private key is checked to be
+sensitive and never extractable (by pkcs11-tool and by asking for CKA_VALUE); the token is
+deleted and restored under a live backend, which must fail fast and then recover by itself.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pkcs11
+import pytest
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+    CertificateIssuerPublicKeyTypes,
+)
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from cryptography.x509 import ocsp
+from cryptography.x509.oid import NameOID
+from pkcs11 import Attribute, ObjectClass
+from tests.conftest import REQUIRE_ALL, make_home, passphrase, require_tool
+
+from vouch.errors import AuthenticationFailed, ConfigError, Conflict, KeyUnavailable
+from vouch.keys.base import KeyRef
+from vouch.keys.file import FileKeyBackend
+from vouch.keys.pkcs11 import (
+    Pkcs11EllipticCurvePrivateKey,
+    Pkcs11KeyBackend,
+    Pkcs11Module,
+    Pkcs11Ref,
+    find_module,
+)
+from vouch.keys.registry import KeyRegistry
+from vouch.services.authority import IssuanceRequest
+from vouch.x509.crl import CRLSpec, build_crl
+from vouch.x509.csr import load_csr
+from vouch.x509.keytypes import KeyType
+from vouch.x509.signing import sign_data, signature_hash_for
+
+USER_PIN = "1234-user-pin"
+SO_PIN = "5678-so-pin"
+WRONG_PIN = "9999-wrong"
+MAIN = "vouch-test"  # keys that stay for the whole module
+PIN_TOKEN = "vouch-pin"  # for the wrong-PIN test: no other login on it
+GONE = "vouch-gone"  # deleted and restored under a live backend
+TOKEN_PINS = ("--so-pin", SO_PIN, "--pin", USER_PIN)
+LIST_LOGIN = ("--list-objects", "--login", "--pin", USER_PIN)
+NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+@dataclass
+class SoftHsm:
+    util: str
+    tokens: Path
+    module_path: Path
+    module: Pkcs11Module | None = None
+    token_dirs: dict[str, Path] = field(default_factory=dict)
+
+    def init_token(self, label: str) -> Path:
+        before = set(self.tokens.iterdir())
+        subprocess.run(
+            [self.util, "--init-token", "--free", "--label", label, *TOKEN_PINS],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        [made] = set(self.tokens.iterdir()) - before
+        self.token_dirs[label] = made
+        return made
+
+
+@pytest.fixture(scope="module")
+def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsm]:
+    util = require_tool("softhsm2-util")
+    try:
+        module_path = find_module()
+    except ConfigError as exc:
+        if REQUIRE_ALL:
+            pytest.fail(f"{exc} (VOUCH_REQUIRE_ALL=1)")
+        pytest.skip(str(exc))
+    root = tmp_path_factory.mktemp("softhsm")
+    (root / "tokens").mkdir()
+    conf = root / "softhsm2.conf"
+    conf.write_text(
+        f"directories.tokendir = {root / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n"
+    )
+    saved = os.environ.get("SOFTHSM2_CONF")
+    os.environ["SOFTHSM2_CONF"] = str(conf)  # read by the module at C_Initialize
+    hsm = SoftHsm(util, root / "tokens", module_path)
+    try:
+        for label in (MAIN, PIN_TOKEN, GONE):
+            hsm.init_token(label)
+        hsm.module = Pkcs11Module(module_path, reconnect_interval=0.0)
+        yield hsm
+    finally:
+        if hsm.module is not None:
+            hsm.module.close()
+        if saved is None:
+            os.environ.pop("SOFTHSM2_CONF", None)
+        else:
+            os.environ["SOFTHSM2_CONF"] = saved
+
+
+@pytest.fixture(scope="module")
+def backend(softhsm: SoftHsm) -> Iterator[Pkcs11KeyBackend]:
+    made = Pkcs11KeyBackend(softhsm.module, lambda _: USER_PIN)
+    yield made
+    made.close()
+
+
+def ref(token: str, label: str) -> KeyRef:
+    return KeyRef.parse(f"pkcs11:token={token};object={label}")
+
+
+def name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def self_signed(key: CertificateIssuerPrivateKeyTypes, common_name: str) -> x509.Certificate:
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name(common_name))
+        .issuer_name(name(common_name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW)
+        .not_valid_after(NOW + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, signature_hash_for(key))  # type: ignore[arg-type]
+    )
+
+
+def verify(public_key: CertificateIssuerPublicKeyTypes, signature: bytes, data: bytes) -> None:
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        algorithm = hashes.SHA384() if public_key.key_size == 384 else hashes.SHA256()
+        public_key.verify(signature, data, ec.ECDSA(algorithm))
+    elif isinstance(public_key, rsa.RSAPublicKey):
+        public_key.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
+    else:
+        assert isinstance(public_key, ed25519.Ed25519PublicKey)
+        public_key.verify(signature, data)
+
+
+@pytest.mark.parametrize("key_type", ["ec-p256", "ec-p384", "rsa-3072", "rsa-4096", "ed25519"])
+def test_generated_key_signs_a_certificate(backend: Pkcs11KeyBackend, key_type: KeyType) -> None:
+    key_ref = ref(MAIN, f"gen-{key_type}")
+    key = backend.generate(key_ref, key_type)
+    assert isinstance(
+        key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey)
+    )
+    certificate = self_signed(key, f"HSM {key_type}")
+    certificate.verify_directly_issued_by(certificate)
+    assert certificate.public_key() == key.public_key()
+
+    loaded = backend.load(key_ref)  # found again by label, same public key
+    assert loaded.public_key() == key.public_key()
+    data = b"signed in the token by " + key_type.encode()
+    verify(loaded.public_key(), sign_data(loaded, data), data)
+
+    [info] = [k for k in backend.list_keys(MAIN) if k.label == f"gen-{key_type}"]
+    assert info.key_type == key_type
+    assert info.sensitive and info.always_sensitive and info.never_extractable
+    assert not info.extractable
+
+    with pytest.raises(Conflict):
+        backend.generate(key_ref, key_type)
+    with pytest.raises(KeyUnavailable, match="never leaves the token"):
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    assert backend.test(key_ref).key_type == key_type
+
+
+def test_rsa_pss_and_prehashed(backend: Pkcs11KeyBackend) -> None:
+    key = backend.generate(ref(MAIN, "rsa-pss"), "rsa-3072")
+    assert isinstance(key, rsa.RSAPrivateKey)
+    pss = padding.PSS(padding.MGF1(hashes.SHA256()), padding.PSS.DIGEST_LENGTH)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name("PSS"))
+        .issuer_name(name("PSS"))
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(NOW)
+        .not_valid_after(NOW + dt.timedelta(days=1))
+        .sign(key, hashes.SHA384(), rsa_padding=padding.PSS(padding.MGF1(hashes.SHA384()), 48))
+    )
+    certificate.verify_directly_issued_by(certificate)
+    signature = key.sign(b"pss", pss, hashes.SHA256())
+    key.public_key().verify(signature, b"pss", pss, hashes.SHA256())
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(b"prehashed")
+    signature = key.sign(digest.finalize(), padding.PKCS1v15(), Prehashed(hashes.SHA256()))
+    key.public_key().verify(signature, b"prehashed", padding.PKCS1v15(), hashes.SHA256())
+    with pytest.raises(UnsupportedAlgorithm):  # DESIGN: no SHA-1 anywhere
+        key.sign(b"sha-1", padding.PKCS1v15(), hashes.SHA1())
+
+
+@pytest.fixture(scope="module")
+def ca(backend: Pkcs11KeyBackend) -> tuple[CertificateIssuerPrivateKeyTypes, x509.Certificate]:
+    key = backend.generate(ref(MAIN, "ca"), "ec-p256")
+    return key, self_signed(key, "HSM CA")
+
+
+def test_sign_data_crl_and_ocsp(
+    ca: tuple[CertificateIssuerPrivateKeyTypes, x509.Certificate],
+) -> None:
+    key, certificate = ca
+    data = b"the TBS of something"
+    verify(key.public_key(), sign_data(key, data), data)
+
+    crl = x509.load_der_x509_crl(
+        build_crl(
+            CRLSpec(certificate, 7, NOW, NOW + dt.timedelta(days=7)),
+            [(1234, NOW, "keyCompromise", None), (5678, NOW, None, None)],
+            key,
+        )
+    )
+    assert crl.is_signature_valid(certificate.public_key())  # type: ignore[arg-type]
+    assert len(crl) == 2
+
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(name("leaf"))
+        .issuer_name(certificate.subject)
+        .public_key(leaf_key.public_key())
+        .serial_number(1234)
+        .not_valid_before(NOW)
+        .not_valid_after(NOW + dt.timedelta(days=7))
+        .sign(key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    leaf.verify_directly_issued_by(certificate)
+    response = (
+        ocsp.OCSPResponseBuilder()
+        .add_response(
+            cert=leaf,
+            issuer=certificate,
+            algorithm=hashes.SHA256(),
+            cert_status=ocsp.OCSPCertStatus.REVOKED,
+            this_update=NOW,
+            next_update=NOW + dt.timedelta(days=1),
+            revocation_time=NOW,
+            revocation_reason=x509.ReasonFlags.key_compromise,
+        )
+        .responder_id(ocsp.OCSPResponderEncoding.HASH, certificate)
+        .sign(key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    parsed = ocsp.load_der_ocsp_response(response.public_bytes(serialization.Encoding.DER))
+    public_key = certificate.public_key()
+    assert isinstance(public_key, ec.EllipticCurvePublicKey)
+    public_key.verify(parsed.signature, parsed.tbs_response_bytes, ec.ECDSA(hashes.SHA256()))
+    assert parsed.certificate_status is ocsp.OCSPCertStatus.REVOKED
+
+
+def test_concurrent_signing_from_eight_threads(
+    softhsm: SoftHsm, ca: tuple[CertificateIssuerPrivateKeyTypes, x509.Certificate]
+) -> None:
+    key, _ = ca
+    assert softhsm.module is not None and softhsm.module.threads_ok  # CKF_OS_LOCKING_OK took
+    start = threading.Barrier(8)
+
+    def sign_many(worker: int) -> list[tuple[bytes, bytes]]:
+        start.wait(timeout=10)
+        done = []
+        for i in range(40):
+            data = f"worker {worker} message {i}".encode()
+            done.append((data, sign_data(key, data)))
+        return done
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = [r for batch in pool.map(sign_many, range(8)) for r in batch]
+    assert len(results) == 320
+    for data, signature in results:
+        verify(key.public_key(), signature, data)
+
+
+def test_private_key_is_sensitive_and_never_extractable(
+    softhsm: SoftHsm, backend: Pkcs11KeyBackend
+) -> None:
+    tool = require_tool("pkcs11-tool")
+    backend.generate(ref(MAIN, "sealed"), "ec-p256")
+    listed = subprocess.run(
+        [tool, "--module", str(softhsm.module_path), "--token-label", MAIN, *LIST_LOGIN],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+    blocks = re.split(r"\n(?=\S)", listed)
+    [sealed] = [
+        b for b in blocks if b.startswith("Private Key Object") and "label:      sealed" in b
+    ]
+    [access] = [line for line in sealed.splitlines() if line.strip().startswith("Access:")]
+    flags = {flag.strip() for flag in access.split(":", 1)[1].split(",")}
+    assert {"sensitive", "always sensitive", "never extractable", "local"} <= flags, sealed
+
+    # Ask the token for the private value directly: it refuses.
+    assert softhsm.module is not None
+    template = {Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.LABEL: "sealed"}
+    with (
+        softhsm.module.calls() as (lib, _),
+        lib.get_token(token_label=MAIN).open() as session,  # the backend's login covers it
+    ):
+        [private] = list(session.get_objects(template))
+        with pytest.raises(pkcs11.exceptions.AttributeSensitive):
+            private[Attribute.VALUE]
+
+
+def test_token_loss_fails_fast_and_recovers(softhsm: SoftHsm, backend: Pkcs11KeyBackend) -> None:
+    key_ref = ref(GONE, "issuing")
+    key = backend.generate(key_ref, "ec-p256")
+    verify(key.public_key(), sign_data(key, b"before"), b"before")
+    token_dir = softhsm.token_dirs[GONE]
+    backup = token_dir.parent.parent / "gone-backup"
+    shutil.copytree(token_dir, backup)
+
+    shutil.rmtree(token_dir)  # the token goes away under the live backend
+    for attempt in range(2):  # the signature in flight, then one that tries to reconnect
+        started = time.monotonic()
+        with pytest.raises(KeyUnavailable) as failed:
+            sign_data(key, b"while gone")
+        assert time.monotonic() - started < 5, attempt
+        assert GONE in failed.value.message and failed.value.hint
+
+    shutil.copytree(backup, token_dir)  # the same token comes back
+    verify(key.public_key(), sign_data(key, b"after"), b"after")  # same key object, no restart
+
+    # A token re-created with a new key under the same label: the old key object refuses to
+    # sign with it, and the same backend loads the new key.
+    shutil.rmtree(token_dir)
+    with pytest.raises(KeyUnavailable):
+        sign_data(key, b"gone again")
+    softhsm.init_token(GONE)
+    # The worst case: the new key even has the old one's label and CKA_ID.
+    assert isinstance(key, Pkcs11EllipticCurvePrivateKey) and key.pkcs11_ref.id
+    same_id = KeyRef.parse(f"{key_ref};id={key.pkcs11_ref.id.hex()}")
+    new_key = backend.generate(same_id, "ec-p256")
+    assert new_key.public_key() != key.public_key()
+    with pytest.raises(KeyUnavailable, match="no longer the key that was loaded"):
+        sign_data(key, b"old key object")
+    verify(new_key.public_key(), sign_data(new_key, b"new"), b"new")
+    reloaded = backend.load(key_ref)
+    verify(new_key.public_key(), sign_data(reloaded, b"reloaded"), b"reloaded")
+    # Other tokens' sessions were re-opened after the module was re-initialized.
+    main_key = backend.load(ref(MAIN, "ca"))
+    verify(main_key.public_key(), sign_data(main_key, b"main"), b"main")
+
+
+def test_wrong_pin_is_refused_without_showing_it(
+    softhsm: SoftHsm, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    wrong = Pkcs11KeyBackend(softhsm.module, lambda _: WRONG_PIN)
+    try:
+        for attempt in range(2):  # the second time it is not even tried (a token would lock)
+            with pytest.raises(AuthenticationFailed) as refused:
+                wrong.load(ref(PIN_TOKEN, "anything"))
+            error = refused.value
+            assert ("refused before" in error.message) is (attempt == 1)
+            chain = [error, error.__cause__, error.__context__]
+            shown = " ".join(f"{e!s} {e!r}" for e in chain) + f" {error.hint}"
+            assert WRONG_PIN not in shown and USER_PIN not in shown
+            assert PIN_TOKEN in error.message
+    finally:
+        wrong.close()
+    assert WRONG_PIN not in caplog.text
+    right = Pkcs11KeyBackend(softhsm.module, lambda _: USER_PIN)
+    try:
+        key = right.generate(ref(PIN_TOKEN, "after-wrong-pin"), "ec-p256")
+        verify(key.public_key(), sign_data(key, b"right pin"), b"right pin")
+    finally:
+        right.close()
+
+
+def test_missing_token_or_key_is_named(backend: Pkcs11KeyBackend) -> None:
+    with pytest.raises(KeyUnavailable, match="no-such-token"):
+        backend.load(ref("no-such-token", "issuing"))
+    with pytest.raises(KeyUnavailable, match="no-such-key"):
+        backend.load(ref(MAIN, "no-such-key"))
+
+
+def test_module_is_looked_for_on_first_use(tmp_path: Path) -> None:
+    absent = Pkcs11KeyBackend(tmp_path / "no-such-module.so", lambda _: USER_PIN)  # no I/O yet
+    with pytest.raises(ConfigError, match=r"no-such-module\.so"):
+        absent.load(ref(MAIN, "ca"))
+    absent.close()
+
+
+def test_key_references() -> None:
+    parsed = Pkcs11Ref.parse(KeyRef.parse("pkcs11:token=my%20hsm;object=issuing;id=0a0B"))
+    assert parsed == Pkcs11Ref("my hsm", "issuing", b"\x0a\x0b")
+    assert str(parsed) == "pkcs11:token=my%20hsm;object=issuing;id=0a0b"
+    assert Pkcs11Ref.parse(KeyRef.parse("pkcs11:token=t;id=%01%02")).id == b"\x01\x02"
+    for bad in (
+        "pkcs11:token=t;object=k?pin-value=1234",
+        "pkcs11:object=k",
+        "pkcs11:token=t",
+        "pkcs11:token=t;object=k;slot=1",
+        "pkcs11:token=t;id=zz",
+    ):
+        with pytest.raises(ConfigError) as refused:
+            Pkcs11Ref.parse(KeyRef.parse(bad))
+        assert "1234" not in str(refused.value)
+
+
+def test_vouch_home_issues_under_an_hsm_intermediate(
+    tmp_path: Path, softhsm: SoftHsm, backend: Pkcs11KeyBackend
+) -> None:
+    vouch = make_home(tmp_path / "home")
+    try:
+        # What the wiring will do: the pkcs11 backend beside the file backend, by scheme.
+        vouch.keys = KeyRegistry([FileKeyBackend(vouch.home, passphrase), backend])
+        hsm_ref = ref(MAIN, "home-intermediate")
+        created = vouch.ca_admin().create_intermediate(
+            name="hsm-issuing",
+            parent=vouch.root(),
+            parent_key=vouch.root_key(None),
+            organization="Test Corp",
+            country="US",
+            key_type="ec-p256",
+            validity=dt.timedelta(days=365),
+            key_ref=hsm_ref,
+        )
+        assert created.record.key_ref == str(hsm_ref)
+        leaf_key = ec.generate_private_key(ec.SECP256R1())
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(name("www.example.com"))
+            .add_extension(
+                x509.SubjectAlternativeName([x509.DNSName("www.example.com")]), critical=False
+            )
+            .sign(leaf_key, hashes.SHA256())
+        )
+        authority = vouch.authority("hsm-issuing")
+        assert isinstance(authority.ca.key, ec.EllipticCurvePrivateKey)
+        assert "Pkcs11" in type(authority.ca.key).__name__
+        issued = authority.issue(
+            IssuanceRequest.from_csr(
+                load_csr(csr.public_bytes(serialization.Encoding.PEM)), profile="tls-server"
+            )
+        )
+        issued.certificate.verify_directly_issued_by(created.certificate)
+    finally:
+        vouch.close()
