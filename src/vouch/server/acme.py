@@ -344,13 +344,10 @@ class AcmeFace:
                 task = asyncio.create_task(self._validate(challenge, authz, account))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
-        up = f'<{self.base(request)}/authz/{challenge.authz_id}>;rel="up"'
-        headers = {"Link": up, "Retry-After": "1"}
-        body = self._challenge_body(request, challenge)
-        merged = await self._headers(request)
-        merged["Link"] = f"{merged['Link']}, {up}"
-        merged["Retry-After"] = headers["Retry-After"]
-        return JSONResponse(body, headers=merged)
+        headers = await self._headers(request)
+        headers["Link"] += f', <{self.base(request)}/authz/{challenge.authz_id}>;rel="up"'
+        headers["Retry-After"] = "1"
+        return JSONResponse(self._challenge_body(request, challenge), headers=headers)
 
     async def _validate(self, challenge: Challenge, authz: Authz, account: Account) -> None:
         error: AcmeProblem | None = None

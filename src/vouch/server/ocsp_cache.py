@@ -47,6 +47,12 @@ class OcspCache:
                 continue  # an older version read again in the poll overlap
             self._responses[key] = Cached(row.der, row.next_update.timestamp(), produced)
 
+    def prune(self, now: float) -> None:
+        """Forget responses past their nextUpdate (never served; their rows are deleted too)."""
+        expired = [key for key, cached in self._responses.items() if cached.expires <= now]
+        for key in expired:
+            del self._responses[key]
+
     def __len__(self) -> int:
         return len(self._responses)
 

@@ -77,6 +77,7 @@ class ServerState:
         for row in changed:
             newest = max(newest, row.version)
         self.cache.load(changed)
+        self.cache.prune(vouch.clock.now().timestamp())
         self.last_version = newest
         now = vouch.clock.now()
         for crl in vouch.revocations.latest_crls():
@@ -129,6 +130,14 @@ class ServerState:
             except VouchError as exc:
                 self.metrics.job_errors.labels(job="revocation").inc()
                 log.error("revocation data for CA %s: %s", record.name, exc.message)
+        try:
+            # Single-use nonces and responses past nextUpdate would otherwise pile up forever.
+            now = vouch.clock.now()
+            vouch.acme.store.drop_expired_nonces(now)
+            vouch.ocsp_store.drop_expired(now)
+        except VouchError as exc:
+            self.metrics.job_errors.labels(job="cleanup").inc()
+            log.error("dropping expired nonces and OCSP responses: %s", exc.message)
         try:
             interval = parse_duration(vouch.config.audit.head_interval)
             vouch.audit.sign_head(if_older_than=interval)

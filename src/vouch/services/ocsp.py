@@ -9,6 +9,7 @@ certificate under a row lock.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import logging
 import threading
@@ -203,8 +204,6 @@ class OcspProducer:
         )
         certificate = finish_certificate(template, ca_key)
         der = certificate.public_bytes(serialization.Encoding.DER)
-        import base64
-
         self._store.record_issued(
             [(cert_id, der)],
             now,

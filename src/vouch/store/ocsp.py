@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from vouch.store.engine import Database
@@ -131,16 +131,6 @@ class OcspStore:
                     delete(ocsp_responses).where(ocsp_responses.c.next_update < before)
                 ).rowcount
             )
-
-    def oldest_response(self) -> dt.datetime | None:
-        """thisUpdate of the oldest pre-signed response still served (for freshness metrics)."""
-        with self.db.read() as conn:
-            value = conn.execute(
-                select(func.min(ocsp_responses.c.this_update)).where(
-                    ocsp_responses.c.der.is_not(None)
-                )
-            ).scalar()
-        return value
 
     # -- responders ----------------------------------------------------------------------------
 

@@ -15,17 +15,12 @@ from typing import Any
 from sqlalchemy import Row, bindparam, case, func, insert, select, update
 from sqlalchemy.engine import Connection
 
-from vouch.audit.entries import canonical_json as _canonical_json
-from vouch.audit.entries import entry_bytes
+from vouch.audit.entries import canonical_json, entry_bytes
 from vouch.audit.merkle import CompactRange, leaf_hash
 from vouch.errors import Conflict, NotFound, StoreError
 from vouch.store.engine import Database
 from vouch.store.records import AuthorityRecord, CertificateRecord, NewCertificate, NewEvent
 from vouch.store.tables import audit_head, authorities, certificates, events
-
-
-def canonical_json(data: dict[str, object]) -> str:
-    return _canonical_json(data)
 
 
 def append_events(conn: Connection, at: dt.datetime, new: Sequence[NewEvent]) -> None:

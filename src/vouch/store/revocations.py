@@ -169,13 +169,6 @@ class RevocationStore:
             )
             return {str(r[0]) for r in rows}
 
-    def is_blocked(self, spki_sha256: str) -> bool:
-        with self.db.read() as conn:
-            row = conn.execute(
-                select(blocked_keys.c.spki_sha256).where(blocked_keys.c.spki_sha256 == spki_sha256)
-            ).first()
-        return row is not None
-
     # -- CRLs ----------------------------------------------------------------------------------
 
     def iter_revoked(

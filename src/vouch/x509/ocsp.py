@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509 import ocsp
 
+from vouch.x509.der import read_tlv
 from vouch.x509.signing import signature_hash_for
 
 # CertID hash algorithms vouch answers for; SHA-1 is what nearly every client sends (and is only
@@ -53,8 +54,6 @@ def issuer_hashes(issuer: x509.Certificate) -> list[IssuerHashes]:
 
 
 def _subject_public_key_bits(spki: bytes) -> bytes:
-    from vouch.x509.der import read_tlv
-
     _, header, _ = read_tlv(spki, 0)
     _, alg_header, alg_length = read_tlv(spki, header)
     offset = header + alg_header + alg_length
