@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vouch.cli import audit, ca, cert, crl, demo, init, serve
+from vouch.cli import acme_admin, audit, ca, ceremony, cert, crl, demo, init, keys, serve, token
 from vouch.cli.context import CliState, default_home
 
 app = typer.Typer(
@@ -46,6 +46,10 @@ app.command("publish")(serve.publish_command)
 app.add_typer(cert.app, name="cert", help="Issue, list, show and export certificates.")
 app.add_typer(ca.app, name="ca", help="List, inspect and create certificate authorities.")
 app.add_typer(audit.app, name="audit", help="The audit log: verify, prove, export, witness.")
+app.add_typer(keys.app, name="keys", help="CA keys: list, test, back up (M-of-N), restore.")
+app.add_typer(ceremony.app, name="ceremony", help="Offline root ceremonies with signed transcripts.")
+app.add_typer(acme_admin.app, name="acme", help="ACME administration: external account binding keys.")
+app.add_typer(token.app, name="token", help="One-time provisioner tokens for the API.")
 
 
 def run() -> None:

@@ -1,0 +1,7 @@
+"""``vouch acme``: ACME administration: external account binding keys."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(no_args_is_help=True)

@@ -1,0 +1,7 @@
+"""``vouch token``: One-time provisioner tokens for the API."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(no_args_is_help=True)
