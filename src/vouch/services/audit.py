@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,12 +131,15 @@ def verify_entries(
     pending = [h for h in pending if h not in bad_signatures]
     report.heads = len(heads)
     index = 0
+    covered = 0  # the largest size a validly signed head that matches the log vouches for
 
     def check_heads_at(size: int) -> None:
-        nonlocal index
+        nonlocal index, covered
         while index < len(pending) and pending[index].size == size:
             head = pending[index]
-            if head.root != compact.root():
+            if head.root == compact.root():
+                covered = max(covered, head.size)
+            else:
                 report.problems.append(
                     f"tree head of size {head.size} ({format_time(head.timestamp)}) does not match "
                     f"the log's first {head.size} entries: an entry before {head.size} was "
@@ -175,8 +179,7 @@ def verify_entries(
             f"tree head of size {head.size} ({format_time(head.timestamp)}) is beyond the log's "
             f"{compact.size} entries: entries were removed from the end"
         )
-    newest = max((h.size for h in heads), default=0)
-    report.uncovered = max(0, compact.size - newest)
+    report.uncovered = max(0, compact.size - covered)
     return compact
 
 
@@ -268,6 +271,18 @@ class AuditLog:
             raise BadInput("a consistency proof needs 0 < FIRST <= SECOND")
         if second > self._store.head().size:
             raise NotFound(f"the log has fewer than {second} entries")
+        if head.size != second:
+            # Only a signed head vouches for the second root: without one, a proof between two
+            # self-consistent roots anyone can compute proves nothing about this log.
+            signed = [h for h in self._store.tree_heads() if h.size == second]
+            if not signed:
+                sizes = sorted({h.size for h in self._store.tree_heads() if h.size >= first})
+                shown = ", ".join(str(size) for size in sizes[-5:]) or "none"
+                raise NotFound(
+                    f"no signed tree head covers exactly {second} entries; "
+                    f"prove to the size of one (the newest: {shown})"
+                )
+            head = signed[-1]
         leaves = self._store.leaf_hashes(second)
         return {
             "type": "consistency",
@@ -276,7 +291,7 @@ class AuditLog:
             "first_root": root_of(leaves[:first]).hex(),
             "second_root": root_of(leaves).hex(),
             "path": [h.hex() for h in consistency_proof(first, leaves)],
-            "head": head_json(head) if head.size == second else None,
+            "head": head_json(head),
         }
 
     # -- verification --------------------------------------------------------------------------
@@ -301,14 +316,16 @@ class AuditLog:
                     base64.b64decode(json.loads(entry.data)["der"])
                 ).digest()
 
-        compact = verify_entries(
-            self._store.entries(),
-            self._store.tree_heads(),
-            self._public_key(),
-            report,
-            on_entry=remember,
-            progress=progress,
-        )
+        # closing(): verify may stop early, and the entries' server-side cursor must not leak.
+        with closing(self._store.entries()) as entries:
+            compact = verify_entries(
+                entries,
+                self._store.tree_heads(),
+                self._public_key(),
+                report,
+                on_entry=remember,
+                progress=progress,
+            )
         try:
             head = self._store.head()
         except ValueError:
@@ -435,7 +452,11 @@ def check_proof(proof: dict[str, Any], public_key: PublicKeyTypes) -> list[str]:
             first, second = int(proof["first"]), int(proof["second"])
             first_root = bytes.fromhex(proof["first_root"])
             second_root = bytes.fromhex(proof["second_root"])
-            if proof.get("head"):
+            if not proof.get("head"):
+                problems.append(
+                    "the proof carries no signed tree head: nothing vouches for its second root"
+                )
+            else:
                 head = head_from_json(proof["head"])
                 if not check_head_signature(head, public_key):
                     problems.append("the tree head's signature does not verify with the audit key")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 
 from sqlalchemy import func, insert, select
@@ -44,7 +44,9 @@ class AuditStore:
             return CompactRange()
         return CompactRange.from_bytes(int(row.size), bytes(row.frontier))
 
-    def entries(self, start: int = 0, end: int | None = None) -> Iterator[StoredEntry]:
+    def entries(
+        self, start: int = 0, end: int | None = None
+    ) -> Generator[StoredEntry, None, None]:
         statement = select(
             events.c.seq,
             events.c.at,
@@ -56,8 +58,12 @@ class AuditStore:
         if end is not None:
             statement = statement.where(events.c.seq < end)
         statement = statement.order_by(events.c.seq)
-        with self.db.read() as conn:
-            for row in conn.execution_options(yield_per=20_000).execute(statement):
+        # The result is closed explicitly: a caller that stops early (generator close) must not
+        # leave PostgreSQL's server-side cursor open until garbage collection.
+        with self.db.read() as conn, conn.execution_options(yield_per=20_000).execute(
+            statement
+        ) as result:
+            for row in result:
                 yield StoredEntry(
                     int(row.seq), row.at, row.kind, row.subject, row.data, bytes(row.leaf_hash)
                 )
@@ -137,10 +143,10 @@ class AuditStore:
             .join(authorities, certificates.c.authority_id == authorities.c.id)
             .where(certificates.c.state == "issued")
         )
-        with self.db.read() as conn:
-            for name, serial, der, reason, revoked_at in conn.execution_options(
-                yield_per=20_000
-            ).execute(statement):
+        with self.db.read() as conn, conn.execution_options(yield_per=20_000).execute(
+            statement
+        ) as result:  # closed even when the caller stops early: no open server-side cursor
+            for name, serial, der, reason, revoked_at in result:
                 yield (
                     str(name),
                     str(serial),

@@ -78,8 +78,10 @@ class OcspStore:
             .where(ocsp_responses.c.version > version - POLL_OVERLAP_US)
             .order_by(ocsp_responses.c.version)
         )
-        with self.db.read() as conn:
-            for row in conn.execution_options(yield_per=5_000).execute(statement):
+        with self.db.read() as conn, conn.execution_options(yield_per=5_000).execute(
+            statement
+        ) as result:  # closed even when the caller stops early: no open server-side cursor
+            for row in result:
                 yield _row(row)
 
     def get(self, authority_id: int, serial: str) -> OcspRow | None:

@@ -190,8 +190,9 @@ class RevocationStore:
         )
         if shard is not None:
             statement = statement.where(certificates.c.crl_shard == shard)
-        with self.db.read() as conn:
-            result = conn.execution_options(yield_per=10_000).execute(statement)
+        with self.db.read() as conn, conn.execution_options(yield_per=10_000).execute(
+            statement
+        ) as result:  # closed even when the caller stops early: no open server-side cursor
             for serial, revoked_at, reason, invalidity in result:
                 yield int(serial, 16), revoked_at, reason, invalidity
 
