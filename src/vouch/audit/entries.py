@@ -41,6 +41,19 @@ def entry_bytes(seq: int, at: dt.datetime, kind: str, subject: str, data: Any) -
     return ENTRY_PREFIX + canonical_json(body).encode("ascii")
 
 
+def entry_bytes_with_data(
+    seq: int, at: dt.datetime, kind: str, subject: str, canonical_data: str
+) -> bytes:
+    """``entry_bytes`` for data already in canonical JSON (the form the store keeps), without
+    encoding it twice: the body's keys are sorted, so ``data`` sits between ``at`` and ``kind``."""
+    dumps = json.dumps
+    text = (
+        f'{{"at":"{format_time(at)}","data":{canonical_data},"kind":{dumps(kind)},'
+        f'"seq":{int(seq)},"subject":{dumps(subject)}}}'
+    )
+    return ENTRY_PREFIX + text.encode("ascii")
+
+
 def head_bytes(size: int, root: bytes, timestamp: dt.datetime) -> bytes:
     body = {"root": root.hex(), "size": size, "timestamp": format_time(timestamp)}
     return HEAD_PREFIX + canonical_json(body).encode("ascii")

@@ -180,7 +180,7 @@ class Authority:
         blocked = self._policy.blocklist.blocked_among({s for s in spkis if s})
         for index, request in enumerate(requests):
             try:
-                plans.append((index, self._plan(request, now, blocked)))
+                plans.append((index, self._plan(request, now, blocked, spkis[index])))
                 results.append(_PENDING)
             except VouchError as exc:
                 results.append(exc)
@@ -233,7 +233,9 @@ class Authority:
 
     # -- planning: everything checked, built and linted before anything is recorded ----------
 
-    def _plan(self, request: IssuanceRequest, now: dt.datetime, blocked: set[str]) -> _Plan:
+    def _plan(
+        self, request: IssuanceRequest, now: dt.datetime, blocked: set[str], spki: str | None
+    ) -> _Plan:
         policy = self._policy
         profile = policy.profiles.get(request.profile)
         if profile is None:
@@ -250,7 +252,7 @@ class Authority:
                 hint="issue under an RSA or ECDSA intermediate",
             )
         key_type = check_public_key(request.public_key, allowed_types=profile.key_types)
-        spki = spki_sha256(request.public_key)
+        spki = spki or spki_sha256(request.public_key)
         if spki in blocked:
             raise PolicyViolation(
                 "key.blocked",

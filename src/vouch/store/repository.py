@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Row, bindparam, case, func, insert, select, update
 from sqlalchemy.engine import Connection
 
-from vouch.audit.entries import canonical_json, entry_bytes
+from vouch.audit.entries import canonical_json, entry_bytes_with_data
 from vouch.audit.merkle import CompactRange, leaf_hash
 from vouch.errors import Conflict, NotFound, StoreError
 from vouch.store.engine import Database
@@ -36,14 +36,15 @@ def append_events(conn: Connection, at: dt.datetime, new: Sequence[NewEvent]) ->
     rows = []
     for event in new:
         seq = compact.size
-        leaf = leaf_hash(entry_bytes(seq, at, event.kind, event.subject, event.data))
+        data = canonical_json(event.data)
+        leaf = leaf_hash(entry_bytes_with_data(seq, at, event.kind, event.subject, data))
         compact.append(leaf)
         rows.append(
             {
                 "at": at,
                 "kind": event.kind,
                 "subject": event.subject,
-                "data": canonical_json(event.data),
+                "data": data,
                 "seq": seq,
                 "leaf_hash": leaf,
             }
