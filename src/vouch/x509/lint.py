@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
+from types import SimpleNamespace
 from typing import Any, Protocol
 
 
@@ -45,6 +47,35 @@ class Linter(Protocol):
     def lint(self, der: bytes, profile: LintProfile) -> list[Finding]:
         """All findings at or above WARNING severity for one DER certificate."""
         ...
+
+
+_psl_lock = threading.Lock()
+_psl_shared: dict[tuple[tuple[str, Any], ...], Any] = {}
+
+
+@contextmanager
+def _one_public_suffix_list() -> Iterator[None]:
+    """Let every pkilint validator built here share one parsed Public Suffix List.
+
+    pkilint's internal-name validators each parse the whole list when created (about twenty per
+    validator tree): most of the time and several MB of memory of building one. The list is
+    only read after parsing, so one instance per set of options serves them all."""
+    import publicsuffixlist
+    from pkilint.common import alternative_name
+
+    def shared(**options: Any) -> Any:
+        key = tuple(sorted(options.items()))
+        psl = _psl_shared.get(key)
+        if psl is None:
+            psl = _psl_shared[key] = publicsuffixlist.PublicSuffixList(**options)
+        return psl
+
+    with _psl_lock:
+        alternative_name.publicsuffixlist = SimpleNamespace(PublicSuffixList=shared)
+        try:
+            yield
+        finally:
+            alternative_name.publicsuffixlist = publicsuffixlist
 
 
 class PkilintLinter:
@@ -100,6 +131,10 @@ class PkilintLinter:
             return validator
 
     def _build(self, kind: str, cert_type: Any) -> Any:
+        with _one_public_suffix_list():
+            return self._build_validator(kind, cert_type)
+
+    def _build_validator(self, kind: str, cert_type: Any) -> Any:
         from pkilint.cabf import serverauth
         from pkilint.pkix import certificate, extension, name
 
