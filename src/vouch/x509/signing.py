@@ -67,9 +67,15 @@ _templates: dict[str, CertificateIssuerPrivateKeyTypes] = {}
 _templates_lock = threading.Lock()
 
 
+# A template's signature is thrown away; only its AlgorithmIdentifier must equal the real one,
+# and that names the hash, not the curve or the modulus size (ecdsa-with-SHA256/384,
+# sha256WithRSAEncryption). So the cheapest key of each family signs templates: P-256 for every
+# ECDSA issuer, 1024-bit RSA for every RSA issuer (a fifth of a 3072-bit signature's cost).
+
+
 def _kind(public_key: CertificateIssuerPublicKeyTypes) -> str:
     if isinstance(public_key, ec.EllipticCurvePublicKey):
-        return f"ec-{public_key.curve.name}"
+        return "ec"
     if isinstance(public_key, rsa.RSAPublicKey):
         return "rsa"
     return type(public_key).__name__
@@ -79,10 +85,9 @@ def _make_template_key(
     public_key: CertificateIssuerPublicKeyTypes,
 ) -> CertificateIssuerPrivateKeyTypes:
     if isinstance(public_key, ec.EllipticCurvePublicKey):
-        return ec.generate_private_key(public_key.curve)
+        return ec.generate_private_key(ec.SECP256R1())
     if isinstance(public_key, rsa.RSAPublicKey):
-        # The RSA signature algorithm identifier does not depend on the modulus size.
-        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        return rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505 (its signatures are discarded, never trusted)
     if isinstance(public_key, ed25519.Ed25519PublicKey):
         return ed25519.Ed25519PrivateKey.generate()
     if isinstance(public_key, ed448.Ed448PublicKey):
