@@ -98,6 +98,17 @@ class AcmeConfig(_Strict):
     resolver: str = ""
     http01_port: int = Field(default=80, ge=1, le=65535)
     tlsalpn01_port: int = Field(default=443, ge=1, le=65535)
+    # External account binding: newAccount needs a key from `vouch acme eab new`.
+    eab_required: bool = False
+    # CAA (RFC 8659) against caa_identities, at validation and again at finalize when the
+    # validation is older than caa_recheck_after (CA/B BR 3.2.2.8: at most 8 hours).
+    caa: bool = True
+    caa_recheck_after: str = "8h"
+    # Rate limits, counted in the store (shared by every node); 0 turns one off.
+    orders_per_account: int = Field(default=300, ge=0)
+    orders_per_account_window: str = "3h"
+    certificates_per_domain: int = Field(default=50, ge=0)
+    certificates_per_domain_window: str = "7d"
 
 
 class AuditSettings(_Strict):
@@ -107,8 +118,47 @@ class AuditSettings(_Strict):
     head_interval: str = "60s"
 
 
+class MonitorSettings(_Strict):
+    # How often `vouch serve` recomputes the lifecycle KPIs on /metrics (a scan of the inventory).
+    interval: str = "60s"
+    # A valid certificate expiring within this window with no successor raises an alert.
+    expiry_warning: str = "14d"
+    # Alerts of `vouch monitor`: a webhook gets a JSON POST; a command gets the JSON on stdin.
+    webhook_url: str | None = None
+    command: str | None = None
+
+
 class CASettings(_Strict):
     policy: dict[str, Any] = Field(default_factory=dict)
+
+
+class ApiSettings(_Strict):
+    """The REST API under /api/v1 (docs/api.md)."""
+
+    enabled: bool = True
+    # The audience one-time tokens are minted for (default: serve.public_url + "/api/v1").
+    audience: str | None = None
+    # Failed logins from one source before it is refused for the rest of the window.
+    max_failures: int = Field(default=10, ge=1, le=10_000)
+    failure_window: str = "5m"
+    # The HTTPS listener asks for (but does not require) a client certificate from the CAs.
+    client_certificates: bool = True
+
+
+class ProvisionerSettings(_Strict):
+    """Who may ask for certificates, and for what, on top of the CA's policy."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    type: Literal["token", "acme", "eab"] = "token"
+    # token: the PEM public key that verifies its tokens; the private key that signs them, as a
+    # key reference (used by `vouch token` on a machine that holds it).
+    public_key: str | None = None
+    key: str | None = None
+    policy: dict[str, Any] = Field(default_factory=dict)
+    profiles: list[str] = Field(default_factory=list)  # empty: any profile
+    max_lifetime: str | None = None
+    token_ttl: str = "5m"
+    max_token_ttl: str = "1h"
 
 
 class VouchConfig(_Strict):
@@ -120,10 +170,13 @@ class VouchConfig(_Strict):
     serve: ServeSettings = Field(default_factory=ServeSettings)
     revocation: RevocationSettings = Field(default_factory=RevocationSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     acme: AcmeConfig = Field(default_factory=AcmeConfig)
     policy: dict[str, Any] = Field(default_factory=dict)
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
     cas: dict[str, CASettings] = Field(default_factory=dict)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    provisioners: list[ProvisionerSettings] = Field(default_factory=list)
 
 
 def load_config(home: Path) -> VouchConfig:
@@ -162,8 +215,20 @@ def render_initial_config(
     passphrase_file: str | None,
     lint_allow: list[str],
     store_url: str = "sqlite:///vouch.db",
+    pkcs11_module: str | None = None,
+    pkcs11_pin_file: str | None = None,
 ) -> str:
     """The commented ``vouch.toml`` that ``vouch init`` writes."""
+    pkcs11_lines = "\n".join(
+        [
+            f"pkcs11_module = {toml_string(pkcs11_module)}"
+            if pkcs11_module
+            else "# pkcs11_module = \"/usr/lib/softhsm/libsofthsm2.so\"   # for pkcs11: keys",
+            f"pkcs11_pin_file = {toml_string(pkcs11_pin_file)}"
+            if pkcs11_pin_file
+            else "# pkcs11_pin_file = \"/run/secrets/hsm-pin\"   # else VOUCH_PKCS11_PIN",
+        ]
+    )
     passphrase_line = (
         f"passphrase_file = {toml_string(passphrase_file)}"
         if passphrase_file
@@ -181,6 +246,7 @@ url = {toml_string(store_url)}
 
 [keys]
 {passphrase_line}
+{pkcs11_lines}
 
 [issuance]
 default_ca = "issuing"

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import os
+import secrets
 import shutil
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from functools import cached_property
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 )
 from sqlalchemy.engine import make_url
 
+from vouch.acme.caa import CaaChecker
 from vouch.acme.challenges import ValidationSettings
 from vouch.audit.entries import canonical_json
 from vouch.clock import Clock, SystemClock
@@ -33,11 +37,12 @@ from vouch.errors import (
     VouchError,
 )
 from vouch.fsutil import atomic_write
-from vouch.keys.base import KeyRef, PassphraseSource
+from vouch.keys.base import KeyRef, PassphraseSource, new_key_ref
 from vouch.keys.file import FileKeyBackend
-from vouch.keys.pkcs11 import PinSource, Pkcs11KeyBackend
+from vouch.keys.pkcs11 import PinSource, Pkcs11KeyBackend, Pkcs11Ref
 from vouch.keys.registry import KeyRegistry
-from vouch.services.acme import AcmeService, AcmeSettings
+from vouch.services.acme import AcmeService, AcmeSettings, RateLimit
+from vouch.services.admins import AdminTokens, FailureLimiter, LoginGuard
 from vouch.services.audit import AuditLog
 from vouch.services.authority import (
     Authority,
@@ -47,13 +52,24 @@ from vouch.services.authority import (
     KeyBlocklist,
 )
 from vouch.services.ca_admin import CAAdmin, CreatedCA, UrlScheme
+from vouch.services.ceremony import Ceremony, CeremonyDirectory
+from vouch.services.ceremony_import import CeremonyImporter
 from vouch.services.crls import CRLProducer, CRLSettings
+from vouch.services.enrollment import Enrollment
+from vouch.services.incident import IncidentService
+from vouch.services.key_health import check_key, testable
+from vouch.services.monitor import KeyHealth, Monitor, Thresholds
 from vouch.services.ocsp import OcspProducer, OcspSettings
+from vouch.services.provisioners import Provisioners, build_provisioners
 from vouch.services.revocation import Revoker
 from vouch.store.acme import AcmeStore
+from vouch.store.api import ApiStore
 from vouch.store.audit import AuditStore
+from vouch.store.custody import CustodyStore
 from vouch.store.engine import Database
+from vouch.store.incident import NOT_ISSUING, IncidentStore
 from vouch.store.leases import Leases
+from vouch.store.monitor import MonitorStore
 from vouch.store.ocsp import OcspStore
 from vouch.store.records import AuthorityRecord, CertificateRecord, NewEvent
 from vouch.store.repository import Store
@@ -67,6 +83,7 @@ from vouch.x509.profiles import load_profiles
 ROOT_KEY_FILE = "root.key.pem"
 AUDIT_KEY_FILE = "audit-key.pem"
 ROOT_CERT_FILE = "root.pem"
+ACME_EAB_KEY_FILE = "keys/acme-eab.key"
 DEFAULT_LINT_ALLOW = ["cabf.internal_domain_name", "cabf.internal_ip_address"]
 
 
@@ -139,6 +156,8 @@ class Vouch:
         )
         self.db.migrate()
         self.store = Store(self.db)
+        self.custody = CustodyStore(self.db)
+        self.incidents = IncidentStore(self.db)
         self.revocations = RevocationStore(self.db)
         self.ocsp_store = OcspStore(self.db)
         self.leases = Leases(self.db)
@@ -209,6 +228,21 @@ class Vouch:
 
     def issuing_ca(self, name: str | None = None) -> IssuingCA:
         record = self.store.get_authority(name or self.config.issuance.default_ca)
+        # The default CA rolled over, or any CA declared compromised (vouch incident): issuance
+        # goes on under its successor.
+        if name is None or self.incidents.compromised(record.id):
+            for _ in range(64):
+                successor = self.custody.successor(record.id)
+                if successor is None or record.status not in NOT_ISSUING:
+                    break
+                record = self.store.authority_by_id(successor)
+            if record.status in NOT_ISSUING and self.incidents.compromised(record.id):
+                raise Conflict(
+                    f"CA {record.name} is compromised (vouch incident status) and no CA issues "
+                    "in its place",
+                    hint="prepare one: vouch ca new-intermediate NAME --standby, then "
+                    f"vouch incident declare --ca {record.name} --standby NAME",
+                )
         if record.role == "root":
             raise BadInput(
                 f"{record.name} is a root CA; roots sign only intermediates and CRLs",
@@ -247,8 +281,26 @@ class Vouch:
         self.record_policy()
         ca = self.issuing_ca(name)
         return Authority(
-            ca=ca, store=self.store, policy=self.issuance_policy(ca.record.name), clock=self.clock
+            ca=ca,
+            store=self.store,
+            policy=self.issuance_policy(ca.record.name),
+            clock=self.clock,
+            follow=self._follow(lambda: self.authority(name)),
         )
+
+    def _follow(
+        self, rebuild: Callable[[], Authority]
+    ) -> Callable[[AuthorityRecord], Authority | None]:
+        """An Authority kept by a caller checks its CA before each batch (one small read): once
+        the CA is retired or revoked (a rollover, an incident), issuance stops there at once and
+        goes wherever a fresh Authority for the same request would."""
+
+        def follow(record: AuthorityRecord) -> Authority | None:
+            if self.incidents.issuing_status(record.id) not in NOT_ISSUING:
+                return None
+            return rebuild()
+
+        return follow
 
     def ca_admin(self) -> CAAdmin:
         return CAAdmin(
@@ -258,7 +310,119 @@ class Vouch:
             urls=self.urls,
             linter=self.linter,
             lint_mode=self.config.issuance.lint,
+            custody=self.custody,
         )
+
+    # -- REST API (docs/api.md) ----------------------------------------------------------------
+
+    def api_audience(self) -> str:
+        """What one-time tokens must name as audience: this server's API URL."""
+        return self.config.api.audience or self.config.serve.public_url.rstrip("/") + "/api/v1"
+
+    @cached_property
+    def provisioners(self) -> Provisioners:
+        def read(path_text: str) -> bytes:
+            path = Path(path_text) if Path(path_text).is_absolute() else self.home / path_text
+            try:
+                return path.read_bytes()
+            except OSError as exc:
+                raise ConfigError(f"cannot read the provisioner public key {path}") from exc
+
+        return build_provisioners(self.config.provisioners, read)
+
+    @cached_property
+    def api_store(self) -> ApiStore:
+        return ApiStore(self.db)
+
+    def admin_tokens(self) -> AdminTokens:
+        return AdminTokens(store=self.api_store, clock=self.clock)
+
+    def login_guard(self) -> LoginGuard:
+        settings = self.config.api
+        limiter = FailureLimiter(
+            limit=settings.max_failures,
+            window=parse_duration(settings.failure_window),
+            clock=self.clock,
+        )
+        return LoginGuard(limiter=limiter, store=self.api_store, clock=self.clock)
+
+    def enrollment(self) -> Enrollment:
+        def authority_for(name: str | None, extra: tuple[NamePolicy, ...]) -> Authority:
+            base = self.authority(name)
+            if not extra:
+                return base
+            policy = self.issuance_policy(base.ca.record.name)
+            policy = dataclasses.replace(
+                policy, name_policies=(*policy.name_policies, *extra)
+            )
+            return Authority(
+                ca=base.ca,
+                store=self.store,
+                policy=policy,
+                clock=self.clock,
+                follow=self._follow(lambda: authority_for(name, extra)),
+            )
+
+        self.provisioners.record_in_force(self.store, self.clock)
+        return Enrollment(
+            provisioners=self.provisioners,
+            api_store=self.api_store,
+            authority_for=authority_for,
+            profiles=load_profiles(self.config.profiles),
+            clock=self.clock,
+            audience=self.api_audience(),
+            default_profile=self.config.issuance.default_profile,
+            default_ca=self.config.issuance.default_ca,
+        )
+
+    def ceremony_importer(self) -> CeremonyImporter:
+        return CeremonyImporter(
+            store=self.store, custody=self.custody, keys=self.keys, clock=self.clock
+        )
+
+    # -- incidents (docs/incident-runbook.md) --------------------------------------------------
+
+    def incident_service(self) -> IncidentService:
+        def keys_check(record: AuthorityRecord) -> None:
+            check = check_key(record, self.keys)
+            if check.error is not None:
+                raise check.error
+
+        def root_crl(root: AuthorityRecord, key: CertificateIssuerPrivateKeyTypes) -> int:
+            return self.crl_producer.produce(root, key, self.issuer_urls(root), shards=[-1])[
+                0
+            ].number
+
+        return IncidentService(
+            store=self.store,
+            incidents=self.incidents,
+            clock=self.clock,
+            keys_check=keys_check,
+            renew_now=lambda ca: self.acme.renew_now(authority=ca),
+            publish=self.publish_ca,
+            revoker=self.revoker(publish=False),
+            root_crl=root_crl,
+            importer=self.ceremony_importer(),
+        )
+
+    def publish_ca(self, record: AuthorityRecord) -> list[str]:
+        """All of a CA's CRLs and every OCSP response it lacks, now (after a mass revocation);
+        returns what could not be done here (a running `vouch serve` catches up)."""
+        try:
+            key = self.ca_key(record)
+            self.crl_producer.produce(
+                record, key, self.issuer_urls(record), shards=self.crl_producer.scopes(record)
+            )
+            producer = self.ocsp_producer
+            producer.reload_issuers()
+            issuer = next((i for i in producer.issuers() if i.record.id == record.id), None)
+            responder = producer.responder(record, ca_key=key)
+            if issuer is not None and responder is not None:
+                while producer.presign(issuer, responder, limit=2000) == 2000:
+                    pass
+        except VouchError as exc:
+            return [f"publishing the revocations of {record.name} here failed ({exc.message})"]
+        return []
 
     # -- revocation ----------------------------------------------------------------------------
 
@@ -395,6 +559,41 @@ class Vouch:
             )
         return key
 
+    # -- monitoring ----------------------------------------------------------------------------
+
+    @cached_property
+    def monitor(self) -> Monitor:
+        def latest_head_at() -> dt.datetime | None:
+            head = self.audit.store.latest_tree_head()
+            return None if head is None else head.timestamp
+
+        return Monitor(
+            store=MonitorStore(self.db),
+            clock=self.clock,
+            authorities=self.store.list_authorities,
+            latest_crls=self.revocations.latest_crls,
+            latest_head_at=latest_head_at,
+        )
+
+    def monitor_thresholds(self) -> Thresholds:
+        return Thresholds(
+            expiry_warning=parse_duration(self.config.monitor.expiry_warning),
+            crl_validity=parse_duration(self.config.revocation.crl_validity),
+            ocsp_validity=parse_duration(self.config.revocation.ocsp_validity),
+            head_interval=parse_duration(self.config.audit.head_interval),
+        )
+
+    def key_health(self) -> list[KeyHealth]:
+        """Sign and verify once with every CA key this vouch holds."""
+        checks = []
+        for record in self.store.list_authorities():
+            if not testable(record):
+                continue
+            check = check_key(record, self.keys)
+            message = "" if check.error is None else check.error.message
+            checks.append(KeyHealth(record.name, check.ok, message))
+        return checks
+
     # -- ACME ----------------------------------------------------------------------------------
 
     @cached_property
@@ -412,8 +611,40 @@ class Vouch:
                 website=config.website,
                 caa_identities=tuple(config.caa_identities),
                 profile=config.profile,
+                eab_required=config.eab_required,
+                caa_recheck_after=parse_duration(config.caa_recheck_after),
+                orders_per_account=RateLimit(
+                    config.orders_per_account, parse_duration(config.orders_per_account_window)
+                ),
+                certificates_per_domain=RateLimit(
+                    config.certificates_per_domain,
+                    parse_duration(config.certificates_per_domain_window),
+                ),
             ),
+            caa=(
+                CaaChecker(self.acme_validation().resolver, config.caa_identities)
+                if config.caa
+                else None
+            ),
+            eab_wrapping_key=self._acme_eab_wrapping_key,
         )
+
+    def _acme_eab_wrapping_key(self) -> bytes:
+        """The AES key that seals EAB HMAC keys in the store (made on first use; every node
+        sharing the database needs a copy, like the CA key files)."""
+        path = self.home / ACME_EAB_KEY_FILE
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(Conflict):  # another process made it first
+                atomic_write(path, secrets.token_bytes(32), mode=0o600, overwrite=False)
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the EAB wrapping key {path}: {exc.strerror}") from exc
+        if len(data) != 32:
+            raise ConfigError(f"the EAB wrapping key {path} is not 32 bytes")
+        return data
 
     def acme_validation(self) -> ValidationSettings:
         config = self.config.acme
@@ -434,7 +665,8 @@ class Vouch:
         roots = [a for a in self.store.list_authorities() if a.role == "root"]
         if not roots:
             raise NotFound("this home has no root CA")
-        return roots[0]
+        # After a root rollover (a ceremony), the active root; the first while none is.
+        return next((r for r in roots if r.status == "active"), roots[0])
 
     def root_key(self, root_key_dir: Path | None) -> CertificateIssuerPrivateKeyTypes:
         """The root's key: from the home, or from an offline root directory (a ceremony)."""
@@ -464,7 +696,9 @@ class Vouch:
         root_key_dir: Path | None,
         status: str = "active",
         name_constraints: NameConstraintsSpec | None = None,
+        key_backend: str = "file",
     ) -> CreatedCA:
+        """``key_backend``: ``file``, ``pkcs11:token=LABEL`` or a full key reference."""
         root = self.root()
         return self.ca_admin().create_intermediate(
             name=name,
@@ -474,10 +708,58 @@ class Vouch:
             country=self.config.country,
             key_type=key_type,
             validity=validity,
-            key_ref=KeyRef("file", f"keys/{name}.key.pem"),
+            key_ref=new_key_ref(key_backend, name),
             status=status,
             name_constraints=name_constraints,
         )
+
+    def rollover_intermediate(
+        self,
+        name: str,
+        *,
+        new_name: str,
+        key_type: KeyType,
+        validity: dt.timedelta,
+        root_key_dir: Path | None,
+        key_backend: str = "file",
+    ) -> CreatedCA:
+        old = self.store.get_authority(name)
+        parent = self.store.authority_by_id(old.parent_id) if old.parent_id else self.root()
+        return self.ca_admin().rollover(
+            name,
+            new_name=new_name,
+            parent_key=self.ca_key(parent, root_key_dir),
+            key_type=key_type,
+            validity=validity,
+            key_ref=new_key_ref(key_backend, new_name),
+            organization=self.config.organization,
+            country=self.config.country,
+        )
+
+
+def open_ceremony(
+    directory: Path,
+    *,
+    passphrase: PassphraseSource,
+    operators: list[str],
+    host: str,
+    pkcs11_module: str | None = None,
+    pkcs11_pin_file: str | None = None,
+    clock: Clock | None = None,
+) -> tuple[Ceremony, Pkcs11KeyBackend]:
+    """A ceremony on the offline machine: the directory's key file, or keys in an HSM (PIN from
+    ``pkcs11_pin_file`` or VOUCH_PKCS11_PIN); close the returned backend when done."""
+    pkcs11 = Pkcs11KeyBackend(pkcs11_module, pkcs11_pin_source(directory, pkcs11_pin_file))
+    ceremony = Ceremony(
+        directory=CeremonyDirectory(directory),
+        keys=KeyRegistry([FileKeyBackend(directory, passphrase), pkcs11]),
+        clock=clock or SystemClock(),
+        operators=operators,
+        host=host,
+        linter=PkilintLinter(allow=[]),
+        lint_mode=LintMode.BLOCK,
+    )
+    return ceremony, pkcs11
 
 
 def init_home(
@@ -497,8 +779,22 @@ def init_home(
     clock: Clock | None = None,
     name_constraints: NameConstraintsSpec | None = None,
     store_url: str = "sqlite:///vouch.db",
+    key_backend: str = "file",
+    pkcs11_module: str | None = None,
+    pkcs11_pin_file: str | None = None,
 ) -> Vouch:
-    """Create a home: config, database, root and issuing intermediate, encrypted keys (0600)."""
+    """Create a home: config, database, root and issuing intermediate, their keys in
+    ``key_backend`` (``file``: encrypted files, 0600; ``pkcs11:token=LABEL``: objects ``root`` and
+    ``issuing`` made in the token). A failure leaves no half-made home behind."""
+    root_ref = new_key_ref(key_backend, "root")
+    issuing_ref = new_key_ref(key_backend, "issuing")
+    if root_ref == issuing_ref or (
+        root_ref.scheme == "file" and key_backend.strip() not in ("file", "file:")
+    ):
+        raise BadInput(
+            "vouch init makes two keys (root and issuing): give the backend, not one key",
+            hint="--key-backend file, or --key-backend pkcs11:token=LABEL",
+        )
     if (home / CONFIG_NAME).exists():
         # (a PostgreSQL store named by the old config is left alone: drop it with the database's tools)
         if not force:
@@ -519,6 +815,68 @@ def init_home(
                 f"{offline_root / ROOT_KEY_FILE} already exists; refusing to overwrite it"
             )
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        return _init_home(
+            home,
+            passphrase=passphrase,
+            organization=organization,
+            country=country,
+            key_type=key_type,
+            root_validity=root_validity,
+            intermediate_validity=intermediate_validity,
+            offline_root=offline_root,
+            public_url=public_url,
+            passphrase_file=passphrase_file,
+            lint_allow=lint_allow,
+            clock=clock,
+            name_constraints=name_constraints,
+            store_url=store_url,
+            root_ref=root_ref,
+            issuing_ref=issuing_ref,
+            pkcs11_module=pkcs11_module,
+            pkcs11_pin_file=pkcs11_pin_file,
+        )
+    except BaseException:
+        for child in ("keys", "vouch.db", "vouch.db-wal", "vouch.db-shm", CONFIG_NAME, ROOT_CERT_FILE):
+            target = home / child
+            if target.is_dir():
+                shutil.rmtree(target, ignore_errors=True)
+            elif target.exists():
+                target.unlink()
+        raise
+
+
+def _check_token(backend: Pkcs11KeyBackend, refs: list[KeyRef]) -> None:
+    """Before any key is made: the token answers, the PIN works, the key labels are free."""
+    for ref in map(Pkcs11Ref.parse, refs):
+        if ref.label in {info.label for info in backend.list_keys(ref.token)}:
+            raise Conflict(
+                f"PKCS#11 token {ref.token!r} already holds a key labelled {ref.label!r}",
+                hint="vouch never replaces a key: use another token, or delete that object",
+            )
+
+
+def _init_home(
+    home: Path,
+    *,
+    passphrase: PassphraseSource,
+    organization: str,
+    country: str,
+    key_type: KeyType,
+    root_validity: dt.timedelta,
+    intermediate_validity: dt.timedelta,
+    offline_root: Path | None,
+    public_url: str,
+    passphrase_file: str | None,
+    lint_allow: list[str] | None,
+    clock: Clock | None,
+    name_constraints: NameConstraintsSpec | None,
+    store_url: str,
+    root_ref: KeyRef,
+    issuing_ref: KeyRef,
+    pkcs11_module: str | None,
+    pkcs11_pin_file: str | None,
+) -> Vouch:
     (home / "keys").mkdir(exist_ok=True, mode=0o700)
     text = render_initial_config(
         organization=organization,
@@ -527,15 +885,52 @@ def init_home(
         passphrase_file=passphrase_file,
         lint_allow=DEFAULT_LINT_ALLOW if lint_allow is None else lint_allow,
         store_url=store_url,
+        pkcs11_module=pkcs11_module,
+        pkcs11_pin_file=pkcs11_pin_file,
     )
     atomic_write(home / CONFIG_NAME, text.encode("utf-8"), mode=0o600)
     vouch = Vouch(home, passphrase=passphrase, clock=clock)
+    try:
+        return _make_cas(
+            vouch,
+            organization=organization,
+            country=country,
+            key_type=key_type,
+            root_validity=root_validity,
+            intermediate_validity=intermediate_validity,
+            offline_root=offline_root,
+            name_constraints=name_constraints,
+            root_ref=root_ref,
+            issuing_ref=issuing_ref,
+        )
+    except BaseException:
+        vouch.close()
+        raise
+
+
+def _make_cas(
+    vouch: Vouch,
+    *,
+    organization: str,
+    country: str,
+    key_type: KeyType,
+    root_validity: dt.timedelta,
+    intermediate_validity: dt.timedelta,
+    offline_root: Path | None,
+    name_constraints: NameConstraintsSpec | None,
+    root_ref: KeyRef,
+    issuing_ref: KeyRef,
+) -> Vouch:
+    home = vouch.home
+    new_refs = [r for r in (root_ref, issuing_ref) if r.scheme == "pkcs11"]
+    if offline_root is not None:
+        new_refs = [r for r in new_refs if r is not root_ref]
+    _check_token(vouch.pkcs11, new_refs)
     admin = vouch.ca_admin()
     if offline_root is not None:
         root_ref = KeyRef("file", str((offline_root / ROOT_KEY_FILE).resolve()))
         recorded = "none:"
     else:
-        root_ref = KeyRef("file", f"keys/{ROOT_KEY_FILE}")
         recorded = None
     created, root_key = admin.create_root(
         name="root",
@@ -558,7 +953,7 @@ def init_home(
         country=country,
         key_type=key_type,
         validity=intermediate_validity,
-        key_ref=KeyRef("file", "keys/issuing.key.pem"),
+        key_ref=issuing_ref,
         name_constraints=name_constraints,
     )
     # The audit key, and a first signed tree head over the CAs' creation.

@@ -1,33 +1,64 @@
-"""ACME against real clients: certbot registers, orders two names (http-01), renews and revokes;
-and a negative suite of hand-made JWS requests that must be refused with the right problem."""
+"""ACME against real clients and a real DNS server.
+
+One ``vouch serve`` with external account binding required, CAA identity ``vouch.test``, small
+rate limits, and a BIND9 (tests/acme_bind.py) as its resolver, authoritative for ``test.``.
+certbot (http-01, dns-01 through rfc2136) and lego (http-01, tls-alpn-01, dns-01 through
+rfc2136) each register with an EAB key from ``vouch acme eab new``, get a certificate for two
+names, renew, and revoke; the chain passes ``openssl verify -x509_strict`` and OCSP says revoked.
+Then hand-made requests (tests/acme_client.py) that must be refused with the right problem and
+leave nothing issued, CAA, renewal information (RFC 9773) and rate limits.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import ssl
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from tests.acme_bind import CA_IDENTITY, Bind
+from tests.acme_client import Client, eab_binding, http01_responder
 from tests.conftest import make_home, require_tool
-from tests.servers import VouchServer, free_port, set_config
+from tests.servers import VouchServer, free_port, run_vouch, set_config
 
+from vouch.acme.ari import cert_id_of
 from vouch.acme.jws import b64url, jwk_of
 from vouch.wiring import DEFAULT_LINT_ALLOW
 
+ACME_CONFIG = f"""
+[acme]
+eab_required = true
+caa_identities = ["{CA_IDENTITY}"]
+orders_per_account = 10
+orders_per_account_window = "1h"
+certificates_per_domain = 3
+certificates_per_domain_window = "1h"
+caa_recheck_after = "2s"
+"""
+
 
 class Acme:
-    def __init__(self, home: Path, server: VouchServer, work: Path, http01_port: int) -> None:
-        self.home, self.server, self.work, self.http01_port = home, server, work, http01_port
+    def __init__(
+        self, home: Path, server: VouchServer, work: Path, bind: Bind, http01: int, tlsalpn01: int
+    ) -> None:
+        self.home, self.server, self.work, self.bind = home, server, work, bind
+        self.http01_port, self.tlsalpn01_port = http01, tlsalpn01
         self.directory = f"https://localhost:{server.https_port}/acme/directory"
-        self.context = ssl.create_default_context(cafile=str(home / "root.pem"))
+        self.ca_file = str(home / "root.pem")
+        self.context = ssl.create_default_context(cafile=self.ca_file)
+        self.clients: list[Client] = []
 
     def request(
         self, url: str, body: bytes | None = None, method: str | None = None
@@ -50,89 +81,214 @@ class Acme:
         )
         return headers["replay-nonce"]
 
-    def certbot(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def eab(self, note: str = "test") -> tuple[str, str]:
+        made = json.loads(run_vouch(self.home, "acme", "eab", "new", "--note", note, "--json").stdout)
+        return made["key_id"], made["hmac_key"]
+
+    def client(self, *, register: bool = True) -> Client:
+        client = Client(self.directory, self.ca_file)
+        self.clients.append(client)
+        if register:
+            reply = client.register(self.eab())
+            assert reply.status == 201, reply.content
+        return client
+
+    def issued_count(self) -> int:
+        return len(json.loads(run_vouch(self.home, "cert", "list", "--json").stdout))
+
+    def certbot(self, work: Path, *args: str) -> subprocess.CompletedProcess[str]:
         base = [
             require_tool("certbot"), "--non-interactive",
-            "--config-dir", str(self.work / "c"), "--work-dir", str(self.work / "w"),
-            "--logs-dir", str(self.work / "l"), "--server", self.directory,
+            "--config-dir", str(work / "c"), "--work-dir", str(work / "w"),
+            "--logs-dir", str(work / "l"), "--server", self.directory,
             # certbot sleeps up to 8 minutes before a non-interactive renewal otherwise
             "--no-random-sleep-on-renew",
         ]  # fmt: skip
-        env = {"REQUESTS_CA_BUNDLE": str(self.home / "root.pem"), "PATH": "/usr/bin:/bin"}
+        env = {"REQUESTS_CA_BUNDLE": self.ca_file, "PATH": "/usr/bin:/bin"}
         return subprocess.run(
             [*base, *args], capture_output=True, text=True, timeout=180, env=env, check=False
         )
+
+    def lego(self, work: Path, names: list[str], *args: str, env: dict[str, str] | None = None
+             ) -> subprocess.CompletedProcess[str]:  # fmt: skip
+        base = [require_tool("lego"), "--server", self.directory, "--path", str(work),
+                "--accept-tos", "--email", "ops@example.com"]  # fmt: skip
+        for name in names:
+            base += ["-d", name]
+        return subprocess.run(
+            [*base, *args], capture_output=True, text=True, timeout=180, check=False,
+            env={"LEGO_CA_CERTIFICATES": self.ca_file, "PATH": "/usr/bin:/bin", **(env or {})},
+        )  # fmt: skip
+
+    def verify_chain(self, leaf: Path, chain: Path) -> None:
+        result = subprocess.run(
+            [require_tool("openssl"), "verify", "-x509_strict", "-purpose", "sslserver",
+             "-CAfile", self.ca_file, "-untrusted", str(chain), str(leaf)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    def ocsp_status(self, leaf: Path, issuer: Path) -> str:
+        result = subprocess.run(
+            [require_tool("openssl"), "ocsp", "-issuer", str(issuer), "-cert", str(leaf),
+             "-url", f"{self.server.url}/ocsp/issuing", "-CAfile", self.ca_file],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        return result.stdout + result.stderr
 
 
 @pytest.fixture(scope="module")
 def acme(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Acme]:
     work = tmp_path_factory.mktemp("acme")
-    dns_port, management, http01 = free_port(), free_port(), free_port()
-    dns = subprocess.Popen(
-        [require_tool("pebble-challtestsrv"), "-defaultIPv6", "", "-dns01", f"127.0.0.1:{dns_port}",
-         "-http01", "", "-https01", "", "-tlsalpn01", "", "-management", f"127.0.0.1:{management}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    port = free_port()
+    http01, tlsalpn01, port = free_port(), free_port(), free_port()
     home = work / "home"
     make_home(
         home, public_url=f"http://127.0.0.1:{port}", lint_allow=list(DEFAULT_LINT_ALLOW)
     ).close()
     set_config(home, 'check_interval = "5s"', 'check_interval = "1s"')
+    with (home / "vouch.toml").open("a") as config:
+        config.write(ACME_CONFIG)
     mp = pytest.MonkeyPatch()
-    mp.setenv("VOUCH_ACME_RESOLVER", f"127.0.0.1:{dns_port}")
-    mp.setenv("VOUCH_ACME_HTTP01_PORT", str(http01))
     try:
-        with VouchServer(home, http_port=port) as server:
-            yield Acme(home, server, work, http01)
+        with Bind(work / "bind") as bind:
+            mp.setenv("VOUCH_ACME_RESOLVER", bind.address)
+            mp.setenv("VOUCH_ACME_HTTP01_PORT", str(http01))
+            mp.setenv("VOUCH_ACME_TLSALPN01_PORT", str(tlsalpn01))
+            with VouchServer(home, http_port=port) as server:
+                yield Acme(home, server, work, bind, http01, tlsalpn01)
     finally:
         mp.undo()
-        dns.terminate()
-        dns.wait()
 
 
-def test_certbot_issues_renews_and_revokes(acme: Acme) -> None:
-    http = [
-        "--standalone",
-        "--http-01-port",
-        str(acme.http01_port),
-        "--http-01-address",
-        "127.0.0.1",
-    ]
+@pytest.fixture(autouse=True)
+def _close_clients(acme: Acme) -> Iterator[None]:
+    yield
+    while acme.clients:
+        acme.clients.pop().close()
+
+
+# -- real clients --------------------------------------------------------------------------------
+
+
+def _certbot_round(acme: Acme, work: Path, names: list[str], method: list[str]) -> None:
+    kid, key = acme.eab(f"certbot {method[0]}")
     issued = acme.certbot(
-        "certonly", *http, "-d", "a.example.com", "-d", "b.example.com",
-        "--agree-tos", "--register-unsafely-without-email",
+        work, "certonly", *method, *[f"-d{n}" for n in names],
+        "--agree-tos", "--register-unsafely-without-email", "--eab-kid", kid, "--eab-hmac-key", key,
     )  # fmt: skip
     assert issued.returncode == 0, issued.stdout + issued.stderr
-    live = acme.work / "c" / "live" / "a.example.com"
-    openssl = require_tool("openssl")
-
-    def verify() -> None:
-        result = subprocess.run(
-            [openssl, "verify", "-x509_strict", "-purpose", "sslserver",
-             "-CAfile", str(acme.home / "root.pem"), "-untrusted", str(live / "chain.pem"),
-             str(live / "cert.pem")],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        assert result.returncode == 0, result.stdout + result.stderr
-
-    verify()
+    live = work / "c" / "live" / names[0]
+    acme.verify_chain(live / "cert.pem", live / "chain.pem")
     first = (live / "cert.pem").read_text()
-    renewed = acme.certbot("renew", "--force-renewal", *http)
+    renewed = acme.certbot(work, "renew", "--force-renewal", *method)
     assert renewed.returncode == 0, renewed.stdout + renewed.stderr
     assert (live / "cert.pem").read_text() != first
-    verify()
+    acme.verify_chain(live / "cert.pem", live / "chain.pem")
     revoked = acme.certbot(
-        "revoke", "--cert-path", str(live / "cert.pem"), "--reason", "keycompromise",
+        work, "revoke", "--cert-path", str(live / "cert.pem"), "--reason", "keycompromise",
         "--no-delete-after-revoke",
     )  # fmt: skip
     assert revoked.returncode == 0, revoked.stdout + revoked.stderr
-    status = subprocess.run(
-        [openssl, "ocsp", "-issuer", str(live / "chain.pem"), "-cert", str(live / "cert.pem"),
-         "-url", f"{acme.server.url}/ocsp/issuing", "-CAfile", str(acme.home / "root.pem")],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert ": revoked" in status.stdout, status
+    assert ": revoked" in acme.ocsp_status(live / "cert.pem", live / "chain.pem")
+
+
+def test_certbot_http01(acme: Acme) -> None:
+    method = ["--standalone", "--http-01-port", str(acme.http01_port),
+              "--http-01-address", "127.0.0.1"]  # fmt: skip
+    _certbot_round(acme, acme.work / "certbot-http", ["a.certbot.test", "b.certbot.test"], method)
+
+
+def test_certbot_dns01_rfc2136(acme: Acme) -> None:
+    work = acme.work / "certbot-dns"
+    work.mkdir()
+    credentials = acme.bind.certbot_credentials(work / "rfc2136.ini")
+    method = ["--dns-rfc2136", "--dns-rfc2136-credentials", str(credentials),
+              "--dns-rfc2136-propagation-seconds", "1"]  # fmt: skip
+    _certbot_round(acme, work, ["a.certbotdns.test", "b.certbotdns.test"], method)
+
+
+@pytest.mark.parametrize("challenge", ["http-01", "tls-alpn-01", "dns-01"])
+def test_lego(acme: Acme, challenge: str) -> None:
+    label = challenge.replace("-", "")
+    work = acme.work / f"lego-{label}"
+    names = [f"a.lego{label}.test", f"b.lego{label}.test"]
+    env: dict[str, str] = {}
+    if challenge == "http-01":
+        method = ["--http", "--http.port", f"127.0.0.1:{acme.http01_port}"]
+    elif challenge == "tls-alpn-01":
+        method = ["--tls", "--tls.port", f"127.0.0.1:{acme.tlsalpn01_port}"]
+    else:
+        method = ["--dns", "rfc2136", "--dns.resolvers", acme.bind.address, "--dns.disable-cp"]
+        env = acme.bind.lego_env()
+    kid, key = acme.eab(f"lego {challenge}")
+    method += ["--eab", "--kid", kid, "--hmac", key]  # lego wants them on every command
+    issued = acme.lego(work, names, *method, "run", env=env)
+    assert issued.returncode == 0, issued.stdout + issued.stderr
+    certificates = work / "certificates"
+    leaf, issuer = certificates / f"{names[0]}.crt", certificates / f"{names[0]}.issuer.crt"
+    acme.verify_chain(leaf, issuer)
+    first = leaf.read_text()
+    renewed = acme.lego(
+        work, names, *method, "renew", "--days", "100000", "--no-random-sleep", env=env
+    )
+    assert renewed.returncode == 0, renewed.stdout + renewed.stderr
+    assert leaf.read_text() != first
+    acme.verify_chain(leaf, issuer)
+    revoked = acme.lego(work, names, *method, "revoke", "--reason", "1", "--keep", env=env)
+    assert revoked.returncode == 0, revoked.stdout + revoked.stderr
+    assert ": revoked" in acme.ocsp_status(leaf, issuer)
+
+
+# -- external account binding ----------------------------------------------------------------------
+
+
+def test_external_account_binding(acme: Acme) -> None:
+    directory = httpx.get(acme.directory, verify=acme.context).json()
+    assert directory["meta"]["externalAccountRequired"] is True
+    assert directory["meta"]["caaIdentities"] == [CA_IDENTITY]
+    client = acme.client(register=False)
+    # None: refused, and the error says what is missing.
+    reply = client.register()
+    assert (reply.status, reply.problem) == (400, "externalAccountRequired")
+    kid, key = acme.eab("binding test")
+    # A MAC with another key: refused.
+    reply = client.register((kid, b64url(b"x" * 32)))
+    assert (reply.status, reply.problem) == (403, "unauthorized")
+    # An unknown key id.
+    assert client.register(("eab-nosuchkey", key)).problem == "unauthorized"
+    # A binding over another account key than the one that signs the request.
+    other = ec.generate_private_key(ec.SECP256R1())
+    url = client.directory["newAccount"]
+    payload = {"termsOfServiceAgreed": True,
+               "externalAccountBinding": eab_binding(kid, key, other.public_key(), url)}  # fmt: skip
+    assert client.post(url, payload, use_jwk=True).problem == "malformed"
+    # The right key: the account exists, bound to it.
+    reply = client.register((kid, key))
+    assert reply.status == 201, reply.content
+    # The same EAB key for a second account: refused (single use).
+    second = acme.client(register=False)
+    assert second.register((kid, key)).problem == "unauthorized"
+    # The first account's key again without EAB finds the existing account (200).
+    assert client.register().status == 200
+    listed = {
+        k["key_id"]: k
+        for k in json.loads(run_vouch(acme.home, "acme", "eab", "list", "--json").stdout)
+    }
+    assert listed[kid]["status"] == "bound"
+    assert f"/acct/{listed[kid]['account']}" in str(client.kid)
+    assert "hmac" not in json.dumps(listed[kid])
+    # A revoked key registers nothing.
+    kid2, key2 = acme.eab("to revoke")
+    run_vouch(acme.home, "acme", "eab", "revoke", kid2)
+    assert second.register((kid2, key2)).problem == "unauthorized"
+    again = run_vouch(acme.home, "acme", "eab", "revoke", kid2, check=False)
+    assert again.returncode != 0 and "already revoked" in again.stderr
+    run_vouch(acme.home, "audit", "export", "--out", str(acme.work / "audit.jsonl"))
+    events = (acme.work / "audit.jsonl").read_text()
+    assert "acme.eab-key-created" in events and kid in events
+
+
+# -- negative suite --------------------------------------------------------------------------------
 
 
 def _jws(
@@ -162,10 +318,11 @@ def _problem(body: bytes) -> str:
 def test_bad_requests_get_the_right_problem(acme: Acme) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     new_account = acme.directory.replace("directory", "new-account")
-    payload = {"termsOfServiceAgreed": True}
+    payload = {"termsOfServiceAgreed": True, "onlyReturnExisting": True}
     nonce = acme.nonce()
-    status, _, _ = acme.request(new_account, _jws(key, new_account, nonce, payload))
-    assert status == 201
+    status, headers, body = acme.request(new_account, _jws(key, new_account, nonce, payload))
+    assert (status, _problem(body)) == (400, "accountDoesNotExist")
+    assert 'rel="index"' in headers["link"]
     # A replayed nonce: badNonce, with a fresh nonce to retry with.
     status, headers, body = acme.request(new_account, _jws(key, new_account, nonce, payload))
     assert (status, _problem(body)) == (400, "badNonce") and headers.get("replay-nonce")
@@ -179,22 +336,184 @@ def test_bad_requests_get_the_right_problem(acme: Acme) -> None:
     status, _, body = acme.request(new_account, json.dumps(forged).encode())
     assert (status, _problem(body)) == (400, "malformed")
     # alg "none" and MACs are refused outright.
-    unsigned = json.loads(_jws(key, new_account, acme.nonce(), payload))
-    unsigned["protected"] = b64url(
-        json.dumps(
-            {
-                "alg": "none",
-                "nonce": acme.nonce(),
-                "url": new_account,
-                "jwk": jwk_of(key.public_key()),
-            }
-        ).encode()
-    )
-    status, _, body = acme.request(new_account, json.dumps(unsigned).encode())
-    assert _problem(body) == "badSignatureAlgorithm"
+    for alg in ("none", "HS256"):
+        unsigned = json.loads(_jws(key, new_account, acme.nonce(), payload))
+        unsigned["protected"] = b64url(
+            json.dumps(
+                {
+                    "alg": alg,
+                    "nonce": acme.nonce(),
+                    "url": new_account,
+                    "jwk": jwk_of(key.public_key()),
+                }
+            ).encode()
+        )
+        status, _, body = acme.request(new_account, json.dumps(unsigned).encode())
+        assert _problem(body) == "badSignatureAlgorithm"
     # An oversized body.
     status, _, body = acme.request(new_account, b"{" + b" " * 200_000 + b"}")
     assert status == 413 and _problem(body) == "malformed"
     # Not JSON at all.
     status, _, body = acme.request(new_account, b"garbage")
     assert (status, _problem(body)) == (400, "malformed")
+
+
+def test_requests_that_must_issue_nothing(acme: Acme) -> None:
+    before = acme.issued_count()
+    alice, mallory = acme.client(), acme.client()
+    with http01_responder(acme.http01_port) as responder:
+        # A kid of another account, signed with one's own key: the signature does not verify.
+        reply = mallory.post(
+            mallory.directory["newOrder"],
+            {"identifiers": [{"type": "dns", "value": "x.neg.test"}]},
+            kid=alice.kid,
+        )
+        assert (reply.status, reply.problem) == (400, "malformed")
+        # Alice's order is not Mallory's to read or finalize.
+        reply = alice.new_order(["a.neg.test"])
+        order_url, order = reply.headers["location"], reply.json
+        assert mallory.post(order_url, None).problem == "unauthorized"
+        assert mallory.finalize(order, ["a.neg.test"]).problem == "unauthorized"
+        # A failing challenge: the wrong key authorization; the order is invalid, finalize fails.
+        [challenge] = alice.challenges(order, "http-01")
+        responder.tokens[challenge["token"]] = f"{challenge['token']}.wrongthumbprint"
+        alice.post(challenge["url"], {})
+        failed = alice.poll(order_url, ("invalid", "ready"))
+        assert failed["status"] == "invalid" and failed["error"]["type"].endswith(":unauthorized")
+        reply = alice.finalize(order, ["a.neg.test"])
+        assert (reply.status, reply.problem) == (403, "orderNotReady")
+        # A CSR with a name the order does not have.
+        reply = alice.new_order(["b.neg.test"])
+        order_url, order = reply.headers["location"], reply.json
+        for challenge in alice.challenges(order, "http-01"):
+            responder.tokens[challenge["token"]] = alice.key_authorization(challenge["token"])
+            alice.post(challenge["url"], {})
+        assert alice.poll(order_url, ("ready", "invalid"))["status"] == "ready"
+        reply = alice.finalize(order, ["b.neg.test", "evil.neg.test"])
+        assert (reply.status, reply.problem) == (400, "badCSR")
+        assert alice.post(order_url, None).json["status"] == "ready"
+        # CAA forbids this CA (at the name, and above it): the challenge is met, the CA refuses.
+        for name in ("forbidden.test", "x.forbidden.test", "critical.test"):
+            reply = alice.new_order([name])
+            order_url, order = reply.headers["location"], reply.json
+            [challenge] = alice.challenges(order, "http-01")
+            responder.tokens[challenge["token"]] = alice.key_authorization(challenge["token"])
+            alice.post(challenge["url"], {})
+            failed = alice.poll(order_url, ("invalid", "ready"))
+            assert failed["status"] == "invalid" and failed["error"]["type"].endswith(":caa"), failed
+            assert alice.finalize(order, [name]).problem == "orderNotReady"
+    assert acme.issued_count() == before
+
+
+def test_caa_issuewild_and_dns01(acme: Acme) -> None:
+    """A wildcard is proven by dns-01 (the TXT record set through BIND); CAA issuewild at
+    wild.test names another CA, so vouch refuses *.wild.test but issues for wild.test."""
+    client = acme.client()
+    for names, expected in ((["*.wild.test"], "invalid"), (["wild.test"], "ready")):
+        reply = client.new_order(names)
+        order_url, order = reply.headers["location"], reply.json
+        for challenge in client.challenges(order, "dns-01"):
+            digest = hashes.Hash(hashes.SHA256())
+            digest.update(client.key_authorization(challenge["token"]).encode())
+            acme.bind.update("_acme-challenge.wild.test.", "TXT", f'"{b64url(digest.finalize())}"')
+            client.post(challenge["url"], {})
+        result = client.poll(order_url, ("invalid", "ready"))
+        acme.bind.update("_acme-challenge.wild.test.", "TXT", None, delete=True)
+        assert result["status"] == expected, result
+        if expected == "invalid":
+            assert result["error"]["type"].endswith(":caa") and "issuewild" in result["error"]["detail"]
+
+
+def test_caa_is_checked_again_at_finalize(acme: Acme) -> None:
+    """A validation older than caa_recheck_after (2 s here) is re-checked at finalize: a CAA
+    record published since then refuses issuance."""
+    before = acme.issued_count()
+    client = acme.client()
+    with http01_responder(acme.http01_port) as responder:
+        reply = client.new_order(["recheck.test"])
+        order_url, order = reply.headers["location"], reply.json
+        [challenge] = client.challenges(order, "http-01")
+        responder.tokens[challenge["token"]] = client.key_authorization(challenge["token"])
+        client.post(challenge["url"], {})
+        assert client.poll(order_url, ("ready", "invalid"))["status"] == "ready"
+    acme.bind.update("recheck.test.", "CAA", '0 issue "other-ca.example"')
+    try:
+        time.sleep(2.5)
+        reply = client.finalize(order, ["recheck.test"])
+        assert (reply.status, reply.problem) == (403, "caa")
+        assert client.post(order_url, None).json["status"] == "invalid"
+    finally:
+        acme.bind.update("recheck.test.", "CAA", None, delete=True)
+    assert acme.issued_count() == before
+
+
+# -- renewal information (RFC 9773) ----------------------------------------------------------------
+
+
+def test_renewal_info_and_replaces(acme: Acme) -> None:
+    alice, bob = acme.client(), acme.client()
+    with http01_responder(acme.http01_port) as responder:
+        _, pem = alice.issue(["a.ari.test", "b.ari.test"], responder)
+        certificate = x509.load_pem_x509_certificates(pem)[0]
+        cert_id = cert_id_of(certificate).text()
+        url = f"{alice.directory['renewalInfo']}/{cert_id}"
+        reply = httpx.get(url, verify=acme.context)
+        assert reply.status_code == 200 and int(reply.headers["retry-after"]) > 0
+        window = reply.json()["suggestedWindow"]
+        start = dt.datetime.fromisoformat(window["start"])
+        lifetime = certificate.not_valid_after_utc - certificate.not_valid_before_utc
+        assert start - certificate.not_valid_before_utc == pytest.approx(lifetime * 2 / 3, abs=dt.timedelta(seconds=2))
+        assert dt.datetime.fromisoformat(window["end"]) > start
+        # Unknown and malformed identifiers.
+        assert httpx.get(url[:-2] + "AA", verify=acme.context).status_code == 404
+        assert httpx.get(url + ".x", verify=acme.context).json()["type"].endswith(":malformed")
+        # Bob cannot replace Alice's certificate.
+        reply = bob.new_order(["a.ari.test"], replaces=cert_id)
+        assert (reply.status, reply.problem) == (403, "unauthorized")
+        # Alice replaces it once; a second replacement is refused after the first is finalized.
+        _, renewed = alice.issue(["a.ari.test", "b.ari.test"], responder, replaces=cert_id)
+        reply = alice.new_order(["a.ari.test"], replaces=cert_id)
+        assert (reply.status, reply.problem) == (409, "alreadyReplaced")
+        # The CA pulls the renewed certificate's window to now (vouch acme renew-now).
+        serial = format(x509.load_pem_x509_certificates(renewed)[0].serial_number, "X")
+        run_vouch(acme.home, "acme", "renew-now", "--serial", serial)
+        renewed_id = cert_id_of(x509.load_pem_x509_certificates(renewed)[0]).text()
+        window = httpx.get(
+            f"{alice.directory['renewalInfo']}/{renewed_id}", verify=acme.context
+        ).json()["suggestedWindow"]
+        assert dt.datetime.fromisoformat(window["start"]) <= dt.datetime.now(dt.UTC)
+
+
+# -- rate limits -----------------------------------------------------------------------------------
+
+
+def test_rate_limits(acme: Acme) -> None:
+    client = acme.client()
+    with http01_responder(acme.http01_port) as responder:
+        # Three certificates per registered domain (limit.test) an hour, then rateLimited.
+        for i in range(3):
+            client.issue([f"n{i}.limit.test"], responder)
+        reply = client.new_order(["n9.limit.test"])
+        assert (reply.status, reply.problem) == (429, "rateLimited")
+        assert 3000 < int(reply.headers["retry-after"]) <= 3600
+    # Ten new orders per account an hour (three used above).
+    for i in range(7):
+        assert client.new_order([f"o{i}.orders{i}.test"]).status == 201
+    reply = client.new_order(["o.orders.test"])
+    assert (reply.status, reply.problem) == (429, "rateLimited")
+    assert "retry-after" in reply.headers
+    # Another account is not limited by the first one's orders.
+    assert acme.client().new_order(["p.orders.test"]).status == 201
+
+
+def test_certificate_download_links(acme: Acme) -> None:
+    client = acme.client()
+    with http01_responder(acme.http01_port) as responder:
+        order_url, _ = client.issue(["a.links.test"], responder)
+    order = client.post(order_url, None)
+    assert 'rel="index"' in order.headers["link"]
+    reply = client.post(order.json["certificate"], None)
+    assert reply.headers["content-type"].startswith("application/pem-certificate-chain")
+    # One chain exists (no cross-signs): no rel="alternate".
+    assert 'rel="index"' in reply.headers["link"] and "alternate" not in reply.headers["link"]
+    assert len(x509.load_pem_x509_certificates(reply.content)) == 2

@@ -9,6 +9,7 @@ deleted and restored under a live backend, which must fail fast and then recover
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import re
@@ -49,8 +50,10 @@ from vouch.keys.pkcs11 import (
 )
 from vouch.keys.registry import KeyRegistry
 from vouch.services.authority import IssuanceRequest
+from vouch.wiring import Vouch
 from vouch.x509.crl import CRLSpec, build_crl
 from vouch.x509.csr import load_csr
+from vouch.x509.keypolicy import spki_sha256
 from vouch.x509.keytypes import KeyType
 from vouch.x509.signing import sign_data, signature_hash_for
 
@@ -463,3 +466,122 @@ def test_vouch_home_issues_under_an_hsm_intermediate(
         issued.certificate.verify_directly_issued_by(created.certificate)
     finally:
         vouch.close()
+
+
+# -- the command line: init, new intermediates, keys list/test, rollover -------------------------
+
+CLI_TOKEN = "vouch-cli"
+
+
+def test_cli_init_with_keys_in_the_token(softhsm: SoftHsm, tmp_path: Path) -> None:
+    from tests.servers import run_vouch
+
+    tool = require_tool("pkcs11-tool")
+    token_dir = softhsm.init_token(CLI_TOKEN)
+    pin_file = tmp_path / "pin"
+    pin_file.write_text(USER_PIN + "\n")
+    pin_file.chmod(0o600)
+    home = tmp_path / "home"
+    backend_arg = f"pkcs11:token={CLI_TOKEN}"
+    pkcs11_args = ("--key-backend", backend_arg, "--pkcs11-pin-file", str(pin_file))
+    made = run_vouch(home, "init", *pkcs11_args)
+    assert f"pkcs11:token={CLI_TOKEN};object=issuing" in made.stdout
+
+    listed = {k["ca"]: k for k in json.loads(run_vouch(home, "keys", "list", "--json").stdout)}
+    assert listed["root"]["backend"] == listed["issuing"]["backend"] == "pkcs11"
+    assert listed["issuing"]["ref"] == f"pkcs11:token={CLI_TOKEN};object=issuing"
+    root_pem = (home / "root.pem").read_bytes()
+    assert listed["root"]["spki_sha256"] == spki_sha256(
+        x509.load_pem_x509_certificate(root_pem).public_key()
+    )
+    tested = run_vouch(home, "keys", "test")
+    assert tested.stdout.count("ok ") == 2
+    run_vouch(home, "cert", "new", "hsm.example.com", "--out-dir", str(tmp_path))
+
+    # A second home on the same token may not take the same labels; nothing is left behind.
+    again = run_vouch(tmp_path / "home-2", "init", *pkcs11_args, check=False)
+    assert again.returncode == 6 and "already holds a key labelled 'root'" in again.stderr
+    assert not (tmp_path / "home-2" / "vouch.toml").exists()
+
+    run_vouch(home, "ca", "new-intermediate", "hsm-2", "--key-backend", backend_arg)
+    objects = subprocess.run(
+        [tool, "--module", str(softhsm.module_path), "--token-label", CLI_TOKEN, *LIST_LOGIN],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+    [block] = [
+        b
+        for b in re.split(r"\n(?=\S)", objects)
+        if b.startswith("Private Key Object") and "label:      hsm-2" in b
+    ]
+    assert "never extractable" in block and "sensitive" in block
+    assert run_vouch(home, "keys", "test", "--ca", "hsm-2").returncode == 0
+
+    # A wrong PIN: a clear error, exit 7, and the PIN appears nowhere.
+    pin_file.write_text(WRONG_PIN + "\n")
+    wrong = run_vouch(home, "keys", "test", "--ca", "issuing", check=False)
+    assert wrong.returncode == 7 and "wrong PIN" in wrong.stdout
+    assert WRONG_PIN not in wrong.stdout + wrong.stderr and "Traceback" not in wrong.stderr
+    pin_file.write_text(USER_PIN + "\n")
+
+    # The token gone: exit 9 (unavailable), the token named; back again: fine.
+    parked = tmp_path / "parked-token"
+    shutil.move(token_dir, parked)
+    try:
+        gone = run_vouch(home, "keys", "test", check=False)
+        assert gone.returncode == 9 and CLI_TOKEN in gone.stdout
+    finally:
+        shutil.move(parked, token_dir)
+    assert run_vouch(home, "keys", "test").returncode == 0
+
+
+def test_cli_rollover_from_a_key_file_into_the_token(softhsm: SoftHsm, tmp_path: Path) -> None:
+    from tests.servers import run_vouch
+
+    openssl = require_tool("openssl")
+    token = "vouch-rollover"
+    softhsm.init_token(token)
+    home = tmp_path / "home"
+    run_vouch(home, "init")
+    env_pin = os.environ.get("VOUCH_PKCS11_PIN")
+    os.environ["VOUCH_PKCS11_PIN"] = USER_PIN  # the other way to give the PIN
+    try:
+        rolled = run_vouch(
+            home, "ca", "rollover", "issuing", "--key-backend", f"pkcs11:token={token}"
+        )
+        assert "issuing-2" in rolled.stdout
+        run_vouch(home, "cert", "new", "rolled.example.com", "--out-dir", str(tmp_path))
+    finally:
+        if env_pin is None:
+            os.environ.pop("VOUCH_PKCS11_PIN", None)
+        else:
+            os.environ["VOUCH_PKCS11_PIN"] = env_pin
+    leaf = tmp_path / "rolled.example.com.pem"
+    verified = subprocess.run(
+        [
+            openssl,
+            "verify",
+            "-x509_strict",
+            "-CAfile",
+            str(home / "root.pem"),
+            "-untrusted",
+            str(leaf),
+            str(leaf),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert verified.returncode == 0, verified.stderr
+    cas = {a["name"]: a for a in json.loads(run_vouch(home, "ca", "list", "--json").stdout)}
+    assert cas["issuing"]["status"] == "retired" and cas["issuing-2"]["key_backend"] == "pkcs11"
+    vouch = Vouch(home, passphrase=passphrase)
+    try:
+        [changed] = [data for _, _, _, data in vouch.store.list_events("ca.key-backend-changed")]
+        [rolled_over] = [data for _, _, _, data in vouch.store.list_events("ca.rolled-over")]
+    finally:
+        vouch.close()
+    assert changed["old_backend"] == "file" and changed["new_backend"] == "pkcs11"
+    assert rolled_over["old"] == "issuing" and rolled_over["new"] == "issuing-2"

@@ -135,6 +135,11 @@ def test_server_tls_certificate_renews_on_its_own(tmp_path: Path) -> None:
         assert (files.key.stat().st_mode & 0o077) == 0
         assert not needs_renewal(files, names, clock.now())
         assert needs_renewal(files, ["localhost"], clock.now())  # other names: a new one
+        # Its CA no longer issues (retired in a rollover or an incident): a new one at once.
+        issuing = x509.load_der_x509_certificate(vouch.authority().ca.record.certificate)
+        root = x509.load_pem_x509_certificate((vouch.home / "root.pem").read_bytes())
+        assert not needs_renewal(files, names, clock.now(), [issuing])
+        assert needs_renewal(files, names, clock.now(), [root])
         clock.advance(dt.timedelta(days=21))  # two thirds of the 30-day default
         assert needs_renewal(files, names, clock.now())
     finally:

@@ -86,7 +86,7 @@ class Jws:
 def parse(body: bytes) -> Jws:
     """A flattened JWS with the protected header fields RFC 8555 6.2 requires."""
     if len(body) > MAX_BODY:
-        raise AcmeProblem("malformed", f"request bodies are at most {MAX_BODY} bytes", status=413)
+        raise AcmeProblem("malformed", f"request bodies are at most {MAX_BODY} bytes")
     try:
         outer = json.loads(body)
     except ValueError as exc:
@@ -113,7 +113,7 @@ def parse(body: bytes) -> Jws:
     if not isinstance(protected.get("nonce"), str):
         raise AcmeProblem("badNonce", "the protected header has no nonce")
     if not isinstance(protected.get("url"), str):
-        raise AcmeProblem("unauthorized", "the protected header has no url", status=403)
+        raise AcmeProblem("unauthorized", "the protected header has no url")
     if ("jwk" in protected) == ("kid" in protected):
         raise malformed("the protected header needs exactly one of jwk and kid")
     payload_b64 = outer["payload"]

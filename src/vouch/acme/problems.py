@@ -1,4 +1,8 @@
-"""ACME problem documents (RFC 8555 6.7, RFC 7807) as exceptions the HTTP face renders."""
+"""ACME problem documents (RFC 8555 6.7, RFC 7807) as exceptions the HTTP face renders.
+
+A problem carries its ACME error type and a client-safe detail, never an HTTP status: the face
+(``server.acme``) chooses the status from the type, once.
+"""
 
 from __future__ import annotations
 
@@ -15,23 +19,18 @@ class AcmeProblem(Exception):
         kind: str,
         detail: str,
         *,
-        status: int = 400,
         subproblems: list[dict[str, Any]] | None = None,
         retry_after: int | None = None,
     ) -> None:
         super().__init__(detail)
         self.kind = kind
         self.detail = detail
-        self.status = status
         self.subproblems = subproblems
         self.retry_after = retry_after
 
     def document(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "type": NS + self.kind,
-            "detail": self.detail,
-            "status": self.status,
-        }
+        """The problem as stored in an order or challenge (the face adds the HTTP status)."""
+        body: dict[str, Any] = {"type": NS + self.kind, "detail": self.detail}
         if self.subproblems:
             body["subproblems"] = self.subproblems
         return body
@@ -42,16 +41,8 @@ def malformed(detail: str) -> AcmeProblem:
 
 
 def unauthorized(detail: str) -> AcmeProblem:
-    return AcmeProblem("unauthorized", detail, status=403)
+    return AcmeProblem("unauthorized", detail)
 
 
-def bad_nonce(detail: str = "the nonce is unknown, used, or expired") -> AcmeProblem:
-    return AcmeProblem("badNonce", detail)
-
-
-def account_does_not_exist(detail: str = "no account with this key") -> AcmeProblem:
-    return AcmeProblem("accountDoesNotExist", detail)
-
-
-def not_found(detail: str) -> AcmeProblem:
-    return AcmeProblem("malformed", detail, status=404)
+def rate_limited(detail: str, retry_after: int) -> AcmeProblem:
+    return AcmeProblem("rateLimited", detail, retry_after=max(1, retry_after))

@@ -11,6 +11,11 @@ from vouch.cli.context import CliState, errors_to_exit, passphrase_source
 
 app = typer.Typer(no_args_is_help=True)
 
+KEY_BACKEND_HELP = (
+    "Where the new key is made: file (keys/NAME.key.pem, encrypted), file:PATH, "
+    "pkcs11:token=LABEL (object NAME) or pkcs11:token=LABEL;object=KEY."
+)
+
 
 def _open(ctx: typer.Context):  # type: ignore[no-untyped-def]
     from vouch.wiring import Vouch
@@ -94,6 +99,16 @@ def new_intermediate_command(
     exclude_dns: Annotated[
         list[str] | None, typer.Option("--exclude-dns", show_default=False)
     ] = None,
+    key_backend: Annotated[str, typer.Option("--key-backend", help=KEY_BACKEND_HELP)] = "file",
+    csr_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--csr-out",
+            help="Make the key and write a CSR here for an offline root ceremony to sign "
+            "(then: vouch ceremony import).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """A further issuing CA under the same root (another team, or a standby)."""
     from vouch.durations import parse_duration
@@ -101,6 +116,31 @@ def new_intermediate_command(
     from vouch.x509.keytypes import parse_key_type
     from vouch.x509.names import normalize_dns
 
+    if csr_out is not None:
+        from vouch.keys.base import new_key_ref
+
+        with errors_to_exit():
+            vouch = _open(ctx)
+            key_ref = new_key_ref(key_backend, name)
+            if csr_out.exists():
+                from vouch.errors import Conflict
+
+                raise Conflict(f"{csr_out} already exists; refusing to overwrite it")
+            pem = vouch.ca_admin().intermediate_csr(
+                name=name,
+                organization=vouch.config.organization,
+                country=vouch.config.country,
+                key_type=parse_key_type(key_type),
+                key_ref=key_ref,
+            )
+            from vouch.fsutil import atomic_write
+
+            atomic_write(csr_out, pem, overwrite=False)
+        print(f"Made the key {key_ref} and its CSR {csr_out}; nothing is recorded yet.")
+        print(
+            f"After the ceremony signs it: vouch ceremony import TRANSCRIPT --key-backend '{key_ref}'"
+        )
+        return
     with errors_to_exit():
         vouch = _open(ctx)
         constraints = None
@@ -116,10 +156,12 @@ def new_intermediate_command(
             root_key_dir=root_key,
             status="standby" if standby else "active",
             name_constraints=constraints,
+            key_backend=key_backend,
         )
     print(
         f"Created intermediate {created.record.name} (serial {created.record.serial}, "
-        f"{created.record.status}, until {created.record.not_after:%Y-%m-%d})"
+        f"{created.record.status}, until {created.record.not_after:%Y-%m-%d}, "
+        f"key {created.record.key_ref})"
     )
 
 
@@ -199,3 +241,93 @@ def revoke_command(
         f"Revoked CA {name} (certificate {revoked.serial}, {revoked.reason}); "
         f"root CRL number {crls[0].number} lists it"
     )
+
+
+@app.command("activate")
+def activate_command(
+    ctx: typer.Context,
+    name: str,
+    replaces: Annotated[
+        str | None,
+        typer.Option(
+            "--replaces",
+            help="The active intermediate it takes over from (retired; its CRL and OCSP stay).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Start issuing under a standby intermediate (e.g. one signed in a ceremony)."""
+    with errors_to_exit():
+        vouch = _open(ctx)
+        record = vouch.ca_admin().activate(name, replaces=replaces)
+    print(f"CA {record.name} is active" + (f"; {replaces} is retired" if replaces else ""))
+
+
+@app.command("rollover")
+def rollover_command(
+    ctx: typer.Context,
+    name: str,
+    new_name: Annotated[
+        str | None,
+        typer.Option(
+            "--new-name",
+            help="Name of the new intermediate (default NAME-2, ...).",
+            show_default=False,
+        ),
+    ] = None,
+    key_type: Annotated[
+        str | None,
+        typer.Option("--key-type", help="Default: the old CA's key type.", show_default=False),
+    ] = None,
+    validity: Annotated[str, typer.Option("--validity")] = "5y",
+    key_backend: Annotated[
+        str | None,
+        typer.Option(
+            "--key-backend",
+            help=KEY_BACKEND_HELP + " Default: the old CA's backend.",
+            show_default=False,
+        ),
+    ] = None,
+    root_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--root-key", help="Offline root directory holding root.key.pem.", show_default=False
+        ),
+    ] = None,
+) -> None:
+    """Replace an intermediate with a new one (new key) that issues from now on; the old one is
+    retired and keeps its CRL and OCSP until it expires."""
+    from vouch.durations import parse_duration
+    from vouch.x509.keytypes import parse_key_type
+
+    with errors_to_exit():
+        vouch = _open(ctx)
+        old = vouch.store.get_authority(name)
+        names = {a.name for a in vouch.store.list_authorities()}
+        chosen = new_name or next(
+            f"{name}-{n}" for n in range(2, 10_000) if f"{name}-{n}" not in names
+        )
+        backend = key_backend or _backend_of(old.key_ref)
+        created = vouch.rollover_intermediate(
+            name,
+            new_name=chosen,
+            key_type=parse_key_type(key_type or old.key_type),
+            validity=parse_duration(validity),
+            root_key_dir=root_key,
+            key_backend=backend,
+        )
+    print(
+        f"Rolled over {name} -> {created.record.name} (serial {created.record.serial}, "
+        f"until {created.record.not_after:%Y-%m-%d}, key {created.record.key_ref}); "
+        f"{name} is retired and keeps serving revocation until {old.not_after:%Y-%m-%d}"
+    )
+
+
+def _backend_of(key_ref: str) -> str:
+    """The --key-backend that makes a sibling of ``key_ref``: same token, or files."""
+    scheme, _, location = key_ref.partition(":")
+    if scheme == "pkcs11":
+        token = next((p for p in location.split(";") if p.startswith("token=")), None)
+        if token is not None:
+            return f"pkcs11:{token}"
+    return "file"

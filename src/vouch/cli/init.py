@@ -54,6 +54,30 @@ def init_command(
             "--passphrase-file", help="File holding the key passphrase.", show_default=False
         ),
     ] = None,
+    key_backend: Annotated[
+        str,
+        typer.Option(
+            "--key-backend",
+            help="Where the CA keys are made: file (encrypted files in the home) or "
+            "pkcs11:token=LABEL (keys 'root' and 'issuing' made in the token).",
+        ),
+    ] = "file",
+    pkcs11_module: Annotated[
+        str | None,
+        typer.Option(
+            "--pkcs11-module",
+            help="PKCS#11 module (default: SoftHSM2's); written to keys.pkcs11_module.",
+            show_default=False,
+        ),
+    ] = None,
+    pkcs11_pin_file: Annotated[
+        str | None,
+        typer.Option(
+            "--pkcs11-pin-file",
+            help="File (mode 0600) with the token's user PIN; else VOUCH_PKCS11_PIN.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Create a root CA, an issuing intermediate, vouch.toml and a database."""
     state: CliState = ctx.obj
@@ -83,13 +107,17 @@ def init_command(
             public_url=public_url,
             force=force,
             name_constraints=constraints,
+            key_backend=key_backend,
+            pkcs11_module=pkcs11_module,
+            pkcs11_pin_file=pkcs11_pin_file,
         )
         roots = vouch.store.list_authorities()
         vouch.close()
     print(f"Created a vouch home at {state.home}")
     for record in roots:
         print(
-            f"  {record.role:<12} {record.name:<10} serial {record.serial}  until {record.not_after:%Y-%m-%d}"
+            f"  {record.role:<12} {record.name:<10} serial {record.serial}  "
+            f"until {record.not_after:%Y-%m-%d}  key {record.key_ref}"
         )
     if offline_root is not None:
         print(f"The root key is in {offline_root}; no root key is in the home. Keep it offline.")

@@ -7,7 +7,24 @@ from typing import Annotated
 
 import typer
 
-from vouch.cli import acme_admin, audit, ca, ceremony, cert, crl, demo, init, keys, serve, token
+from vouch.cli import (
+    acme_admin,
+    admin,
+    agent,
+    audit,
+    ca,
+    ceremony,
+    cert,
+    crl,
+    demo,
+    discover,
+    incident,
+    init,
+    keys,
+    monitor,
+    serve,
+    token,
+)
 from vouch.cli.context import CliState, default_home
 
 app = typer.Typer(
@@ -43,13 +60,18 @@ app.command("demo")(demo.demo_command)
 app.command("crl")(crl.crl_command)
 app.command("serve")(serve.serve_command)
 app.command("publish")(serve.publish_command)
+app.command("monitor")(monitor.monitor_command)
+app.command("discover")(discover.discover_command)
+app.add_typer(agent.app, name="agent", help="Keep certificates renewed over ACME (a daemon, or --once).")
 app.add_typer(cert.app, name="cert", help="Issue, list, show and export certificates.")
 app.add_typer(ca.app, name="ca", help="List, inspect and create certificate authorities.")
 app.add_typer(audit.app, name="audit", help="The audit log: verify, prove, export, witness.")
 app.add_typer(keys.app, name="keys", help="CA keys: list, test, back up (M-of-N), restore.")
 app.add_typer(ceremony.app, name="ceremony", help="Offline root ceremonies with signed transcripts.")
 app.add_typer(acme_admin.app, name="acme", help="ACME administration: external account binding keys.")
-app.add_typer(token.app, name="token", help="One-time provisioner tokens for the API.")
+app.command("token")(token.token_command)
+app.add_typer(admin.app, name="admin", help="API tokens for administrators; provisioners.")
+app.add_typer(incident.app, name="incident", help="Emergency rotation of a compromised CA.")
 
 
 def run() -> None:

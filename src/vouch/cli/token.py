@@ -1,7 +1,99 @@
-"""``vouch token``: One-time provisioner tokens for the API."""
+"""``vouch token``: one-time provisioner tokens for the API."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Annotated
+
 import typer
 
-app = typer.Typer(no_args_is_help=True)
+from vouch.cli.context import CliState, errors_to_exit, passphrase_source
+
+if TYPE_CHECKING:
+    from vouch.services.provisioners import Provisioner
+    from vouch.wiring import Vouch
+
+
+def token_command(
+    ctx: typer.Context,
+    names: Annotated[list[str], typer.Argument(help="The names the certificate may carry.")],
+    ttl: Annotated[
+        str | None,
+        typer.Option("--ttl", help="How long the token is good (default: the provisioner's)."),
+    ] = None,
+    provisioner: Annotated[
+        str | None,
+        typer.Option(
+            "--provisioner", help="Which provisioner signs it (default: the only token one)."
+        ),
+    ] = None,
+    audience: Annotated[
+        str | None,
+        typer.Option("--audience", help="The API URL it is for (default: this home's)."),
+    ] = None,
+) -> None:
+    """Print a signed token that lets its bearer get one certificate for NAMES, once, soon.
+
+    Redeem it with POST /api/v1/certificates {"csr": ..., "token": ...} (docs/api.md)."""
+    from vouch.durations import parse_duration
+    from vouch.errors import BadInput, ConfigError
+    from vouch.keys.base import KeyRef
+    from vouch.services.tokens import mint_token
+    from vouch.wiring import Vouch
+    from vouch.x509.names import dedupe, parse_name
+
+    state: CliState = ctx.obj
+    with errors_to_exit():
+        vouch = Vouch(state.home, passphrase=passphrase_source(state))
+        try:
+            chosen = _choose(vouch, provisioner)
+            parsed = dedupe(parse_name(n) for n in names)
+            chosen.policy.check_names(parsed)  # fail here, not when the machine redeems it
+            lifetime = parse_duration(ttl) if ttl else chosen.token_ttl
+            if lifetime > chosen.max_token_ttl:
+                raise BadInput(
+                    f"--ttl {ttl} is longer than provisioner {chosen.name} allows "
+                    f"({chosen.max_token_ttl})"
+                )
+            if not chosen.key_ref:
+                raise ConfigError(
+                    f"provisioner {chosen.name} has no key here (provisioners.key)",
+                    hint="run this where the provisioner's private key is configured",
+                )
+            key = vouch.keys.load(KeyRef.parse(chosen.key_ref))
+            if key.public_key() != chosen.public_key:
+                raise ConfigError(
+                    f"the key {chosen.key_ref} is not provisioner {chosen.name}'s public_key"
+                )
+            token = mint_token(
+                key,
+                provisioner=chosen.name,
+                audience=audience or vouch.api_audience(),
+                names=[n.value for n in parsed],
+                ttl=lifetime,
+                now=vouch.clock.now(),
+            )
+        finally:
+            vouch.close()
+    print(token)
+
+
+def _choose(vouch: Vouch, name: str | None) -> Provisioner:
+    from vouch.errors import BadInput, NotFound
+
+    if name is not None:
+        found = vouch.provisioners.get(name)
+        if found.type != "token":
+            raise BadInput(f"provisioner {name} is of type {found.type}; tokens need type token")
+        return found
+    candidates = [p for p in vouch.provisioners.all() if p.type == "token"]
+    if not candidates:
+        raise NotFound(
+            "this home has no token provisioner",
+            hint="vouch admin provisioner add NAME creates one",
+        )
+    if len(candidates) > 1:
+        raise BadInput(
+            "several token provisioners: name one with --provisioner",
+            hint=", ".join(p.name for p in candidates),
+        )
+    return candidates[0]

@@ -1,7 +1,7 @@
 """The key backend protocol and key references.
 
 A key reference is a URI whose scheme picks the backend: ``file:keys/issuing.key.pem`` (relative
-to the vouch home), ``pkcs11:token=...;object=...`` (a later backend), ``none:`` for a CA whose key
+to the vouch home), ``pkcs11:token=...;object=...`` (a key in a PKCS#11 token), ``none:`` for a CA whose key
 is held elsewhere (an offline root, an intermediate signed for another team).
 """
 
@@ -36,6 +36,28 @@ class KeyRef:
 
     def __str__(self) -> str:
         return f"{self.scheme}:{self.location}"
+
+
+def new_key_ref(spec: str, name: str) -> KeyRef:
+    """Where a new CA key for the CA ``name`` goes, from a ``--key-backend`` value.
+
+    ``file`` (or ``file:``): ``file:keys/NAME.key.pem`` in the home; ``file:PATH`` as given;
+    ``pkcs11:token=LABEL``: the key object ``NAME`` in that token; a full
+    ``pkcs11:token=LABEL;object=KEY`` as given. Other schemes pass through to their backend.
+    """
+    text = spec.strip()
+    if text in ("file", "file:"):
+        return KeyRef("file", f"keys/{name}.key.pem")
+    if text == "pkcs11" or text == "pkcs11:":
+        raise ConfigError(
+            "a pkcs11 key backend names its token", hint="e.g. --key-backend pkcs11:token=vouch"
+        )
+    ref = KeyRef.parse(text)
+    if ref.scheme == "pkcs11":
+        parts = [p.strip().lower().partition("=")[0] for p in ref.location.split(";") if p]
+        if "object" not in parts and "id" not in parts:
+            return KeyRef("pkcs11", f"{ref.location.rstrip(';')};object={name}")
+    return ref
 
 
 class KeyBackend(Protocol):

@@ -1,8 +1,10 @@
 """The ACME face (RFC 8555 over HTTPS): JWS checks, nonces, URLs, problem documents.
 
 Protocol decisions live in ``services.acme``; this module only speaks HTTP: it checks the JWS
-envelope (url header, nonce, key), calls the service in a thread, and renders objects with their
-URLs. Validation runs as an asyncio task, so a slow target holds up nothing else.
+envelope (url header, nonce, key), calls the service, and renders objects with their URLs. A
+request makes one trip to a worker thread (nonce, account, signature, the service's work and the
+reply together): a hop per step cost more than the steps on a busy core. Validation runs as an
+asyncio task, so a slow target holds up nothing else.
 """
 
 from __future__ import annotations
@@ -30,7 +32,26 @@ from vouch.services.acme import AcmeService, key_authorization
 from vouch.store.acme import Account, Authz, Challenge, Order
 
 log = logging.getLogger(__name__)
-Handler = Callable[[Request, Jws, Account | None, AccountKey], Awaitable[Response]]
+# Handlers run in a worker thread, after the envelope and the signature were checked there.
+Handler = Callable[[Request, Jws, Account | None, AccountKey], Response]
+
+# The HTTP status of each ACME error type, chosen here and nowhere else (400 otherwise).
+STATUS = {
+    "unauthorized": 403,
+    "userActionRequired": 403,
+    "orderNotReady": 403,
+    "caa": 403,
+    "conflict": 409,
+    "alreadyReplaced": 409,
+    "rateLimited": 429,
+    "serverInternal": 500,
+}
+# Vouch error categories that reach this face, as (ACME type, status).
+CATEGORIES = {
+    "not-found": ("malformed", 404),
+    "conflict": ("conflict", 409),
+    "bad-input": ("malformed", 400),
+}
 
 
 def _time(value: dt.datetime) -> str:
@@ -42,6 +63,9 @@ class AcmeFace:
         self.state = state
         self._validator: Validator | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # PEM of the CAs above each issuer (they do not change while a CA issues).
+        self._chains: dict[int, bytes] = {}
 
     @property
     def service(self) -> AcmeService:
@@ -69,6 +93,7 @@ class AcmeFace:
             Route("/acme/chall/{id:int}", self.wrap(self.challenge), methods=post),
             Route("/acme/cert/{id:int}", self.wrap(self.certificate), methods=post),
             Route("/acme/revoke-cert", self.wrap(self.revoke, jwk=True), methods=post),
+            Route("/acme/renewal-info/{cert_id}", self.renewal_info, methods=["GET"]),
         ]
 
     # -- envelope ------------------------------------------------------------------------------
@@ -77,28 +102,31 @@ class AcmeFace:
     def base(request: Request) -> str:
         return f"{request.url.scheme}://{request.url.netloc}/acme"
 
-    async def _headers(self, request: Request) -> dict[str, str]:
-        nonce = await run_in_threadpool(self.service.new_nonce)
+    def _headers(self, request: Request) -> dict[str, str]:
+        nonce = self.service.new_nonce()  # no I/O once the nonce key is loaded
         return {
             "Replay-Nonce": nonce,
             "Link": f'<{self.base(request)}/directory>;rel="index"',
             "Cache-Control": "no-store",
         }
 
-    async def problem(self, request: Request, problem: AcmeProblem) -> Response:
+    def problem(
+        self, request: Request, problem: AcmeProblem, *, status: int | None = None
+    ) -> Response:
         headers = {}
         with contextlib.suppress(VouchError):
-            headers = await self._headers(request)
+            headers = self._headers(request)
         if problem.retry_after is not None:
             headers["Retry-After"] = str(problem.retry_after)
+        status = status or STATUS.get(problem.kind, 400)
         return JSONResponse(
-            problem.document(),
-            status_code=problem.status,
+            {**problem.document(), "status": status},
+            status_code=status,
             headers=headers,
             media_type="application/problem+json",
         )
 
-    async def reply(
+    def reply(
         self,
         request: Request,
         body: Any,
@@ -106,7 +134,7 @@ class AcmeFace:
         status: int = 200,
         headers: dict[str, str] | None = None,
     ) -> Response:
-        merged = await self._headers(request)
+        merged = self._headers(request)
         merged.update(headers or {})
         return JSONResponse(body, status_code=status, headers=merged)
 
@@ -114,62 +142,75 @@ class AcmeFace:
         self, handler: Handler, *, jwk: bool = False
     ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
+            too_large = AcmeProblem("malformed", f"request bodies are at most {MAX_BODY} bytes")
+            self._loop = asyncio.get_running_loop()
             try:
                 if request.url.scheme != "https":
                     raise unauthorized("ACME is served over HTTPS only")
-                length = int(request.headers.get("content-length") or 0)
-                if length > MAX_BODY:
-                    raise AcmeProblem("malformed", "the request body is too large", status=413)
+                if int(request.headers.get("content-length") or 0) > MAX_BODY:
+                    return self.problem(request, too_large, status=413)
                 if (
                     request.headers.get("content-type", "").split(";")[0].strip()
                     != "application/jose+json"
                 ):
-                    raise AcmeProblem(
-                        "malformed", "Content-Type must be application/jose+json", status=415
+                    return self.problem(
+                        request,
+                        malformed("Content-Type must be application/jose+json"),
+                        status=415,
                     )
-                jws = parse(await request.body())
-                if jws.url != str(request.url):
-                    raise unauthorized(f"the JWS url {jws.url!r} is not this request's URL")
-                await run_in_threadpool(self.service.use_nonce, jws.nonce)
-                account: Account | None = None
-                if jws.kid is not None:
-                    prefix = f"{self.base(request)}/acct/"
-                    if not jws.kid.startswith(prefix) or not jws.kid[len(prefix) :].isdigit():
-                        raise AcmeProblem("accountDoesNotExist", f"unknown account {jws.kid}")
-                    account, key = await run_in_threadpool(
-                        self.service.account_for_kid, jws.kid, int(jws.kid[len(prefix) :])
-                    )
-                elif jwk:
-                    assert jws.jwk is not None
-                    key = key_from_jwk(jws.jwk)
-                else:
-                    raise malformed("this request must name its account by kid")
-                verify(jws, key)
-                return await handler(request, jws, account, key)
+                body = await _read_limited(request, MAX_BODY)
+                if body is None:
+                    return self.problem(request, too_large, status=413)
             except AcmeProblem as problem:
-                return await self.problem(request, problem)
-            except VouchError as exc:
-                kind = {"not-found": ("malformed", 404), "conflict": ("conflict", 409)}.get(
-                    exc.category, ("serverInternal", 503)
-                )
-                mapped = AcmeProblem(kind[0], exc.message, status=kind[1])
-                if kind[1] == 503:
-                    mapped.retry_after = 5
-                return await self.problem(request, mapped)
-            except Exception:
-                log.exception("ACME request failed")
-                return await self.problem(
-                    request, AcmeProblem("serverInternal", "internal error", status=500)
-                )
+                return self.problem(request, problem)
+            except ValueError:  # a Content-Length that is no number
+                return self.problem(request, malformed("a bad Content-Length"))
+            return await run_in_threadpool(self._serve, request, body, handler, jwk)
 
         return endpoint
+
+    def _serve(self, request: Request, body: bytes, handler: Handler, jwk: bool) -> Response:
+        """Everything of one request after its body is read, in one worker thread."""
+        try:
+            jws = parse(body)
+            if jws.url != str(request.url):
+                raise unauthorized(f"the JWS url {jws.url!r} is not this request's URL")
+            account, key = self._authenticate(jws, f"{self.base(request)}/acct/", jwk)
+            verify(jws, key)
+            return handler(request, jws, account, key)
+        except AcmeProblem as problem:
+            return self.problem(request, problem)
+        except VouchError as exc:
+            kind, status = CATEGORIES.get(exc.category, ("serverInternal", 503))
+            mapped = AcmeProblem(kind, exc.message, retry_after=5 if status == 503 else None)
+            return self.problem(request, mapped, status=status)
+        except Exception:
+            log.exception("ACME request failed")
+            return self.problem(request, AcmeProblem("serverInternal", "internal error"))
+
+    def _authenticate(
+        self, jws: Jws, prefix: str, jwk: bool
+    ) -> tuple[Account | None, AccountKey]:
+        """The nonce (used once), then the key that must have signed."""
+        if jws.kid is not None:
+            if not jws.kid.startswith(prefix) or not jws.kid[len(prefix) :].isdigit():
+                self.service.use_nonce(jws.nonce)
+                raise AcmeProblem("accountDoesNotExist", f"unknown account {jws.kid}")
+            return self.service.use_nonce_for_kid(
+                jws.nonce, jws.kid, int(jws.kid[len(prefix) :])
+            )
+        self.service.use_nonce(jws.nonce)
+        if not jwk:
+            raise malformed("this request must name its account by kid")
+        assert jws.jwk is not None
+        return None, key_from_jwk(jws.jwk)
 
     # -- directory and nonces -------------------------------------------------------------------
 
     async def directory(self, request: Request) -> Response:
         base = self.base(request)
         settings = self.service.settings
-        meta: dict[str, Any] = {"externalAccountRequired": False}
+        meta: dict[str, Any] = {"externalAccountRequired": settings.eab_required}
         if settings.terms_of_service:
             meta["termsOfService"] = settings.terms_of_service
         if settings.website:
@@ -183,12 +224,13 @@ class AcmeFace:
                 "newOrder": f"{base}/new-order",
                 "revokeCert": f"{base}/revoke-cert",
                 "keyChange": f"{base}/key-change",
+                "renewalInfo": f"{base}/renewal-info",
                 "meta": meta,
             }
         )
 
     async def new_nonce(self, request: Request) -> Response:
-        headers = await self._headers(request)
+        headers = self._headers(request)
         return Response(status_code=200 if request.method == "HEAD" else 204, headers=headers)
 
     # -- accounts ------------------------------------------------------------------------------
@@ -200,48 +242,46 @@ class AcmeFace:
             "orders": f"{self.base(request)}/acct/{account.id}/orders",
         }
 
-    async def new_account(
+    def new_account(
         self, request: Request, jws: Jws, account: Account | None, key: AccountKey
     ) -> Response:
         if jws.kid is not None:
             raise malformed("newAccount is signed with the new key as jwk")
-        made, created = await run_in_threadpool(self.service.new_account, jws)
+        made, created = self.service.new_account(jws)
         location = f"{self.base(request)}/acct/{made.id}"
-        return await self.reply(
+        return self.reply(
             request, self._account_body(request, made), status=201 if created else 200,
             headers={"Location": location},
         )  # fmt: skip
 
-    async def account(
+    def account(
         self, request: Request, jws: Jws, account: Account | None, key: AccountKey
     ) -> Response:
         assert account is not None
         if account.id != request.path_params["id"]:
             raise unauthorized("the kid is another account")
         if not jws.is_post_as_get:
-            account = await run_in_threadpool(
-                self.service.update_account, account, jws.json_payload()
-            )
-        return await self.reply(request, self._account_body(request, account))
+            account = self.service.update_account(account, jws.json_payload())
+        return self.reply(request, self._account_body(request, account))
 
-    async def orders(
+    def orders(
         self, request: Request, jws: Jws, account: Account | None, key: AccountKey
     ) -> Response:
         assert account is not None
         if account.id != request.path_params["id"]:
             raise unauthorized("the kid is another account")
-        ids = await run_in_threadpool(self.service.store.orders_of, account.id)
-        return await self.reply(
+        ids = self.service.store.orders_of(account.id)
+        return self.reply(
             request, {"orders": [f"{self.base(request)}/order/{i}" for i in ids]}
         )
 
-    async def key_change(
+    def key_change(
         self, request: Request, jws: Jws, account: Account | None, key: AccountKey
     ) -> Response:
         assert account is not None
         inner = parse(jws.payload)
-        await run_in_threadpool(self.service.change_key, account, jws, inner)
-        return await self.reply(request, self._account_body(request, account))
+        self.service.change_key(account, jws, inner)
+        return self.reply(request, self._account_body(request, account))
 
     # -- orders --------------------------------------------------------------------------------
 
@@ -256,36 +296,36 @@ class AcmeFace:
         }
         if order.certificate_id is not None:
             body["certificate"] = f"{base}/cert/{order.certificate_id}"
+        if order.replaces is not None:
+            body["replaces"] = order.replaces
         if order.error:
             body["error"] = order.error
         return body
 
-    async def new_order(
+    def new_order(
         self, request: Request, jws: Jws, account: Account | None, key: AccountKey
     ) -> Response:
         assert account is not None
-        order = await run_in_threadpool(self.service.new_order, account, jws.json_payload())
-        return await self.reply(
+        order = self.service.new_order(account, jws.json_payload())
+        return self.reply(
             request, self._order_body(request, order), status=201,
             headers={"Location": f"{self.base(request)}/order/{order.id}"},
         )  # fmt: skip
 
-    async def order(
+    def order(
         self, request: Request, jws: Jws, account: Account | None, key: AccountKey
     ) -> Response:
         assert account is not None
-        order = await run_in_threadpool(self.service.order_of, account, request.path_params["id"])
+        order = self.service.order_of(account, request.path_params["id"])
         headers = {"Retry-After": "1"} if order.status in ("pending", "processing") else {}
-        return await self.reply(request, self._order_body(request, order), headers=headers)
+        return self.reply(request, self._order_body(request, order), headers=headers)
 
-    async def finalize(
+    def finalize(
         self, request: Request, jws: Jws, account: Account | None, key: AccountKey
     ) -> Response:
         assert account is not None
-        order = await run_in_threadpool(
-            self.service.finalize, account, request.path_params["id"], jws.json_payload()
-        )
-        return await self.reply(
+        order = self.service.finalize(account, request.path_params["id"], jws.json_payload())
+        return self.reply(
             request, self._order_body(request, order),
             headers={"Location": f"{self.base(request)}/order/{order.id}"},
         )  # fmt: skip
@@ -316,38 +356,40 @@ class AcmeFace:
             body["wildcard"] = True
         return body
 
-    async def authz(
+    def authz(
         self, request: Request, jws: Jws, account: Account | None, key: AccountKey
     ) -> Response:
         assert account is not None
         authz_id = request.path_params["id"]
         if not jws.is_post_as_get and jws.json_payload().get("status") == "deactivated":
-            found = await run_in_threadpool(self.service.deactivate_authz, account, authz_id)
+            found = self.service.deactivate_authz(account, authz_id)
         else:
-            found = await run_in_threadpool(self.service.authz_of, account, authz_id)
+            found = self.service.authz_of(account, authz_id)
         headers = {"Retry-After": "1"} if found.status == "pending" else {}
-        return await self.reply(request, self._authz_body(request, found), headers=headers)
+        return self.reply(request, self._authz_body(request, found), headers=headers)
 
-    async def challenge(
+    def challenge(
         self, request: Request, jws: Jws, account: Account | None, key: AccountKey
     ) -> Response:
         assert account is not None
         challenge_id = request.path_params["id"]
         if jws.is_post_as_get:
-            challenge = await run_in_threadpool(self.service.store.challenge, challenge_id)
-            await run_in_threadpool(self.service.authz_of, account, challenge.authz_id)
+            challenge = self.service.store.challenge(challenge_id)
+            self.service.authz_of(account, challenge.authz_id)
         else:
-            challenge, authz, start = await run_in_threadpool(
-                self.service.start_challenge, account, challenge_id
-            )
+            challenge, authz, start = self.service.start_challenge(account, challenge_id)
             if start:
-                task = asyncio.create_task(self._validate(challenge, authz, account))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-        headers = await self._headers(request)
+                assert self._loop is not None
+                self._loop.call_soon_threadsafe(self._start_validation, challenge, authz, account)
+        headers = self._headers(request)
         headers["Link"] += f', <{self.base(request)}/authz/{challenge.authz_id}>;rel="up"'
         headers["Retry-After"] = "1"
         return JSONResponse(self._challenge_body(request, challenge), headers=headers)
+
+    def _start_validation(self, challenge: Challenge, authz: Authz, account: Account) -> None:
+        task = asyncio.create_task(self._validate(challenge, authz, account))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _validate(self, challenge: Challenge, authz: Authz, account: Account) -> None:
         error: AcmeProblem | None = None
@@ -359,9 +401,7 @@ class AcmeFace:
             error = problem
         except Exception as exc:  # a validation bug must still settle the challenge
             log.exception("validating challenge %s", challenge.id)
-            error = AcmeProblem(
-                "serverInternal", f"validation failed: {type(exc).__name__}", status=500
-            )
+            error = AcmeProblem("serverInternal", f"validation failed: {type(exc).__name__}")
         try:
             await run_in_threadpool(self.service.finish_challenge, challenge.id, error)
         except VouchError as exc:
@@ -369,29 +409,68 @@ class AcmeFace:
 
     # -- certificates ----------------------------------------------------------------------------
 
-    async def certificate(
+    def certificate(
         self, request: Request, jws: Jws, account: Account | None, key: AccountKey
     ) -> Response:
+        # One chain per certificate (leaf, issuing CA, intermediates up to the root): vouch
+        # keeps no cross-signed alternative, so there is no Link rel="alternate" to send.
         assert account is not None
-        pem = await run_in_threadpool(self._chain_pem, account, request.path_params["id"])
-        headers = await self._headers(request)
+        pem = self._chain_pem(account, request.path_params["id"])
+        headers = self._headers(request)
         return Response(pem, media_type="application/pem-certificate-chain", headers=headers)
 
     def _chain_pem(self, account: Account, certificate_id: int) -> bytes:
-        der = self.service.certificate_chain(account, certificate_id)
-        vouch = self.state.vouch
-        record = vouch.store.certificate(certificate_id)
-        issuer = vouch.store.get_authority(record.authority)
-        chain = [
-            x509.load_der_x509_certificate(der),
-            x509.load_der_x509_certificate(issuer.certificate),
-        ]
-        chain += list(vouch.chain_above(issuer))
-        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
+        record = self.service.certificate_chain(account, certificate_id)
+        assert record.der is not None
+        leaf = x509.load_der_x509_certificate(record.der).public_bytes(serialization.Encoding.PEM)
+        above = self._chains.get(record.authority_id)
+        if above is None:
+            vouch = self.state.vouch
+            issuer = vouch.store.authority_by_id(record.authority_id)
+            chain = [x509.load_der_x509_certificate(issuer.certificate)]
+            chain += list(vouch.chain_above(issuer))
+            above = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
+            self._chains[record.authority_id] = above
+        return leaf + above
 
-    async def revoke(
+    # -- renewal information (RFC 9773) ---------------------------------------------------------
+
+    async def renewal_info(self, request: Request) -> Response:
+        """GET, unauthenticated: the suggested renewal window of one certificate."""
+        try:
+            info = await run_in_threadpool(
+                self.service.renewal_info, request.path_params["cert_id"]
+            )
+        except AcmeProblem as problem:
+            return self.problem(request, problem)
+        except VouchError as exc:
+            kind, status = CATEGORIES.get(exc.category, ("serverInternal", 503))
+            return self.problem(request, AcmeProblem(kind, exc.message), status=status)
+        retry_after = self.service.settings.renewal_info_retry_after
+        body: dict[str, Any] = {
+            "suggestedWindow": {"start": _time(info.start), "end": _time(info.end)}
+        }
+        headers = {
+            "Retry-After": str(retry_after),
+            "Link": f'<{self.base(request)}/directory>;rel="index"',
+        }
+        return JSONResponse(body, headers=headers)
+
+    def revoke(
         self, request: Request, jws: Jws, account: Account | None, key: AccountKey
     ) -> Response:
-        await run_in_threadpool(self.service.revoke, jws, account, key)
-        headers = await self._headers(request)
+        self.service.revoke(jws, account, key)
+        headers = self._headers(request)
         return Response(status_code=200, headers=headers)
+
+
+async def _read_limited(request: Request, limit: int) -> bytes | None:
+    """The body, or None once it passes ``limit`` (a client may lie in Content-Length)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)

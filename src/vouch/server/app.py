@@ -18,12 +18,14 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from vouch.errors import VouchError
 from vouch.server.acme import AcmeFace
+from vouch.server.api import build_api
+from vouch.server.dashboard import build_dashboard
 from vouch.server.state import ServerState
 from vouch.services.audit import head_json
 from vouch.x509.ocsp import INTERNAL_ERROR, MALFORMED, TRY_LATER, UNAUTHORIZED
@@ -33,6 +35,7 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 MAX_OCSP_BODY = 16 * 1024  # an OCSP request for one certificate is ~100 bytes
+MAX_BODY = 256 * 1024  # any other request (ACME allows 64 KiB; a CSR is a few KiB)
 OCSP_TYPE = b"application/ocsp-response"
 CRL_TYPE = "application/pkix-crl"
 CERT_TYPE = "application/pkix-cert"
@@ -42,6 +45,8 @@ class VouchApp:
     def __init__(self, state: ServerState) -> None:
         self.state = state
         self.acme = AcmeFace(state)
+        # The REST API (FastAPI, docs/api.md) takes every path under /api/.
+        self.api = build_api(state) if state.vouch.config.api.enabled else None
         self.site = Starlette(
             routes=[
                 *(self.acme.routes() if state.vouch.config.acme.enabled else []),
@@ -55,6 +60,12 @@ class VouchApp:
                 Route("/audit/proof/inclusion", self.inclusion, methods=["GET"]),
                 Route("/audit/proof/consistency", self.consistency, methods=["GET"]),
                 Route("/metrics", self.metrics, methods=["GET"]),
+                # The web dashboard (admin sign-in with an API token): docs/dashboard.md.
+                *(
+                    [Mount("/dashboard", app=build_dashboard(state))]
+                    if state.vouch.config.api.enabled
+                    else []
+                ),
             ]
         )
 
@@ -62,7 +73,18 @@ class VouchApp:
         if scope["type"] == "http" and scope["path"].startswith("/ocsp/"):
             await self.ocsp(scope, receive, send)
             return
-        await self.site(scope, receive, send)
+        if scope["type"] == "http":
+            bounded = await _bounded_body(scope, receive, send, MAX_BODY)
+            if bounded is None:
+                return
+            receive = bounded
+        try:
+            if self.api is not None and scope["type"] == "http" and scope["path"].startswith("/api/"):
+                await self.api(scope, receive, send)
+                return
+            await self.site(scope, receive, send)
+        except ClientDisconnect:
+            pass  # the client left before sending its whole request: nobody to answer
 
     # -- OCSP (RFC 6960 appendix A, RFC 5019) ----------------------------------------------------
 
@@ -198,12 +220,18 @@ class VouchApp:
 
     async def healthz(self, request: Request) -> Response:
         state = self.state
+        # What is wrong, for people: the node still serves revocation data from memory, so a
+        # problem here does not take it out of a load balancer (that would drop every node).
+        problems = [] if state.store_error is None else [f"store: {state.store_error}"]
+        report = state.metrics.lifecycle.report
+        problems += [f"key {k.ca}: {k.message}" for k in (report.keys if report else []) if not k.ok]
         body = {
-            "status": "ok" if state.ready else "starting",
+            "status": "starting" if not state.ready else "degraded" if problems else "ok",
             "node": state.node,
             "leader": state.leader,
             "ocsp_presigned": len(state.cache),
             "crls": len(state.crls),
+            "problems": problems,
         }
         return JSONResponse(body, status_code=200 if state.ready else 503)
 
@@ -287,6 +315,42 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
         chunks.append(body)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+async def _bounded_body(scope: Scope, receive: Receive, send: Send, limit: int) -> Receive | None:
+    """A ``receive`` that cannot deliver more than ``limit`` body bytes; None once 413 is sent.
+
+    A declared length within the limit is enforced by the HTTP parser; a larger one is refused
+    unread, and a body of unknown length (chunked) is read up to the limit, then replayed.
+    """
+    if scope["method"] in ("GET", "HEAD", "OPTIONS"):
+        return receive
+    length = dict(scope["headers"]).get(b"content-length", b"")
+    if length.isdigit() and int(length) <= limit:
+        return receive
+    body = None if length.isdigit() else await _read_body(receive, limit)
+    if body is None:
+        message = b'{"error":"too-large","message":"request bodies are at most %d KiB"}' % (
+            limit // 1024
+        )
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(message)).encode()),
+            (b"connection", b"close"),
+        ]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": message})
+        return None
+    replayed = False
+
+    async def replay() -> MutableMapping[str, Any]:
+        nonlocal replayed
+        if replayed:
+            return await receive()  # only a disconnect can come now
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
 
 
 async def _plain(send: Send, status: int, body: bytes, *, allow: bytes | None = None) -> None:

@@ -11,8 +11,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import uvicorn
+from cryptography import x509
 
 from vouch.errors import ConfigError, VouchError
+from vouch.server.api.peer import TlsHttpToolsProtocol, ask_for_client_certificates
 from vouch.server.app import VouchApp
 from vouch.server.state import ServerState
 from vouch.server.tls import TlsFiles, issue_tls_certificate, load_context, needs_renewal
@@ -53,7 +55,8 @@ def _config(app: VouchApp, listen: Listen, context: ssl.SSLContext | None) -> uv
         app,
         host=listen.host,
         port=listen.port,
-        http="httptools",
+        # HTTPS: the client's certificate goes into the ASGI scope (renewal by possession).
+        http=TlsHttpToolsProtocol if context is not None else "httptools",
         loop="none",
         lifespan="off",
         access_log=False,
@@ -82,9 +85,11 @@ async def serve(
     context: ssl.SSLContext | None = None
     names = vouch.config.serve.tls_names
     if https is not None:
-        if needs_renewal(tls_files, names, vouch.clock.now()):
+        if needs_renewal(tls_files, names, vouch.clock.now(), _issuing(state)):
             await asyncio.to_thread(issue_tls_certificate, vouch, names, tls_files)
         context = load_context(vouch, tls_files)
+        if vouch.config.api.enabled and vouch.config.api.client_certificates:
+            ask_for_client_certificates(context, vouch.store)
         servers.append(_Server(_config(app, https, context)))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -104,7 +109,7 @@ async def serve(
             if stop.is_set():
                 return
             try:
-                if needs_renewal(tls_files, names, vouch.clock.now()):
+                if needs_renewal(tls_files, names, vouch.clock.now(), _issuing(state)):
                     await asyncio.to_thread(issue_tls_certificate, vouch, names, tls_files)
                     load_context(vouch, tls_files, context)
             except VouchError as exc:
@@ -124,6 +129,7 @@ async def serve(
     tasks = [
         asyncio.create_task(state.run_sync(stop)),
         asyncio.create_task(state.run_produce(stop)),
+        asyncio.create_task(state.run_monitor(stop)),
         asyncio.create_task(renew_tls()),
         asyncio.create_task(announce()),
     ]
@@ -141,3 +147,12 @@ def run(vouch: Vouch, *, http: Listen, https: Listen | None) -> None:
     import uvloop
 
     uvloop.run(serve(vouch, http=http, https=https))
+
+
+def _issuing(state: ServerState) -> list[x509.Certificate]:
+    """The CAs that issue now: a server certificate from any other is replaced."""
+    return [
+        x509.load_der_x509_certificate(r.certificate)
+        for r in state.authorities.values()
+        if r.role != "root" and r.status == "active"
+    ]

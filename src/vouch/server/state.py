@@ -15,6 +15,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
@@ -23,6 +24,7 @@ from vouch.durations import parse_duration
 from vouch.errors import VouchError
 from vouch.server.metrics import Metrics
 from vouch.server.ocsp_cache import OcspCache
+from vouch.services.tokens import SPENT_KEPT
 from vouch.store.records import AuthorityRecord, CRLRecord
 from vouch.wiring import Vouch
 from vouch.x509.ocsp import INTERNAL_ERROR, TRY_LATER, ParsedRequest
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 SYNC_INTERVAL = 2.0
 LEASE = "revocation-producer"
 MAX_SIGNING = 64  # on-demand OCSP signatures waiting at once; beyond: tryLater
+KEY_CHECK_INTERVAL = 300.0  # seconds between sign-and-verify checks of the CA keys
 
 
 @dataclass
@@ -54,6 +57,8 @@ class ServerState:
     last_version: int = 0
     ready: bool = False
     leader: bool = False
+    # Why the last refresh from the store failed (None: it worked); shown by /healthz.
+    store_error: str | None = None
     _keys: dict[int, CertificateIssuerPrivateKeyTypes] = field(default_factory=dict)
     _counted_at: dt.datetime | None = None
     _signing: int = 0
@@ -135,9 +140,11 @@ class ServerState:
             now = vouch.clock.now()
             vouch.acme.store.drop_expired_nonces(now)
             vouch.ocsp_store.drop_expired(now)
+            # Spent one-time tokens: once expired, a replay is refused as expired anyway.
+            vouch.api_store.drop_expired_redemptions(now - SPENT_KEPT)
         except VouchError as exc:
             self.metrics.job_errors.labels(job="cleanup").inc()
-            log.error("dropping expired nonces and OCSP responses: %s", exc.message)
+            log.error("dropping expired nonces, OCSP responses, spent tokens: %s", exc.message)
         try:
             interval = parse_duration(vouch.config.audit.head_interval)
             vouch.audit.sign_head(if_older_than=interval)
@@ -193,7 +200,9 @@ class ServerState:
         while not stop.is_set():
             try:
                 await asyncio.to_thread(self._locked, self.sync)
+                self.store_error = None
             except VouchError as exc:
+                self.store_error = exc.message
                 self.metrics.job_errors.labels(job="sync").inc()
                 log.warning("refreshing from the store failed: %s", exc.message)
             await _sleep(stop, SYNC_INTERVAL)
@@ -208,6 +217,41 @@ class ServerState:
             except VouchError as exc:
                 self.metrics.job_errors.labels(job="produce").inc()
                 log.warning("periodic revocation work failed: %s", exc.message)
+            await _sleep(stop, interval)
+
+    def refresh_lifecycle(self, check_keys: bool) -> None:
+        """Recompute the lifecycle KPIs served on /metrics (blocking; run in a thread)."""
+        vouch = self.vouch
+        previous = self.metrics.lifecycle.report
+        report = vouch.monitor.report(
+            expiry_warning=parse_duration(vouch.config.monitor.expiry_warning),
+            key_checks=vouch.key_health if check_keys else None,
+        )
+        if not check_keys and previous is not None:
+            report.keys = previous.keys
+        self.metrics.lifecycle.report = report
+        service = vouch.incident_service()
+        progress = [service.progress(i) for i in service.open_incidents()]
+        self.metrics.incident_remaining.clear()  # a finished incident's CA drops out
+        self.metrics.incident_replaced.clear()
+        for found in progress:
+            ca = found.incident.authority
+            self.metrics.incident_remaining.labels(ca=ca).set(len(found.remaining))
+            self.metrics.incident_replaced.labels(ca=ca).set(found.replaced)
+
+    async def run_monitor(self, stop: asyncio.Event) -> None:
+        # Read-only work outside the store lock: a big inventory must not delay revocation data.
+        interval = parse_duration(self.vouch.config.monitor.interval).total_seconds()
+        keys_checked = -KEY_CHECK_INTERVAL
+        while not stop.is_set():
+            check_keys = time.monotonic() - keys_checked >= KEY_CHECK_INTERVAL
+            try:
+                await asyncio.to_thread(self.refresh_lifecycle, check_keys)
+                if check_keys:
+                    keys_checked = time.monotonic()
+            except VouchError as exc:
+                self.metrics.job_errors.labels(job="monitor").inc()
+                log.warning("computing the lifecycle figures failed: %s", exc.message)
             await _sleep(stop, interval)
 
     def _locked(self, work: object) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import ssl
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +31,14 @@ class TlsFiles:
         return cls(home / "serve" / "tls.pem", home / "serve" / "tls.key.pem")
 
 
-def needs_renewal(files: TlsFiles, names: list[str], now: dt.datetime) -> bool:
-    """Missing, for other names, or past two thirds of its lifetime."""
+def needs_renewal(
+    files: TlsFiles,
+    names: list[str],
+    now: dt.datetime,
+    issuers: Collection[x509.Certificate] = (),
+) -> bool:
+    """Missing, for other names, past two thirds of its lifetime, or (when the CAs that issue
+    now are given) from a CA that no longer issues: retired in a rollover or an incident."""
     try:
         certificate = x509.load_pem_x509_certificate(files.chain.read_bytes())
     except (OSError, ValueError):
@@ -47,8 +54,21 @@ def needs_renewal(files: TlsFiles, names: list[str], now: dt.datetime) -> bool:
     }
     if have != {parse_name(n).value for n in names}:
         return True
+    if issuers and not any(_issued_by(certificate, issuer) for issuer in issuers):
+        return True
     start, end = certificate.not_valid_before_utc, certificate.not_valid_after_utc
     return now >= start + (end - start) * 2 / 3
+
+
+def _issued_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
+    if certificate.issuer != issuer.subject:
+        return False
+    try:
+        aki = certificate.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+        ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return True  # same name and nothing more to compare
+    return aki.key_identifier == ski.digest
 
 
 def issue_tls_certificate(vouch: Vouch, names: list[str], files: TlsFiles) -> None:

@@ -13,7 +13,7 @@ import base64
 import datetime as dt
 import hashlib
 import logging
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -150,6 +150,7 @@ class Authority:
         store: Store,
         policy: IssuancePolicy,
         clock: Clock,
+        follow: Callable[[AuthorityRecord], Authority | None] | None = None,
     ) -> None:
         self._ca = ca
         self._store = store
@@ -157,10 +158,16 @@ class Authority:
         self._clock = clock
         self._chain = (ca.certificate, *ca.chain)
         self._leaves = LeafFactory(ca.certificate, ca.urls)
+        # Asked before each batch whether the CA still issues: None if so, else the authority
+        # issuance moved to (a rollover, an incident), or it raises. Callers that keep an
+        # Authority for a while (ACME, the API) so stop and switch at once.
+        self._follow = follow
+        self._moved: Authority | None = None
 
     @property
     def ca(self) -> IssuingCA:
-        return self._ca
+        moved = self._moved
+        return self._ca if moved is None else moved.ca
 
     def issue(self, request: IssuanceRequest) -> IssuedCertificate:
         result = self.issue_batch([request])[0]
@@ -173,6 +180,11 @@ class Authority:
     ) -> list[IssuedCertificate | VouchError]:
         """Issue many at once with shared transactions; each request gets a certificate or the
         error that refused it, in order."""
+        moved = self._moved
+        if moved is None and self._follow is not None:
+            moved = self._moved = self._follow(self._ca.record)
+        if moved is not None:
+            return moved.issue_batch(requests)
         now = self._clock.now().replace(microsecond=0)
         results: list[IssuedCertificate | VouchError] = []
         plans: list[tuple[int, _Plan]] = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ from vouch.errors import BadInput, Conflict, LintFailure, PolicyViolation
 from vouch.faults import checkpoint
 from vouch.keys.base import KeyRef
 from vouch.keys.registry import KeyRegistry
+from vouch.store.custody import CustodyStore
 from vouch.store.records import AuthorityRecord, NewCertificate, NewEvent
 from vouch.store.repository import Store
 from vouch.x509.build import (
@@ -38,7 +40,12 @@ from vouch.x509.keypolicy import check_public_key, spki_sha256
 from vouch.x509.keytypes import CA_KEY_TYPES, KeyType, key_type_of
 from vouch.x509.lint import Linter, LintMode, LintProfile
 from vouch.x509.serials import format_serial, new_serial
-from vouch.x509.signing import finish_certificate, sign_certificate, template_certificate
+from vouch.x509.signing import (
+    finish_certificate,
+    sign_certificate,
+    signature_hash_for,
+    template_certificate,
+)
 
 CA_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 ROOT_MAX_VALIDITY = dt.timedelta(days=9132)  # CA/B BR 6.3.2: 25 years
@@ -85,8 +92,10 @@ class CAAdmin:
         urls: UrlScheme,
         linter: Linter | None = None,
         lint_mode: LintMode = LintMode.BLOCK,
+        custody: CustodyStore | None = None,
     ) -> None:
         self._store = store
+        self._custody = custody or CustodyStore(store.db)
         self._keys = keys
         self._clock = clock
         self._urls = urls
@@ -173,6 +182,29 @@ class CAAdmin:
             status=status,
             name_constraints=name_constraints,
         )
+
+    def intermediate_csr(
+        self,
+        *,
+        name: str,
+        organization: str,
+        country: str,
+        key_type: KeyType,
+        key_ref: KeyRef,
+    ) -> bytes:
+        """A new key at ``key_ref`` and a PEM CSR for it, for a root elsewhere (an offline root
+        ceremony) to sign; nothing is recorded until the signed certificate is imported."""
+        check_ca_name(name)
+        _check_ca_key_type(key_type)
+        _check_country(country)
+        self._refuse_existing(name)
+        key = self._keys.generate(key_ref, key_type)
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(ca_subject(organization, f"{organization} {name}", country))
+            .sign(key, signature_hash_for(key))  # type: ignore[arg-type]
+        )
+        return csr.public_bytes(serialization.Encoding.PEM)
 
     def sign_intermediate_csr(
         self,
@@ -288,28 +320,161 @@ class CAAdmin:
         )
         return CreatedCA(self._store.authority_by_id(record_id), certificate)
 
+    # -- activation and rollover ---------------------------------------------------------------
+
+    def activate(self, name: str, *, replaces: str | None = None) -> AuthorityRecord:
+        """A standby intermediate starts issuing; ``replaces`` (an active intermediate under the
+        same root) is retired, its issuance goes to ``name``, and its CRL and OCSP stay served
+        until it expires (as long as its last certificate can be valid)."""
+        new = self._store.get_authority(name)
+        if new.role != "intermediate" or new.status != "standby":
+            raise Conflict(
+                f"CA {name} is a {new.status} {new.role}; only a standby intermediate is activated",
+                hint="create one with vouch ca new-intermediate NAME --standby",
+            )
+        now = self._now()
+        if new.not_after <= now:
+            raise Conflict(f"CA {name} has expired")
+        events: list[NewEvent] = [
+            NewEvent("ca.activated", name, {"name": name, "serial": new.serial})
+        ]
+        old: AuthorityRecord | None = None
+        if replaces is not None:
+            old = self._store.get_authority(replaces)
+            if old.role != "intermediate" or old.status != "active":
+                raise Conflict(f"CA {replaces} is not an active intermediate; nothing to replace")
+            if old.id == new.id:
+                raise BadInput("a CA cannot replace itself")
+            if old.not_after <= now:
+                raise Conflict(
+                    f"CA {replaces} expired on {old.not_after:%Y-%m-%d}; roll over before expiry"
+                )
+            events.append(
+                NewEvent(
+                    "ca.rolled-over",
+                    replaces,
+                    {
+                        "old": replaces,
+                        "old_serial": old.serial,
+                        "new": name,
+                        "new_serial": new.serial,
+                        "old_not_after": old.not_after.isoformat(),
+                    },
+                )
+            )
+            if old.key_backend != new.key_backend:
+                events.append(
+                    NewEvent(
+                        "ca.key-backend-changed",
+                        name,
+                        {
+                            "old": replaces,
+                            "new": name,
+                            "old_backend": old.key_backend,
+                            "new_backend": new.key_backend,
+                            "new_key_ref": new.key_ref,
+                        },
+                    )
+                )
+        self._custody.activate(
+            new_id=new.id, old_id=None if old is None else old.id, at=now, new_events=events
+        )
+        return self._store.get_authority(name)
+
+    def rollover(
+        self,
+        name: str,
+        *,
+        new_name: str,
+        parent_key: CertificateIssuerPrivateKeyTypes,
+        key_type: KeyType,
+        validity: dt.timedelta,
+        key_ref: KeyRef,
+        organization: str,
+        country: str,
+    ) -> CreatedCA:
+        """A new intermediate under the same root (a new key at ``key_ref``) that takes over
+        issuance from ``name`` at once; ``name`` is retired but keeps serving revocation."""
+        old = self._store.get_authority(name)
+        if old.role != "intermediate" or old.status != "active" or old.parent_id is None:
+            raise Conflict(f"CA {name} is not an active intermediate; nothing to roll over")
+        if old.not_after <= self._now():
+            raise Conflict(f"CA {name} has expired; create a new intermediate instead")
+        created = self.create_intermediate(
+            name=new_name,
+            parent=self._store.authority_by_id(old.parent_id),
+            parent_key=parent_key,
+            organization=organization,
+            country=country,
+            key_type=key_type,
+            validity=validity,
+            key_ref=key_ref,
+            status="standby",
+            name_constraints=constraints_of(x509.load_der_x509_certificate(old.certificate)),
+        )
+        record = self.activate(new_name, replaces=name)
+        return CreatedCA(record, created.certificate)
+
     def _refuse_existing(self, name: str) -> None:
         if any(a.name == name for a in self._store.list_authorities()):
             raise Conflict(f"a CA named {name!r} already exists")
 
     def _lint_ca(self, certificate: x509.Certificate) -> None:
-        if self._lint_mode is LintMode.OFF or self._linter is None:
-            return
-        from cryptography.hazmat.primitives.asymmetric import ed25519
+        lint_ca_certificate(self._linter, self._lint_mode, certificate)
 
-        # CA/B rules only where they can apply: they forbid Ed25519 outright.
-        kind = (
-            LintProfile.RFC5280
-            if isinstance(certificate.public_key(), ed25519.Ed25519PublicKey)
-            or certificate.signature_algorithm_oid.dotted_string == "1.3.101.112"
-            else LintProfile.CABF_SERVERAUTH
-        )
-        findings = self._linter.lint(certificate.public_bytes(serialization.Encoding.DER), kind)
-        if findings and self._lint_mode is LintMode.BLOCK:
-            raise LintFailure([str(f) for f in findings])
+
+def lint_ca_certificate(
+    linter: Linter | None,
+    lint_mode: LintMode,
+    certificate: x509.Certificate,
+    profile: LintProfile | None = None,
+) -> None:
+    """Raise ``LintFailure`` for any finding (in block mode). CA/B rules apply unless the key or
+    signature is Ed25519 (which they forbid outright) or ``profile`` says otherwise."""
+    if lint_mode is LintMode.OFF or linter is None:
+        return
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    kind = profile or (
+        LintProfile.RFC5280
+        if isinstance(certificate.public_key(), ed25519.Ed25519PublicKey)
+        or certificate.signature_algorithm_oid.dotted_string == "1.3.101.112"
+        else LintProfile.CABF_SERVERAUTH
+    )
+    findings = linter.lint(certificate.public_bytes(serialization.Encoding.DER), kind)
+    if findings and lint_mode is LintMode.BLOCK:
+        raise LintFailure([str(f) for f in findings])
 
 
 _SECOND = dt.timedelta(seconds=1)
+
+
+def constraints_of(certificate: x509.Certificate) -> NameConstraintsSpec | None:
+    """The DNS and IP name constraints of a CA certificate, to carry them over to its successor
+    (the directory-name and catch-all IP subtrees are rebuilt by ``to_extension``)."""
+    try:
+        found = certificate.extensions.get_extension_for_class(x509.NameConstraints).value
+    except x509.ExtensionNotFound:
+        return None
+
+    def split(subtrees: list[x509.GeneralName] | None) -> tuple[list[str], list[str]]:
+        dns = [n.value for n in subtrees or () if isinstance(n, x509.DNSName)]
+        ips = [
+            str(n.value)
+            for n in subtrees or ()
+            if isinstance(n, x509.IPAddress)
+            and n.value not in (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
+        ]
+        return dns, ips
+
+    permitted_dns, permitted_ip = split(found.permitted_subtrees)
+    excluded_dns, excluded_ip = split(found.excluded_subtrees)
+    return NameConstraintsSpec(
+        permitted_dns=tuple(permitted_dns),
+        excluded_dns=tuple(excluded_dns),
+        permitted_ip=tuple(permitted_ip),
+        excluded_ip=tuple(excluded_ip),
+    )
 
 
 def _check_ca_key_type(key_type: str) -> None:

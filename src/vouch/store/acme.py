@@ -1,13 +1,16 @@
-"""ACME state: accounts, nonces (shared by every node), orders, authorizations, challenges."""
+"""ACME state: accounts, used nonces (shared by every node), orders, authorizations, challenges,
+EAB keys, renewal overrides and rate-limit counts."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 
 from vouch.errors import Conflict, NotFound
 from vouch.store.engine import Database
@@ -17,8 +20,12 @@ from vouch.store.tables import (
     acme_accounts,
     acme_authzs,
     acme_challenges,
+    acme_domain_issuance,
+    acme_eab_keys,
     acme_nonces,
     acme_orders,
+    acme_renewal_overrides,
+    acme_secrets,
 )
 
 
@@ -68,6 +75,24 @@ class Order:
     replaces: str | None
     created_at: dt.datetime
     authz_ids: tuple[int, ...] = ()
+    finalize_started: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class EabKey:
+    key_id: str
+    sealed: bytes | None  # None once bound (the key is single-use) or revoked
+    note: str
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None
+    account_id: int | None
+    bound_at: dt.datetime | None
+
+    @property
+    def status(self) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        return "bound" if self.account_id is not None else "unused"
 
 
 class AcmeStore:
@@ -76,19 +101,46 @@ class AcmeStore:
 
     # -- nonces ----------------------------------------------------------------------------------
 
-    def add_nonce(self, nonce: str, expires: dt.datetime) -> None:
-        with self.db.begin() as conn:
-            conn.execute(insert(acme_nonces).values(nonce=nonce, expires_at=expires))
+    def secret(self, name: str, make: Callable[[], bytes]) -> bytes:
+        """A secret every node shares (made once, by whichever node asks first)."""
+        with self.db.read() as conn:
+            value = conn.execute(
+                select(acme_secrets.c.value).where(acme_secrets.c.name == name)
+            ).scalar()
+        if value is None:
+            # Conflict: another node made it first, and that one is read below.
+            with contextlib.suppress(Conflict), self.db.begin() as conn:
+                conn.execute(insert(acme_secrets).values(name=name, value=make()))
+            with self.db.read() as conn:
+                value = conn.execute(
+                    select(acme_secrets.c.value).where(acme_secrets.c.name == name)
+                ).scalar_one()
+        return bytes(value)
 
-    def use_nonce(self, nonce: str, now: dt.datetime) -> bool:
-        """True once for a nonce this CA (any node) handed out and that has not expired."""
-        with self.db.begin() as conn:
-            used = conn.execute(
-                delete(acme_nonces).where(
-                    acme_nonces.c.nonce == nonce, acme_nonces.c.expires_at > now
-                )
-            ).rowcount
-        return used == 1
+    def use_nonce(self, nonce: str, expires: dt.datetime) -> bool:
+        """True the first time any node sees this nonce (kept until it expires)."""
+        try:
+            # Not waiting for the disk: a power loss may forget that a nonce was used (the
+            # JWS it protected still needs the account's key), never that an order was issued.
+            with self.db.begin(durable=False) as conn:
+                conn.execute(insert(acme_nonces).values(nonce=nonce, expires_at=expires))
+        except Conflict:
+            return False
+        return True
+
+    def use_nonce_reading_account(
+        self, nonce: str, expires: dt.datetime, account_id: int
+    ) -> tuple[bool, Account | None]:
+        """``use_nonce`` and ``account`` in one transaction: (first use, the account or None)."""
+        try:
+            with self.db.begin(durable=False) as conn:
+                conn.execute(insert(acme_nonces).values(nonce=nonce, expires_at=expires))
+                row = conn.execute(
+                    select(acme_accounts).where(acme_accounts.c.id == account_id)
+                ).first()
+        except Conflict:
+            return False, None
+        return True, None if row is None else _account(row)
 
     def drop_expired_nonces(self, now: dt.datetime) -> int:
         with self.db.begin() as conn:
@@ -99,8 +151,16 @@ class AcmeStore:
     # -- accounts --------------------------------------------------------------------------------
 
     def add_account(
-        self, thumbprint: str, jwk: dict[str, Any], contact: list[str], at: dt.datetime
+        self,
+        thumbprint: str,
+        jwk: dict[str, Any],
+        contact: list[str],
+        at: dt.datetime,
+        *,
+        eab_key_id: str | None = None,
     ) -> Account:
+        """A new account; with ``eab_key_id`` the key is bound to it in the same transaction
+        (and its sealed copy erased), or nothing happens if another account took it first."""
         with self.db.begin() as conn:
             account_id = conn.execute(
                 insert(acme_accounts)
@@ -113,11 +173,22 @@ class AcmeStore:
                 )
                 .returning(acme_accounts.c.id)
             ).scalar_one()
-            append_events(
-                conn,
-                at,
-                [NewEvent("acme.account-created", str(account_id), {"thumbprint": thumbprint})],
-            )
+            if eab_key_id is not None:
+                bound = conn.execute(
+                    update(acme_eab_keys)
+                    .where(
+                        acme_eab_keys.c.key_id == eab_key_id,
+                        acme_eab_keys.c.account_id.is_(None),
+                        acme_eab_keys.c.revoked_at.is_(None),
+                    )
+                    .values(account_id=account_id, bound_at=at, hmac_sealed=None)
+                ).rowcount
+                if bound != 1:
+                    raise Conflict(f"the EAB key {eab_key_id} is already bound or revoked")
+            data: dict[str, object] = {"thumbprint": thumbprint}
+            if eab_key_id is not None:
+                data["eab_key_id"] = eab_key_id
+            append_events(conn, at, [NewEvent("acme.account-created", str(account_id), data)])
         return self.account(int(account_id))
 
     def account(self, account_id: int) -> Account:
@@ -180,7 +251,8 @@ class AcmeStore:
         challenge_types: list[str],
         tokens: list[list[str]],
     ) -> Order:
-        with self.db.begin() as conn:
+        # A power loss may forget a new order (the client makes another), so no disk wait.
+        with self.db.begin(durable=False) as conn:
             order_id = conn.execute(
                 insert(acme_orders)
                 .values(
@@ -233,6 +305,16 @@ class AcmeStore:
             )
         return _order(row, authz_ids)
 
+    def order_account_id(self, order_id: int) -> int:
+        """The account an order belongs to (an ownership check needs nothing else)."""
+        with self.db.read() as conn:
+            found = conn.execute(
+                select(acme_orders.c.account_id).where(acme_orders.c.id == order_id)
+            ).scalar()
+        if found is None:
+            raise NotFound(f"no ACME order {order_id}")
+        return int(found)
+
     def orders_of(self, account_id: int) -> list[int]:
         with self.db.read() as conn:
             return [
@@ -250,14 +332,36 @@ class AcmeStore:
         with self.db.begin() as conn:
             conn.execute(update(acme_orders).where(acme_orders.c.id == order_id).values(**values))
 
-    def claim_finalize(self, order_id: int) -> bool:
-        """Move an order from ready to processing, once (a second finalize loses)."""
-        with self.db.begin() as conn:
+    def claim_finalize(self, order_id: int, at: dt.datetime) -> bool:
+        """Move an order from ready to processing, once (a second finalize loses). Issuance
+        commits durably right after, which makes this durable too; lost alone, the order is
+        simply ready again."""
+        with self.db.begin(durable=False) as conn:
             return (
                 conn.execute(
                     update(acme_orders)
                     .where(acme_orders.c.id == order_id, acme_orders.c.status == "ready")
-                    .values(status="processing")
+                    .values(status="processing", finalize_started=at)
+                ).rowcount
+                == 1
+            )
+
+    def release_stale_finalize(self, order_id: int, started_before: dt.datetime) -> bool:
+        """An order left processing by a finalization that began before ``started_before``
+        (its node died, or the store failed before the order was set back) is ready again."""
+        with self.db.begin() as conn:
+            return (
+                conn.execute(
+                    update(acme_orders)
+                    .where(
+                        acme_orders.c.id == order_id,
+                        acme_orders.c.status == "processing",
+                        or_(
+                            acme_orders.c.finalize_started.is_(None),
+                            acme_orders.c.finalize_started < started_before,
+                        ),
+                    )
+                    .values(status="ready", finalize_started=None)
                 ).rowcount
                 == 1
             )
@@ -289,8 +393,9 @@ class AcmeStore:
         return _challenge(row)
 
     def start_challenge(self, challenge_id: int) -> bool:
-        """pending -> processing, once; False if it was already started or finished."""
-        with self.db.begin() as conn:
+        """pending -> processing, once; False if it was already started or finished. Lost
+        in a power loss, the challenge is pending again and the client asks again."""
+        with self.db.begin(durable=False) as conn:
             return (
                 conn.execute(
                     update(acme_challenges)
@@ -394,6 +499,182 @@ class AcmeStore:
             ).first()
         return None if row is None else self.order(int(row[0]))
 
+    # -- external account binding keys -------------------------------------------------------------
+
+    def add_eab_key(self, key_id: str, sealed: bytes, note: str, at: dt.datetime) -> None:
+        with self.db.begin() as conn:
+            conn.execute(
+                insert(acme_eab_keys).values(
+                    key_id=key_id, hmac_sealed=sealed, note=note, created_at=at
+                )
+            )
+            append_events(
+                conn, at, [NewEvent("acme.eab-key-created", key_id, {"note": note})]
+            )
+
+    def eab_key(self, key_id: str) -> EabKey | None:
+        with self.db.read() as conn:
+            row = conn.execute(
+                select(acme_eab_keys).where(acme_eab_keys.c.key_id == key_id)
+            ).first()
+        return None if row is None else _eab(row)
+
+    def eab_keys(self) -> list[EabKey]:
+        with self.db.read() as conn:
+            rows = conn.execute(select(acme_eab_keys).order_by(acme_eab_keys.c.created_at))
+            return [_eab(r) for r in rows]
+
+    def revoke_eab_key(self, key_id: str, at: dt.datetime) -> EabKey:
+        """An unused key can no longer be bound; a bound key's account stays as it is."""
+        with self.db.begin() as conn:
+            row = conn.execute(
+                select(acme_eab_keys).where(acme_eab_keys.c.key_id == key_id)
+            ).first()
+            if row is None:
+                raise NotFound(f"no EAB key {key_id}")
+            if row.revoked_at is not None:
+                raise Conflict(f"the EAB key {key_id} is already revoked")
+            conn.execute(
+                update(acme_eab_keys)
+                .where(acme_eab_keys.c.key_id == key_id)
+                .values(revoked_at=at, hmac_sealed=None)
+            )
+            append_events(conn, at, [NewEvent("acme.eab-key-revoked", key_id, {})])
+        found = self.eab_key(key_id)
+        assert found is not None
+        return found
+
+    # -- rate limits (counted from the store, so every node sees the same counts) -------------------
+
+    def orders_since(self, account_id: int, since: dt.datetime) -> tuple[int, dt.datetime | None]:
+        """How many orders the account created since ``since``, and the oldest of them."""
+        with self.db.read() as conn:
+            row = conn.execute(
+                select(func.count(), func.min(acme_orders.c.created_at)).where(
+                    acme_orders.c.account_id == account_id, acme_orders.c.created_at > since
+                )
+            ).one()
+        return int(row[0]), row[1]
+
+    def issued_for_domain_since(
+        self, domain: str, since: dt.datetime
+    ) -> tuple[int, dt.datetime | None]:
+        with self.db.read() as conn:
+            row = conn.execute(
+                select(func.count(), func.min(acme_domain_issuance.c.at)).where(
+                    acme_domain_issuance.c.domain == domain, acme_domain_issuance.c.at > since
+                )
+            ).one()
+        oldest = row[1]
+        if oldest is not None and oldest.tzinfo is None:
+            oldest = oldest.replace(tzinfo=dt.UTC)  # min() loses the column type on SQLite
+        return int(row[0]), oldest
+
+    def complete_order(
+        self, order_id: int, certificate_id: int, domains: set[str], at: dt.datetime
+    ) -> None:
+        """The order is valid with its certificate; the issuance counts for its domains."""
+        self.complete_orders([(order_id, certificate_id, domains)], at)
+
+    def complete_orders(
+        self, completed: list[tuple[int, int, set[str]]], at: dt.datetime
+    ) -> None:
+        """``complete_order`` for many (order id, certificate id, domains) in one transaction."""
+        with self.db.begin() as conn:
+            for order_id, certificate_id, _ in completed:
+                conn.execute(
+                    update(acme_orders)
+                    .where(acme_orders.c.id == order_id)
+                    .values(status="valid", certificate_id=certificate_id)
+                )
+            counted = [
+                {"domain": d, "certificate_id": certificate_id, "at": at}
+                for _, certificate_id, domains in completed
+                for d in domains
+            ]
+            if counted:
+                conn.execute(insert(acme_domain_issuance), counted)
+
+    # -- renewal information (RFC 9773) ------------------------------------------------------------
+
+    def orders_replacing(self, cert_id: str) -> list[tuple[int, str]]:
+        """(order id, status) of the orders whose ``replaces`` names this certificate."""
+        with self.db.read() as conn:
+            return [
+                (int(r.id), str(r.status))
+                for r in conn.execute(
+                    select(acme_orders.c.id, acme_orders.c.status).where(
+                        acme_orders.c.replaces == cert_id
+                    )
+                )
+            ]
+
+    def add_renewal_override(
+        self,
+        *,
+        certificate_id: int | None,
+        authority_id: int | None,
+        issued_before: dt.datetime,
+        window: tuple[dt.datetime, dt.datetime],
+        at: dt.datetime,
+        subject: str,
+    ) -> None:
+        with self.db.begin() as conn:
+            conn.execute(
+                insert(acme_renewal_overrides).values(
+                    certificate_id=certificate_id,
+                    authority_id=authority_id,
+                    issued_before=issued_before,
+                    window_start=window[0],
+                    window_end=window[1],
+                    created_at=at,
+                )
+            )
+            append_events(
+                conn,
+                at,
+                [
+                    NewEvent(
+                        "acme.renew-now",
+                        subject,
+                        {"certificate_id": certificate_id, "authority_id": authority_id},
+                    )
+                ],
+            )
+
+    def renewal_override(
+        self, certificate_id: int, authority_id: int, not_before: dt.datetime
+    ) -> tuple[dt.datetime, dt.datetime] | None:
+        """The latest window forced on this certificate, by itself or through its issuer."""
+        with self.db.read() as conn:
+            row = conn.execute(
+                select(acme_renewal_overrides.c.window_start, acme_renewal_overrides.c.window_end)
+                .where(
+                    or_(
+                        acme_renewal_overrides.c.certificate_id == certificate_id,
+                        (acme_renewal_overrides.c.authority_id == authority_id)
+                        & (acme_renewal_overrides.c.issued_before >= not_before),
+                    )
+                )
+                .order_by(acme_renewal_overrides.c.id.desc())
+                .limit(1)
+            ).first()
+        return None if row is None else (row[0], row[1])
+
+
+def _eab(row: Any) -> EabKey:
+    m = row._mapping
+    sealed = m["hmac_sealed"]
+    return EabKey(
+        key_id=m["key_id"],
+        sealed=None if sealed is None else bytes(sealed),
+        note=m["note"],
+        created_at=m["created_at"],
+        revoked_at=m["revoked_at"],
+        account_id=m["account_id"],
+        bound_at=m["bound_at"],
+    )
+
 
 def _account(row: Any) -> Account:
     m = row._mapping
@@ -420,6 +701,7 @@ def _order(row: Any, authz_ids: tuple[int, ...]) -> Order:
         replaces=m["replaces"],
         created_at=m["created_at"],
         authz_ids=authz_ids,
+        finalize_started=m["finalize_started"],
     )
 
 

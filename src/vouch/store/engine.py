@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from vouch.errors import Conflict, StoreError
 from vouch.store.migrations import HEAD
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+PG_CONNECT_TIMEOUT = 5  # seconds
+PG_POOL_TIMEOUT = 10  # seconds a request waits for a pooled connection
 
 
 def _sqlite_hooks(engine: Engine, *, synchronous: str) -> None:
@@ -60,11 +63,25 @@ def describe_store_error(exc: BaseException, where: str) -> StoreError:
         return StoreError(
             f"cannot open the database {where}", hint="check that its directory exists"
         )
-    if "connection" in message or "could not" in message or "server closed" in message:
+    if (
+        "connection" in message
+        or "could not" in message
+        or "server closed" in message
+        or "shutting down" in message
+        or "starting up" in message
+        or "terminating" in message
+    ):
         return StoreError(
             f"cannot reach the database {where}", hint="check that the database server is running"
         )
     return StoreError(f"the database {where} failed: {type(exc).__name__}")
+
+
+def _sqlite_pragma(conn: Connection, pragma: str) -> None:
+    # On the driver's connection: outside any transaction, where SQLite accepts it.
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None
+    dbapi.execute(f"PRAGMA {pragma}")
 
 
 class Database:
@@ -82,8 +99,28 @@ class Database:
             self.engine = create_engine(url, poolclass=NullPool if database == ":memory:" else None)
             _sqlite_hooks(self.engine, synchronous=synchronous)
         else:
-            self.engine = create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
+            connect_args: dict[str, Any] = {}
+            if "connect_timeout" not in parsed.query:
+                # A server that does not answer (a partition drops packets, no reset) fails in
+                # seconds instead of minutes of TCP retries: requests get a retryable 503.
+                connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT
+            self.engine = create_engine(
+                url,
+                # A connection cut by a database restart is noticed at checkout and replaced, so
+                # nodes reconnect on their own; a request never waits long for a free connection.
+                pool_pre_ping=True,
+                pool_size=8,
+                max_overflow=8,
+                pool_timeout=PG_POOL_TIMEOUT,
+                connect_args=connect_args,
+            )
         self._writer = self.engine.execution_options(vouch_write=True)
+        self._synchronous = synchronous
+        # SQLite has one writer: threads of this process queue here for it, in turn, instead of
+        # in SQLite's busy handler, which sleeps in growing steps (up to 100 ms) between tries.
+        self._write_turn: contextlib.AbstractContextManager[Any] = (
+            threading.RLock() if self.dialect == "sqlite" else contextlib.nullcontext()
+        )
 
     @staticmethod
     def _describe(parsed: Any) -> str:
@@ -92,11 +129,26 @@ class Database:
         return f"{parsed.get_backend_name()}://{parsed.host or 'localhost'}/{parsed.database}"
 
     @contextlib.contextmanager
-    def begin(self) -> Iterator[Connection]:
-        """A write transaction: committed when the block ends, rolled back on any error."""
+    def begin(self, *, durable: bool = True) -> Iterator[Connection]:
+        """A write transaction: committed when the block ends, rolled back on any error.
+
+        ``durable=False`` is for state a power loss may forget (never half-apply), such as used
+        ACME nonces: its commit does not wait for the disk (SQLite: synchronous NORMAL for this
+        transaction; PostgreSQL: synchronous_commit off). The next durable commit covers it.
+        """
         try:
-            with self._writer.begin() as conn:
-                yield conn
+            with self._write_turn, self._writer.connect() as conn:
+                lazy = not durable and self.dialect in ("sqlite", "postgresql")
+                if lazy and self.dialect == "sqlite":
+                    _sqlite_pragma(conn, "synchronous = NORMAL")
+                try:
+                    with conn.begin():
+                        if lazy and self.dialect == "postgresql":
+                            conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+                        yield conn
+                finally:
+                    if lazy and self.dialect == "sqlite":
+                        _sqlite_pragma(conn, f"synchronous = {self._synchronous}")
         except IntegrityError as exc:
             raise Conflict("the record conflicts with one already stored") from exc
         except (OperationalError, DBAPIError) as exc:

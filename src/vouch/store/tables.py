@@ -9,6 +9,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -272,4 +273,128 @@ acme_challenges = Table(
     Column("validated_at", UTCDateTime, nullable=True),
     Column("error", Text, nullable=True),
     Index("ix_acme_challenges_authz", "authz_id"),
+)
+
+# Key custody: transcripts of offline root ceremonies, imported once each (migration 0007).
+ceremonies = Table(
+    "ceremonies",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("transcript_id", String(64), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("signer_sha256", String(64), nullable=False),  # the root certificate that signed it
+    Column("sha256", String(64), nullable=False),  # of the signed canonical bytes
+    Column("transcript", Text, nullable=False),
+    Column("signature", LargeBinary, nullable=False),
+    Column("imported_at", UTCDateTime, nullable=False),
+    UniqueConstraint("transcript_id", name="uq_ceremonies_transcript_id"),
+)
+
+# -- ACME additions (migration 0005) ---------------------------------------------------------------
+
+acme_eab_keys = Table(
+    "acme_eab_keys",
+    metadata,
+    Column("key_id", String(64), primary_key=True),
+    # The HMAC key sealed (AES-GCM) under the home's EAB wrapping key; erased once bound.
+    Column("hmac_sealed", LargeBinary, nullable=True),
+    Column("note", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime, nullable=True),
+    Column("account_id", Integer, ForeignKey("acme_accounts.id"), nullable=True, unique=True),
+    Column("bound_at", UTCDateTime, nullable=True),
+)
+
+acme_renewal_overrides = Table(
+    "acme_renewal_overrides",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    # One certificate, or every certificate of an authority issued before issued_before.
+    Column("certificate_id", Integer, nullable=True, index=True),
+    Column("authority_id", Integer, nullable=True),
+    Column("issued_before", UTCDateTime, nullable=False),
+    Column("window_start", UTCDateTime, nullable=False),
+    Column("window_end", UTCDateTime, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+acme_domain_issuance = Table(
+    "acme_domain_issuance",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("domain", String(255), nullable=False),  # the registered domain (public suffix + 1)
+    Column("certificate_id", Integer, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Index("ix_acme_domain_issuance_domain", "domain", "at"),
+)
+
+acme_secrets = Table(
+    "acme_secrets",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("value", LargeBinary, nullable=False),  # e.g. the key that authenticates nonces
+)
+
+# When the current finalization began (a stale one is taken up again: see AcmeStore).
+acme_orders.append_column(Column("finalize_started", UTCDateTime, nullable=True))
+
+Index("ix_acme_orders_replaces", acme_orders.c.replaces)
+Index("ix_acme_orders_certificate", acme_orders.c.certificate_id)
+Index("ix_acme_orders_created", acme_orders.c.account_id, acme_orders.c.created_at)
+
+# Intermediate rollovers: issuance under ``old_id`` (retired) goes to ``new_id`` (migration 0007).
+ca_rollovers = Table(
+    "ca_rollovers",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("old_id", Integer, ForeignKey("authorities.id"), nullable=False),
+    Column("new_id", Integer, ForeignKey("authorities.id"), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    UniqueConstraint("old_id", name="uq_ca_rollovers_old_id"),
+)
+
+# -- REST API (migration 0006) ---------------------------------------------------------------
+
+# One-time tokens redeemed, by jti: a replay is refused on every node. Kept until they expire.
+api_token_redemptions = Table(
+    "api_token_redemptions",
+    metadata,
+    Column("jti", String(64), primary_key=True),
+    Column("provisioner", String(64), nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("redeemed_at", UTCDateTime, nullable=False),
+    Index("ix_api_token_redemptions_expires", "expires_at"),
+)
+
+# Administrators' API tokens: only the SHA-256 of the secret is kept.
+api_admin_tokens = Table(
+    "api_admin_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(64), nullable=False),
+    Column("role", String(16), nullable=False),  # admin | operator | auditor
+    Column("secret_sha256", LargeBinary, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=True),
+    Column("revoked_at", UTCDateTime, nullable=True),
+)
+
+# -- Incidents: a compromised CA, its replacement and its close (migration 0008) -------------
+
+incidents = Table(
+    "incidents",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("authority_id", Integer, ForeignKey("authorities.id"), nullable=False),  # compromised
+    Column("replacement_id", Integer, ForeignKey("authorities.id"), nullable=True),
+    Column("reason", String(32), nullable=False),
+    Column("status", String(16), nullable=False),  # open | finished
+    Column("declared_at", UTCDateTime, nullable=False),
+    Column("deadline", UTCDateTime, nullable=True),
+    # Unexpired certificates under the CA when it was declared compromised.
+    Column("certificates", Integer, nullable=False),
+    Column("leaves_revoked_at", UTCDateTime, nullable=True),
+    Column("finished_at", UTCDateTime, nullable=True),
+    Column("mttr_seconds", Float, nullable=True),
+    Index("ix_incidents_authority", "authority_id", "status"),
 )

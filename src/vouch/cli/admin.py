@@ -1,0 +1,229 @@
+"""``vouch admin``: API tokens for administrators, and provisioners."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from vouch.cli.context import CliState, errors_to_exit, passphrase_source
+
+if TYPE_CHECKING:
+    from vouch.wiring import Vouch
+
+app = typer.Typer(no_args_is_help=True)
+tokens_app = typer.Typer(no_args_is_help=True)
+provisioners_app = typer.Typer(no_args_is_help=True)
+app.add_typer(tokens_app, name="token", help="Administrators' API tokens (shown once).")
+app.add_typer(provisioners_app, name="provisioner", help="Who may ask the API for certificates.")
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def _open(ctx: typer.Context) -> Vouch:
+    from vouch.wiring import Vouch
+
+    state: CliState = ctx.obj
+    return Vouch(state.home, passphrase=passphrase_source(state))
+
+
+@tokens_app.command("new")
+def token_new(
+    ctx: typer.Context,
+    role: Annotated[str, typer.Option("--role", help="admin, operator or auditor.")],
+    name: Annotated[
+        str, typer.Option("--name", help="Whose token it is, e.g. alice@example.com.")
+    ] = "admin",
+    ttl: Annotated[
+        str | None, typer.Option("--ttl", help="Expires after this (e.g. 90d); default never.")
+    ] = None,
+) -> None:
+    """Create an API token and print it once (only its SHA-256 is kept)."""
+    from vouch.durations import parse_duration
+
+    with errors_to_exit():
+        vouch = _open(ctx)
+        try:
+            created = vouch.admin_tokens().create(
+                name, role, ttl=parse_duration(ttl) if ttl else None
+            )
+        finally:
+            vouch.close()
+    print(
+        f"API token {created.record.id} for {name} ({role}); shown once, keep it secret:",
+        file=sys.stderr,
+    )
+    print(created.token)
+
+
+@tokens_app.command("list")
+def token_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """The API tokens (never their secrets)."""
+    from vouch.cli.render import iso, print_json, print_table
+
+    with errors_to_exit():
+        vouch = _open(ctx)
+        try:
+            records = vouch.admin_tokens().list()
+        finally:
+            vouch.close()
+    rows = [
+        {
+            "id": r.id,
+            "name": r.name,
+            "role": r.role,
+            "created_at": iso(r.created_at),
+            "expires_at": iso(r.expires_at),
+            "revoked_at": iso(r.revoked_at),
+        }
+        for r in records
+    ]
+    if as_json:
+        print_json(rows)
+        return
+    print_table(
+        "API tokens",
+        ["id", "name", "role", "created", "expires", "revoked"],
+        [[str(v or "") for v in row.values()] for row in rows],
+    )
+
+
+@tokens_app.command("revoke")
+def token_revoke(
+    ctx: typer.Context, token_id: Annotated[int, typer.Argument(help="The token's id.")]
+) -> None:
+    """Revoke an API token at once (on every node)."""
+    with errors_to_exit():
+        vouch = _open(ctx)
+        try:
+            vouch.admin_tokens().revoke(token_id)
+        finally:
+            vouch.close()
+    print(f"API token {token_id} revoked")
+
+
+@provisioners_app.command("add")
+def provisioner_add(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The provisioner's name (letters, digits, ._-).")],
+    suffix: Annotated[
+        list[str] | None,
+        typer.Option("--allow-suffix", help="DNS suffix its tokens may name (repeatable)."),
+    ] = None,
+    profile: Annotated[
+        list[str] | None, typer.Option("--profile", help="Profile it may use (repeatable).")
+    ] = None,
+    max_lifetime: Annotated[
+        str | None, typer.Option("--max-lifetime", help="Longest certificate, e.g. 30d.")
+    ] = None,
+) -> None:
+    """Make a token provisioner: a P-256 key (encrypted, in keys/provisioners/) and its
+    [[provisioners]] entry in vouch.toml."""
+    import tomllib
+
+    from cryptography.hazmat.primitives import serialization
+
+    from vouch.config import (
+        CONFIG_NAME,
+        ProvisionerSettings,
+        VouchConfig,
+        load_config,
+        toml_string,
+    )
+    from vouch.errors import BadInput, Conflict
+    from vouch.fsutil import atomic_write
+    from vouch.keys.base import KeyRef
+    from vouch.services.provisioners import build_provisioners
+
+    state: CliState = ctx.obj
+    with errors_to_exit():
+        try:
+            ProvisionerSettings(name=name)
+        except ValueError as exc:
+            raise BadInput(
+                f"not a provisioner name: {name!r}", hint="letters, digits and ._- (64 at most)"
+            ) from exc
+        config = load_config(state.home)
+        if any(p.name == name for p in config.provisioners):
+            raise Conflict(f"a provisioner named {name!r} already exists")
+        public_path = f"provisioners/{name}.pub.pem"
+        ref = KeyRef("file", f"keys/provisioners/{name}.key.pem")
+        lines = [
+            "",
+            "[[provisioners]]",
+            f"name = {toml_string(name)}",
+            'type = "token"',
+            f"public_key = {toml_string(public_path)}",
+            f"key = {toml_string(str(ref))}",
+        ]
+        if profile:
+            lines.append(f"profiles = [{', '.join(toml_string(p) for p in profile)}]")
+        if max_lifetime:
+            lines.append(f"max_lifetime = {toml_string(max_lifetime)}")
+        if suffix:
+            allowed = ", ".join(toml_string(s) for s in suffix)
+            lines.append(f"policy = {{ allowed_dns_suffixes = [{allowed}] }}")
+        path = state.home / CONFIG_NAME
+        text = path.read_text(encoding="utf-8").rstrip("\n") + "\n" + "\n".join(lines) + "\n"
+        try:  # the new entry must read back before anything is written
+            checked = VouchConfig.model_validate(tomllib.loads(text))
+            build_provisioners(checked.provisioners[-1:], lambda _path: _throwaway_public_key())
+        except (ValueError, tomllib.TOMLDecodeError) as exc:
+            raise BadInput(f"that provisioner would not be valid: {exc}") from exc
+        vouch = _open(ctx)
+        try:
+            (state.home / "keys" / "provisioners").mkdir(mode=0o700, exist_ok=True)
+            key = vouch.keys.generate(ref, "ec-p256")
+            public = key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            (state.home / "provisioners").mkdir(mode=0o755, exist_ok=True)
+            atomic_write(state.home / public_path, public, overwrite=False)
+            atomic_write(path, text.encode("utf-8"), mode=0o600)
+        finally:
+            vouch.close()
+    print(f"Provisioner {name} added to {CONFIG_NAME}; its public key is {public_path}")
+    print(f"Mint a token: vouch token www.example.com --provisioner {name}")
+
+
+@provisioners_app.command("list")
+def provisioner_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """The provisioners in vouch.toml."""
+    from vouch.cli.render import print_json, print_table
+
+    with errors_to_exit():
+        vouch = _open(ctx)
+        try:
+            described = [p.describe() for p in vouch.provisioners.all()]
+        finally:
+            vouch.close()
+    if as_json:
+        print_json(described)
+        return
+    print_table(
+        "Provisioners",
+        ["name", "type", "profiles", "max lifetime", "policy"],
+        [
+            [
+                d["name"],
+                d["type"],
+                ", ".join(d["profiles"]) or "any",
+                d["max_lifetime"] or "",
+                str(d["policy"] or ""),
+            ]
+            for d in described
+        ],
+    )
+
+
+def _throwaway_public_key() -> bytes:
+    """Stands in for the new provisioner's key while its entry is checked."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )

@@ -1,0 +1,161 @@
+"""The API's wire models: typed, strict, documented; they do no I/O. Examples hold no secret."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PEM_CSR_EXAMPLE = (
+    "-----BEGIN CERTIFICATE REQUEST-----\nMIIB...\n-----END CERTIFICATE REQUEST-----\n"
+)
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class Problem(_Out):
+    error: str = Field(description="A short machine-readable reason, e.g. expired, replay")
+    message: str
+    hint: str | None = None
+
+
+class IssueRequest(_In):
+    csr: str = Field(
+        min_length=1,
+        max_length=64 * 1024,
+        description="A PKCS#10 request, PEM (or base64 DER)",
+        examples=[PEM_CSR_EXAMPLE],
+    )
+    token: str | None = Field(
+        default=None,
+        max_length=8192,
+        description="A one-time token from `vouch token` (else an operator's API token)",
+    )
+    profile: str | None = Field(default=None, max_length=64, examples=["tls-server"])
+    lifetime: str | None = Field(default=None, max_length=32, examples=["30d"])
+    ca: str | None = Field(default=None, max_length=64, examples=["issuing"])
+    common_name: bool = Field(default=False, description="Put the CSR's common name in the subject")
+
+
+class RenewRequest(_In):
+    csr: str | None = Field(
+        default=None,
+        max_length=64 * 1024,
+        description="A new key's CSR (its names must be among the certificate's); "
+        "without it the certificate's key is kept",
+    )
+
+
+class Issued(_Out):
+    serial: str
+    ca: str
+    profile: str
+    names: list[str]
+    not_before: dt.datetime
+    not_after: dt.datetime
+    certificate: str = Field(description="The leaf, PEM")
+    chain: str = Field(description="The leaf, then the intermediates, PEM")
+
+
+class Certificate(_Out):
+    serial: str
+    ca: str
+    status: Literal["valid", "revoked", "expired", "pending"]
+    profile: str
+    names: list[str]
+    subject: str
+    key_type: str
+    not_before: dt.datetime
+    not_after: dt.datetime
+    issued_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+    revocation_reason: str | None
+    certificate: str | None = Field(default=None, description="PEM (in single answers)")
+
+
+class CertificatePage(_Out):
+    items: list[Certificate]
+    next_cursor: int | None = Field(description="Pass as cursor for the next page; null at the end")
+
+
+class RevokeRequest(_In):
+    reason: str = Field(default="unspecified", max_length=32, examples=["keyCompromise"])
+    ca: str | None = Field(default=None, max_length=64)
+
+
+class Revoked(_Out):
+    serial: str
+    ca: str
+    reason: str
+    revoked_at: dt.datetime
+    key_blocked: bool
+
+
+class Links(_Out):
+    certificate: str
+    crl: str
+    ocsp: str | None
+
+
+class Authority(_Out):
+    name: str
+    role: str
+    status: str
+    serial: str
+    key_type: str
+    not_before: dt.datetime
+    not_after: dt.datetime
+    certificate: str = Field(description="PEM")
+    chain: list[str] = Field(description="PEM certificates from this CA up to the root")
+    links: Links
+
+
+class Provisioner(_Out):
+    name: str
+    type: str
+    profiles: list[str]
+    max_lifetime: str | None
+    max_token_ttl: str
+    policy: dict[str, Any]
+    public_key: str | None
+
+
+class TreeHead(_Out):
+    size: int
+    root: str
+    timestamp: str
+    key_id: str
+    signature: str
+
+
+class AdminTokenCreate(_In):
+    name: str = Field(min_length=1, max_length=64, examples=["alice@example.com"])
+    role: Literal["admin", "operator", "auditor"]
+    ttl: str | None = Field(default=None, max_length=32, examples=["90d"])
+
+
+class AdminToken(_Out):
+    id: int
+    name: str
+    role: str
+    created_at: dt.datetime
+    expires_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+
+
+class AdminTokenCreated(AdminToken):
+    token: str = Field(description="Shown once; only its hash is kept")
+
+
+class WhoAmI(_Out):
+    id: int
+    name: str
+    role: str
+    permissions: list[str]

@@ -1,0 +1,220 @@
+"""Administrators of the API: tokens shown once and kept as hashes, roles, failed-login limits.
+
+A token reads ``vat_<id>_<secret>``: the id finds the row, the secret's SHA-256 is compared in
+constant time. Roles: ``admin`` does everything; ``operator`` issues and revokes (and reads);
+``auditor`` reads everything and changes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import re
+import secrets
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Literal
+
+from vouch.clock import Clock
+from vouch.errors import AuthenticationFailed, BadInput, VouchError
+from vouch.store.api import AdminTokenRecord, ApiStore
+from vouch.store.records import NewEvent
+
+Role = Literal["admin", "operator", "auditor"]
+Permission = Literal["read", "issue", "revoke", "admin"]
+ROLES: tuple[Role, ...] = ("admin", "operator", "auditor")
+PERMISSIONS: dict[str, frozenset[str]] = {
+    "admin": frozenset({"read", "issue", "revoke", "admin"}),
+    "operator": frozenset({"read", "issue", "revoke"}),
+    "auditor": frozenset({"read"}),
+}
+_TOKEN = re.compile(r"^vat_([0-9]{1,12})_([A-Za-z0-9_-]{43})$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._@-]{0,63}$")
+# Compared against when the id is unknown, so a miss takes as long as a wrong secret.
+_DUMMY = hashlib.sha256(b"no such token").digest()
+
+
+class PermissionDenied(VouchError):
+    """Authenticated, but not allowed to do this."""
+
+    category = "permission"
+
+
+class RateLimited(VouchError):
+    category = "rate-limited"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, hint=f"retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Admin:
+    """Who an API request is from."""
+
+    id: int
+    name: str
+    role: str
+
+    def require(self, permission: Permission) -> None:
+        if permission not in PERMISSIONS.get(self.role, frozenset()):
+            raise PermissionDenied(
+                f"the {self.role} role may not do this (it needs {permission} permission)"
+            )
+
+
+@dataclass(frozen=True)
+class NewAdminToken:
+    record: AdminTokenRecord
+    token: str  # shown once, never stored
+
+
+class AdminTokens:
+    def __init__(self, *, store: ApiStore, clock: Clock) -> None:
+        self._store = store
+        self._clock = clock
+
+    def create(
+        self, name: str, role: str, *, ttl: dt.timedelta | None = None, by: Admin | None = None
+    ) -> NewAdminToken:
+        if role not in ROLES:
+            raise BadInput(f"unknown role {role!r}", hint=f"one of: {', '.join(ROLES)}")
+        if not _NAME.match(name):
+            raise BadInput(
+                "a token name is 1-64 letters, digits, spaces and ._@- (e.g. alice@example.com)"
+            )
+        now = self._clock.now().replace(microsecond=0)
+        secret = secrets.token_urlsafe(32)
+        expires = now + ttl if ttl is not None else None
+        token_id = self._store.add_admin_token(
+            name=name,
+            role=role,
+            secret_sha256=hashlib.sha256(secret.encode("ascii")).digest(),
+            at=now,
+            expires_at=expires,
+            event=NewEvent(
+                "api.admin-token-created",
+                "",
+                {
+                    "name": name,
+                    "role": role,
+                    "expires_at": expires.isoformat() if expires else None,
+                    "by": _who(by),
+                },
+            ),
+        )
+        record = self._store.admin_token(token_id)
+        assert record is not None  # just written in a committed transaction
+        return NewAdminToken(record, f"vat_{token_id}_{secret}")
+
+    def authenticate(self, token: str) -> Admin:
+        """The administrator a token belongs to; ``AuthenticationFailed`` (saying nothing about
+        which part was wrong) otherwise."""
+        match = _TOKEN.match(token)
+        record = self._store.admin_token(int(match.group(1))) if match else None
+        offered = hashlib.sha256((match.group(2) if match else token).encode()).digest()
+        good = hmac.compare_digest(offered, record.secret_sha256 if record else _DUMMY)
+        now = self._clock.now()
+        if (
+            not good
+            or record is None
+            or record.revoked_at is not None
+            or (record.expires_at is not None and record.expires_at <= now)
+        ):
+            raise AuthenticationFailed("the API token is not valid", hint="ask an admin for one")
+        return Admin(record.id, record.name, record.role)
+
+    def list(self) -> list[AdminTokenRecord]:
+        return self._store.admin_tokens()
+
+    def revoke(self, token_id: int, *, by: Admin | None = None) -> None:
+        self._store.revoke_admin_token(
+            token_id,
+            self._clock.now().replace(microsecond=0),
+            NewEvent("api.admin-token-revoked", str(token_id), {"id": token_id, "by": _who(by)}),
+        )
+
+
+def _who(admin: Admin | None) -> dict[str, object]:
+    if admin is None:
+        return {"cli": True}
+    return {"id": admin.id, "name": admin.name, "role": admin.role}
+
+
+class FailureLimiter:
+    """Failed logins per source: after ``limit`` within ``window``, the source is refused until
+    the window has passed. In memory, per node; bounded to ``capacity`` sources."""
+
+    def __init__(
+        self, *, limit: int, window: dt.timedelta, clock: Clock, capacity: int = 100_000
+    ) -> None:
+        self._limit = limit
+        self._window = window
+        self._clock = clock
+        self._capacity = capacity
+        self._failures: OrderedDict[str, list[dt.datetime]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def check(self, source: str) -> None:
+        now = self._clock.now()
+        with self._lock:
+            recent = self._recent(source, now)
+            if len(recent) >= self._limit:
+                retry = int((recent[0] + self._window - now).total_seconds()) + 1
+                raise RateLimited(
+                    f"too many failed logins from {source}", retry_after=max(1, retry)
+                )
+
+    def failed(self, source: str) -> None:
+        now = self._clock.now()
+        with self._lock:
+            recent = self._recent(source, now)
+            recent.append(now)
+            self._failures[source] = recent[-self._limit :]
+            self._failures.move_to_end(source)
+            while len(self._failures) > self._capacity:
+                self._failures.popitem(last=False)
+
+    def _recent(self, source: str, now: dt.datetime) -> list[dt.datetime]:
+        return [t for t in self._failures.get(source, []) if now - t < self._window]
+
+
+class LoginGuard:
+    """Failed logins (rate-limited per source, and recorded) and administrators' actions
+    (recorded): the audit log shows who did what through the API, and who tried."""
+
+    def __init__(self, *, limiter: FailureLimiter, store: ApiStore, clock: Clock) -> None:
+        self._limiter = limiter
+        self._store = store
+        self._clock = clock
+
+    def check(self, source: str) -> None:
+        self._limiter.check(source)
+
+    def failed(self, source: str, *, credential: str, reason: str) -> None:
+        """Count and record a refused credential (never the credential itself)."""
+        self._limiter.failed(source)
+        self._store.record_events(
+            [
+                NewEvent(
+                    "api.login-failed",
+                    source[:128],
+                    {"source": source, "credential": credential, "reason": reason},
+                )
+            ],
+            self._clock.now().replace(microsecond=0),
+        )
+
+    def admin_action(self, admin: Admin, action: str, source: str) -> None:
+        self._store.record_events(
+            [
+                NewEvent(
+                    "api.admin-action",
+                    str(admin.id),
+                    {"admin": _who(admin), "action": action[:512], "source": source},
+                )
+            ],
+            self._clock.now().replace(microsecond=0),
+        )

@@ -1,0 +1,520 @@
+"""The REST API end to end against a running ``vouch serve``: one-time tokens minted by the CLI
+and redeemed with curl and an openssl CSR, refusals with their reasons, renewal over mTLS, roles
+on every route (walked from the route table), rate-limited failed logins, and the audit log."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from fastapi.routing import APIRoute
+from tests.conftest import make_home, passphrase, require_tool
+from tests.pkilint_check import cabf_findings
+from tests.servers import VouchServer, free_port, run_vouch
+
+from vouch.clock import FixedClock
+from vouch.keys.base import KeyRef
+from vouch.server.api import build_api
+from vouch.server.state import ServerState
+from vouch.services.enrollment import Enroll, OneTimeToken
+from vouch.services.tokens import SPENT_KEPT, TokenRefused, mint_token
+from vouch.wiring import DEFAULT_LINT_ALLOW, Vouch
+from vouch.x509.names import SubjectName
+
+API_CONFIG = """
+[api]
+max_failures = 1000
+"""
+
+
+@dataclass
+class Site:
+    home: Path
+    server: VouchServer
+    work: Path
+    tokens: dict[str, str]  # role -> API token
+
+    @property
+    def api(self) -> str:
+        return f"{self.server.url}/api/v1"
+
+    @property
+    def https(self) -> str:
+        return f"https://127.0.0.1:{self.server.https_port}/api/v1"
+
+    def request(
+        self, method: str, path: str, *, role: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        headers = kwargs.pop("headers", {})
+        if role is not None:
+            headers["authorization"] = f"Bearer {self.tokens[role]}"
+        return httpx.request(method, self.api + path, headers=headers, timeout=30, **kwargs)
+
+    def token(self, *names: str, **options: str) -> str:
+        args = [a for k, v in options.items() for a in (f"--{k}", v)]
+        return run_vouch(self.home, "token", *names, *args).stdout.strip()
+
+
+def _admin_token(home: Path, role: str) -> str:
+    return run_vouch(home, "admin", "token", "new", "--role", role, "--name", role).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    work = tmp_path_factory.mktemp("api")
+    port = free_port()
+    home = work / "home"
+    make_home(
+        home, public_url=f"http://127.0.0.1:{port}", lint_allow=list(DEFAULT_LINT_ALLOW)
+    ).close()
+    with (home / "vouch.toml").open("a") as config:
+        config.write(API_CONFIG)
+    run_vouch(home, "admin", "provisioner", "add", "ci", "--allow-suffix", "example.com")
+    run_vouch(
+        home, "admin", "provisioner", "add", "devices", "--profile", "tls-client",
+        "--max-lifetime", "7d",
+    )  # fmt: skip
+    tokens = {role: _admin_token(home, role) for role in ("admin", "operator", "auditor")}
+    with VouchServer(home, http_port=port) as server:
+        yield Site(home, server, work, tokens)
+
+
+def _csr(work: Path, name: str, *extra: str, tag: str = "") -> tuple[Path, Path]:
+    key, csr = work / f"{name}{tag}.key", work / f"{name}{tag}.csr"
+    sans = ",".join(f"DNS:{n}" for n in (name, *extra))
+    subprocess.run(
+        [
+            require_tool("openssl"), "req", "-new", "-newkey", "ec",
+            "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(key),
+            "-subj", f"/CN={name}", "-addext", f"subjectAltName={sans}", "-out", str(csr),
+        ],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    return key, csr
+
+
+def _curl_issue(site: Site, csr: Path, token: str, **extra: str) -> tuple[int, dict[str, Any]]:
+    """POST /api/v1/certificates with curl, as a machine would."""
+    body = site.work / "body.json"
+    body.write_text(json.dumps({"csr": csr.read_text(), "token": token, **extra}))
+    result = subprocess.run(
+        [
+            require_tool("curl"), "-sS", "-o", "-", "-w", "\n%{http_code}",
+            "-H", "content-type: application/json", "--data-binary", f"@{body}",
+            f"{site.api}/certificates",
+        ],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    text, _, status = result.stdout.rpartition("\n")
+    return int(status), json.loads(text)
+
+
+def _verify(site: Site, chain_pem: str) -> None:
+    chain = site.work / "verify-chain.pem"
+    certs = x509.load_pem_x509_certificates(chain_pem.encode())
+    chain.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs[1:]))
+    leaf = site.work / "verify-leaf.pem"
+    leaf.write_bytes(certs[0].public_bytes(serialization.Encoding.PEM))
+    result = subprocess.run(
+        [
+            require_tool("openssl"), "verify", "-x509_strict", "-CAfile", str(site.home / "root.pem"),
+            "-untrusted", str(chain), str(leaf),
+        ],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The test's URLs (AIA, CRL, OCSP) point at 127.0.0.1, which the CA/B rules call internal:
+    # accepted as the home accepts them (lint_allow); nothing else may be found.
+    findings = [f for f in cabf_findings(certs[0]) if f.split(" ")[0] not in DEFAULT_LINT_ALLOW]
+    assert findings == []
+
+
+def _events(home: Path, kind: str) -> list[dict[str, Any]]:
+    vouch = Vouch(home, passphrase=passphrase)
+    try:
+        return [data for _, _, _, data in vouch.store.list_events(kind)]
+    finally:
+        vouch.close()
+
+
+# -- one-time tokens -------------------------------------------------------------------------------
+
+
+def test_token_flow_with_curl_and_openssl(site: Site) -> None:
+    _, csr = _csr(site.work, "www.example.com", "api.example.com")
+    token = site.token("www.example.com", "api.example.com", ttl="5m", provisioner="ci")
+    status, body = _curl_issue(site, csr, token)
+    assert status == 201, body
+    assert body["names"] == ["www.example.com", "api.example.com"]
+    assert body["ca"] == "issuing" and body["profile"] == "tls-server"
+    _verify(site, body["chain"])
+    # Once only: the same token again is a replay, whatever the CSR.
+    status, again = _curl_issue(site, csr, token)
+    assert (status, again["error"]) == (401, "replay"), again
+    redeemed = [e for e in _events(site.home, "api.token-redeemed") if e["provisioner"] == "ci"]
+    assert any(e["names"] == ["www.example.com", "api.example.com"] for e in redeemed)
+    issued = {e["serial"]: e["by"] for e in _events(site.home, "api.issued")}
+    assert issued[body["serial"]]["provisioner"] == "ci"
+    assert token not in json.dumps(_events(site.home, "api.token-redeemed"))
+
+
+def _provisioner_key(site: Site, name: str = "ci") -> ec.EllipticCurvePrivateKey:
+    vouch = Vouch(site.home, passphrase=passphrase)
+    try:
+        key = vouch.keys.load(KeyRef("file", f"keys/provisioners/{name}.key.pem"))
+    finally:
+        vouch.close()
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    return key
+
+
+def test_token_refusals_say_why(site: Site) -> None:
+    _, csr = _csr(site.work, "a.example.com")
+    key = _provisioner_key(site)
+    now = dt.datetime.now(dt.UTC)
+
+    def mint(**changes: Any) -> str:
+        args: dict[str, Any] = {
+            "provisioner": "ci",
+            "audience": site.api,
+            "names": ["a.example.com"],
+            "ttl": dt.timedelta(minutes=5),
+            "now": now,
+        }
+        signing_key = changes.pop("key", key)
+        args.update(changes)
+        return mint_token(signing_key, **args)
+
+    stranger = ec.generate_private_key(ec.SECP256R1())
+    cases = {
+        "expired": (mint(now=now - dt.timedelta(minutes=10)), 401),
+        "wrong-audience": (mint(audience="https://elsewhere.example/api/v1"), 401),
+        "names": (mint(names=["b.example.com"]), 403),
+        "unknown-provisioner": (mint(provisioner="nobody", key=stranger), 401),
+        "bad-signature": (mint(key=stranger), 401),
+        "ttl": (mint(ttl=dt.timedelta(hours=3)), 401),
+        "malformed": ("not.a-token", 401),
+    }
+    for reason, (token, expected) in cases.items():
+        status, body = _curl_issue(site, csr, token)
+        assert (status, body["error"]) == (expected, reason), (reason, body)
+        assert token not in body["message"]
+    # The devices provisioner may issue only tls-client certificates.
+    other = site.token("a.example.com", "--provisioner", "devices")
+    status, body = _curl_issue(site, csr, other)
+    assert status == 403 and "may not issue profile" in body["message"], body
+    failures = _events(site.home, "api.login-failed")
+    assert set(cases) <= {f["reason"] for f in failures}
+
+
+def test_token_cli_refuses_cleanly(site: Site) -> None:
+    outside = run_vouch(site.home, "token", "www.example.org", "--provisioner", "ci", check=False)
+    assert outside.returncode == 4 and "allowed suffix" in outside.stderr
+    assert "Traceback" not in outside.stderr
+    long = run_vouch(site.home, "token", "x.example.com", "--provisioner", "ci", "--ttl", "2h",
+                     check=False)  # fmt: skip
+    assert long.returncode == 3 and "longer than" in long.stderr
+    several = run_vouch(site.home, "token", "x.example.com", check=False)
+    assert several.returncode == 3 and "--provisioner" in several.stderr
+    unknown = run_vouch(site.home, "token", "x.example.com", "--provisioner", "zz", check=False)
+    assert unknown.returncode != 0 and "zz" in unknown.stderr and "Traceback" not in unknown.stderr
+    role = run_vouch(site.home, "admin", "token", "new", "--role", "root", check=False)
+    assert role.returncode == 3 and "unknown role" in role.stderr
+
+
+# -- renewal by possession (mTLS) --------------------------------------------------------------------
+
+
+def _curl_renew(
+    site: Site, cert: Path | None, key: Path | None, body: str = "{}"
+) -> tuple[int, str]:
+    args = [require_tool("curl"), "-sS", "-o", "-", "-w", "\n%{http_code}",
+            "--cacert", str(site.home / "root.pem"), "-H", "content-type: application/json",
+            "--data-binary", body, f"{site.https}/renew"]  # fmt: skip
+    if cert is not None and key is not None:
+        args[1:1] = ["--cert", str(cert), "--key", str(key)]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+    if result.returncode != 0:
+        return -result.returncode, result.stderr
+    text, _, status = result.stdout.rpartition("\n")
+    return int(status), text
+
+
+def _issue_as(site: Site, role: str, csr: Path, **extra: Any) -> dict[str, Any]:
+    response = site.request(
+        "POST", "/certificates", role=role, json={"csr": csr.read_text(), **extra}
+    )
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def test_renewal_by_possession(site: Site) -> None:
+    key, csr = _csr(site.work, "svc.example.com")
+    issued = _issue_as(site, "operator", csr, profile="tls-server-client")
+    cert = site.work / "svc.pem"
+    cert.write_text(issued["chain"])
+    status, text = _curl_renew(site, cert, key)
+    assert status == 201, text
+    renewed = json.loads(text)
+    assert renewed["names"] == ["svc.example.com"] and renewed["serial"] != issued["serial"]
+    assert renewed["profile"] == "tls-server-client"
+    _verify(site, renewed["chain"])
+    # A new key through a CSR; names outside the certificate's are refused.
+    new_key, new_csr = _csr(site.work, "svc.example.com", tag="-new")
+    status, text = _curl_renew(site, cert, key, json.dumps({"csr": new_csr.read_text()}))
+    assert status == 201, text
+    leaf = x509.load_pem_x509_certificate(json.loads(text)["certificate"].encode())
+    assert (
+        leaf.public_key()
+        == serialization.load_pem_private_key(new_key.read_bytes(), None).public_key()
+    )
+    _, wider = _csr(site.work, "svc.example.com", "other.example.com", tag="-wider")
+    status, text = _curl_renew(site, cert, key, json.dumps({"csr": wider.read_text()}))
+    assert status == 403 and "other.example.com" in text
+    # No certificate: 401. Over plain HTTP there is none to present.
+    assert _curl_renew(site, None, None)[0] == 401
+    plain = httpx.post(f"{site.api}/renew", json={}, timeout=30)
+    assert plain.status_code == 401
+    # Revoked: refused.
+    revoked = site.request("POST", f"/certificates/{issued['serial']}/revoke", role="operator",
+                           json={"reason": "superseded"})  # fmt: skip
+    assert revoked.status_code == 200, revoked.text
+    status, text = _curl_renew(site, cert, key)
+    assert status == 401 and json.loads(text)["error"] == "revoked"
+
+
+def test_expired_certificate_cannot_renew(site: Site) -> None:
+    key, csr = _csr(site.work, "short.example.com")
+    issued = _issue_as(site, "operator", csr, profile="tls-server-client", lifetime="2s")
+    cert = site.work / "short.pem"
+    cert.write_text(issued["chain"])
+    time.sleep(3)
+    status, text = _curl_renew(site, cert, key)
+    assert status < 0 or status == 401, text  # the TLS layer or the API refuses it
+
+
+# -- access control ------------------------------------------------------------------------------------
+
+PUBLIC = {
+    ("GET", "/api/v1/cas"),
+    ("GET", "/api/v1/cas/{name}"),
+    ("GET", "/api/v1/provisioners"),
+    ("GET", "/api/v1/audit/tree-head"),
+}
+# The least role each protected route needs. A new route must be added here (or to PUBLIC).
+NEEDS = {
+    ("POST", "/api/v1/certificates"): "operator",
+    ("POST", "/api/v1/certificates/{serial}/revoke"): "operator",
+    ("GET", "/api/v1/certificates"): "auditor",
+    ("GET", "/api/v1/certificates/{serial}"): "auditor",
+    ("GET", "/api/v1/admin/whoami"): "auditor",
+    ("GET", "/api/v1/admin/tokens"): "admin",
+    ("POST", "/api/v1/admin/tokens"): "admin",
+    ("DELETE", "/api/v1/admin/tokens/{token_id}"): "admin",
+}
+POSSESSION = {("POST", "/api/v1/renew")}  # a client certificate, not an API token
+RANK = {"auditor": 0, "operator": 1, "admin": 2}
+PARAMS = {"serial": "0123ABCD", "token_id": "999999", "name": "issuing"}
+
+
+def _routes(site: Site) -> list[tuple[str, str]]:
+    vouch = Vouch(site.home, passphrase=passphrase)
+    try:
+        app = build_api(ServerState(vouch))
+    finally:
+        vouch.close()
+    return sorted(
+        (method, route.path)
+        for route in app.routes
+        if isinstance(route, APIRoute)
+        for method in route.methods
+    )
+
+
+def test_every_route_is_protected_by_role(site: Site) -> None:
+    routes = _routes(site)
+    assert len(routes) >= 13
+    for method, path in routes:
+        key = (method, path)
+        assert key in PUBLIC | NEEDS.keys() | POSSESSION, f"{key}: say who may call it"
+        url = path.removeprefix("/api/v1").format(**PARAMS)
+        if key in PUBLIC:
+            assert site.request(method, url).status_code == 200, key
+            continue
+        # Unauthenticated: 401, before any parsing of the body.
+        response = site.request(method, url, json={})
+        assert response.status_code == 401, (key, response.text)
+        assert response.headers["www-authenticate"].startswith("Bearer")
+        if key in POSSESSION:
+            assert site.request(method, url, role="admin", json={}).status_code == 401
+            continue
+        for role, rank in RANK.items():
+            response = site.request(method, url, role=role, json={})
+            if rank < RANK[NEEDS[key]]:
+                assert response.status_code == 403, (key, role, response.text)
+            else:
+                assert response.status_code not in (401, 403), (key, role, response.text)
+
+
+def test_inventory_search_and_admin_actions(site: Site) -> None:
+    _, csr = _csr(site.work, "inventory.example.com")
+    issued = _issue_as(site, "admin", csr, lifetime="10d")
+    page = site.request("GET", "/certificates", role="auditor",
+                        params={"name": "inventory.example", "status": "valid"}).json()  # fmt: skip
+    assert [c["serial"] for c in page["items"]] == [issued["serial"]]
+    soon = (dt.datetime.now(dt.UTC) + dt.timedelta(days=11)).isoformat()
+    expiring = site.request("GET", "/certificates", role="auditor",
+                            params={"expires_before": soon, "ca": "issuing"}).json()  # fmt: skip
+    assert issued["serial"] in {c["serial"] for c in expiring["items"]}
+    # Paging: one at a time visits everything once.
+    seen: list[str] = []
+    cursor = 0
+    while True:
+        page = site.request("GET", "/certificates", role="auditor",
+                            params={"limit": 1, "cursor": cursor}).json()  # fmt: skip
+        seen += [c["serial"] for c in page["items"]]
+        if page["next_cursor"] is None:
+            break
+        cursor = page["next_cursor"]
+    everything = site.request("GET", "/certificates", role="auditor", params={"limit": 500})
+    assert seen == [c["serial"] for c in everything.json()["items"]]
+    shown = site.request("GET", f"/certificates/{issued['serial'].lower()}", role="auditor")
+    assert shown.json()["certificate"].startswith("-----BEGIN CERTIFICATE-----")
+    bad = site.request("GET", "/certificates/not-hex", role="auditor")
+    assert bad.status_code == 400
+    assert site.request("GET", "/certificates/ABCDEF01", role="auditor").status_code == 404
+    # The auditor changes nothing; the operator revokes, and it shows.
+    path = f"/certificates/{issued['serial']}/revoke"
+    assert site.request("POST", path, role="auditor", json={}).status_code == 403
+    refused = site.request("POST", path, role="operator", json={"reason": "nonsense"})
+    assert refused.status_code == 400
+    done = site.request("POST", path, role="operator", json={"reason": "keyCompromise"})
+    assert done.status_code == 200 and done.json()["key_blocked"] is True
+    again = site.request("GET", "/certificates", role="auditor",
+                         params={"name": "inventory.example", "status": "revoked"})  # fmt: skip
+    assert [c["serial"] for c in again.json()["items"]] == [issued["serial"]]
+    actions = [e["action"] for e in _events(site.home, "api.admin-action")]
+    assert f"POST /api/v1{path}" in actions
+
+
+def test_admin_tokens_through_the_api(site: Site) -> None:
+    created = site.request("POST", "/admin/tokens", role="admin",
+                           json={"name": "bob@example.com", "role": "auditor", "ttl": "1d"})  # fmt: skip
+    assert created.status_code == 201, created.text
+    token = created.json()["token"]
+    me = httpx.get(f"{site.api}/admin/whoami", headers={"authorization": f"Bearer {token}"})
+    assert me.json()["role"] == "auditor"
+    listed = site.request("GET", "/admin/tokens", role="admin").json()
+    assert all("token" not in t for t in listed)
+    assert token not in json.dumps(listed)
+    revoked = site.request("DELETE", f"/admin/tokens/{created.json()['id']}", role="admin")
+    assert revoked.status_code == 200 and revoked.json()["revoked_at"]
+    me = httpx.get(f"{site.api}/admin/whoami", headers={"authorization": f"Bearer {token}"})
+    assert me.status_code == 401
+    kinds = {e["name"] for e in _events(site.home, "api.admin-token-created")}
+    assert "bob@example.com" in kinds
+    assert token not in json.dumps(_events(site.home, "api.admin-token-created"))
+
+
+def test_directory(site: Site) -> None:
+    cas = httpx.get(f"{site.api}/cas").json()
+    issuing = next(c for c in cas if c["name"] == "issuing")
+    assert issuing["links"]["ocsp"].endswith("/ocsp/issuing")
+    assert len(issuing["chain"]) == 2
+    assert httpx.get(f"{site.api}/cas/nope").status_code == 404
+    provisioners = {p["name"]: p for p in httpx.get(f"{site.api}/provisioners").json()}
+    assert provisioners["devices"]["profiles"] == ["tls-client"]
+    assert "key" not in provisioners["ci"] and provisioners["ci"]["public_key"]
+    spec = httpx.get(f"{site.api}/openapi.json").json()
+    assert "/api/v1/certificates" in spec["paths"]
+    assert "vat_" not in json.dumps(spec)
+
+
+def test_failed_logins_are_rate_limited(tmp_path: Path) -> None:
+    port = free_port()
+    home = tmp_path / "home"
+    make_home(
+        home, public_url=f"http://127.0.0.1:{port}", lint_allow=list(DEFAULT_LINT_ALLOW)
+    ).close()
+    with (home / "vouch.toml").open("a") as config:
+        config.write('\n[api]\nmax_failures = 3\nfailure_window = "1m"\n')
+    good = _admin_token(home, "auditor")
+    with VouchServer(home, http_port=port, https=False) as server:
+        url = f"{server.url}/api/v1/admin/whoami"
+        wrong = good[:-4] + "AAAA"
+        for _ in range(3):
+            assert httpx.get(url, headers={"authorization": f"Bearer {wrong}"}).status_code == 401
+        limited = httpx.get(url, headers={"authorization": f"Bearer {good}"})
+        assert limited.status_code == 429 and int(limited.headers["retry-after"]) > 0
+    failures = _events(home, "api.login-failed")
+    assert len(failures) == 3
+    assert wrong not in json.dumps(failures) and good not in json.dumps(failures)
+
+
+# -- spent-token cleanup ---------------------------------------------------------------------------
+
+
+def test_expired_redemptions_are_dropped_by_the_lease_holder(tmp_path: Path) -> None:
+    clock = FixedClock(dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+    home = tmp_path / "home"
+    make_home(home, clock=clock, lint_allow=list(DEFAULT_LINT_ALLOW)).close()
+    run_vouch(home, "admin", "provisioner", "add", "ci", "--allow-suffix", "example.com")
+    vouch = Vouch(home, passphrase=passphrase, clock=clock)
+    try:
+        key = vouch.keys.load(KeyRef("file", "keys/provisioners/ci.key.pem"))
+        enrollment = vouch.enrollment()
+        audience = vouch.api_audience()
+        minted = {
+            ttl: mint_token(
+                key, provisioner="ci", audience=audience, names=["spent.example.com"], ttl=ttl,
+                now=clock.now(),
+            )  # fmt: skip
+            for ttl in (dt.timedelta(minutes=5), dt.timedelta(hours=1))
+        }
+        requests = [_enroll(token) for token in minted.values()]
+        assert all(not isinstance(r, Exception) for r in enrollment.enroll(requests))
+        jtis = [_jti(token) for token in minted.values()]
+        state = ServerState(vouch)
+        state.produce()
+        assert state.leader and vouch.api_store.spent(jtis) == set(jtis)
+        # Past the short token's expiry, but not by SPENT_KEPT: kept (a node whose clock is
+        # behind must still see it as spent).
+        clock.advance(dt.timedelta(minutes=6))
+        state.produce()
+        assert vouch.api_store.spent(jtis) == set(jtis)
+        clock.advance(SPENT_KEPT)
+        state.produce()
+        assert vouch.api_store.spent(jtis) == {jtis[1]}
+        # The dropped token is still refused: it has expired.
+        replay = enrollment.enroll([_enroll(minted[dt.timedelta(minutes=5)])])[0]
+        assert isinstance(replay, TokenRefused) and replay.reason == "expired"
+        replay = enrollment.enroll([_enroll(minted[dt.timedelta(hours=1)])])[0]
+        assert isinstance(replay, TokenRefused) and replay.reason == "replay"
+    finally:
+        vouch.close()
+
+
+def _enroll(token: str) -> Enroll:
+    key = ec.generate_private_key(ec.SECP256R1())
+    return Enroll(
+        public_key=key.public_key(),
+        names=(SubjectName("dns", "spent.example.com"),),
+        credential=OneTimeToken(token),
+    )
+
+
+def _jti(token: str) -> str:
+    claims = token.split(".")[1]
+    return str(json.loads(base64.urlsafe_b64decode(claims + "=" * (-len(claims) % 4)))["jti"])

@@ -1,0 +1,280 @@
+"""Offline root ceremonies through the real CLI: an offline root directory on the "air-gapped"
+side, a vouch home on the online side, transcripts carried between them and verified.
+
+Every certificate the ceremony makes is checked with ``openssl verify -x509_strict``; a root
+rollover is checked by validating a leaf under the old root with only the new root trusted.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from tests.conftest import require_tool
+from tests.servers import VOUCH, run_vouch, vouch_env
+
+from vouch.wiring import Vouch
+
+URL = "http://pki.example.com"
+
+
+def ceremony(
+    directory: Path, *args: str, stdin: str = "", check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [VOUCH, "ceremony", *args, "--dir", str(directory)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=vouch_env(),
+        timeout=120,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"vouch ceremony {' '.join(args)} failed: {result.stderr}")
+    return result
+
+
+def transcripts(directory: Path) -> list[Path]:
+    return sorted((directory / "transcripts").glob("*.json"))
+
+
+def events(home: Path, kind: str) -> list[dict[str, object]]:
+    vouch = Vouch(home, passphrase=lambda _: b"test-passphrase-1")
+    try:
+        return [data for _, _, _, data in vouch.store.list_events(kind)]
+    finally:
+        vouch.close()
+
+
+def authorities(home: Path) -> dict[str, dict[str, object]]:
+    listed = json.loads(run_vouch(home, "ca", "list", "--json").stdout)
+    return {a["name"]: a for a in listed}
+
+
+def openssl_verify(
+    openssl: str, anchor: Path, leaf: Path, *untrusted: Path
+) -> subprocess.CompletedProcess[str]:
+    args = [openssl, "verify", "-x509_strict", "-CAfile", str(anchor)]
+    for path in untrusted:
+        args += ["-untrusted", str(path)]
+    return subprocess.run([*args, str(leaf)], capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture
+def sites(tmp_path: Path) -> tuple[Path, Path]:
+    """The online home and the offline ceremony directory (made by init --offline-root)."""
+    home, offline = tmp_path / "home", tmp_path / "offline"
+    run_vouch(home, "init", "--offline-root", str(offline), "--public-url", URL)
+    ceremony(offline, "adopt", "--operator", "alice", "--public-url", URL)
+    run_vouch(home, "ceremony", "import", str(transcripts(offline)[-1]))
+    return home, offline
+
+
+def new_csr(home: Path, name: str) -> tuple[Path, str]:
+    csr = home.parent / f"{name}.csr"
+    made = run_vouch(home, "ca", "new-intermediate", name, "--csr-out", str(csr))
+    key_ref = f"file:keys/{name}.key.pem"
+    assert key_ref in made.stdout
+    return csr, key_ref
+
+
+def test_sign_csr_import_activate_and_issue(sites: tuple[Path, Path], tmp_path: Path) -> None:
+    openssl = require_tool("openssl")
+    home, offline = sites
+    csr, key_ref = new_csr(home, "issuing-2")
+
+    # The operator is shown what will be signed and must type its name; anything else signs nothing.
+    refused = ceremony(
+        offline,
+        "sign-csr",
+        str(csr),
+        "--operator",
+        "alice",
+        "--name",
+        "issuing-2",
+        stdin="yes\n",
+        check=False,
+    )
+    assert refused.returncode != 0 and "nothing was signed" in refused.stderr
+    assert "path length" in refused.stdout and "CN=Test Corp issuing-2" not in refused.stderr
+    assert len(transcripts(offline)) == 1 and not (offline / "issued").exists()
+
+    signed = ceremony(
+        offline,
+        "sign-csr",
+        str(csr),
+        "--operator",
+        "alice",
+        "--operator",
+        "bob",
+        "--name",
+        "issuing-2",
+        stdin="issuing-2\n",
+    )
+    for shown in ("subject", "public key SHA-256", "valid until", "BasicConstraints", "serial"):
+        assert shown in signed.stdout
+    transcript = transcripts(offline)[-1]
+    data = json.loads(transcript.read_text())
+    assert data["kind"] == "sign-csr" and data["operators"] == ["alice", "bob"]
+    assert data["host"] and data["started_at"] <= data["ended_at"]
+    [issued] = list((offline / "issued").glob("*.pem"))
+    assert openssl_verify(openssl, offline / "root.pem", issued).returncode == 0
+
+    # A wrong key reference is refused; the right one is checked against the certificate.
+    wrong = run_vouch(
+        home,
+        "ceremony",
+        "import",
+        str(transcript),
+        "--key-backend",
+        "file:keys/issuing.key.pem",
+        check=False,
+    )
+    assert wrong.returncode == 3 and "not the key" in wrong.stderr
+    assert "issuing-2" not in authorities(home)
+    run_vouch(home, "ceremony", "import", str(transcript), "--key-backend", key_ref, "--standby")
+    again = run_vouch(home, "ceremony", "import", str(transcript), check=False)
+    assert again.returncode == 6 and "imported already" in again.stderr
+    [imported] = [e for e in events(home, "ceremony.imported") if e["kind"] == "sign-csr"]
+    assert imported["operators"] == ["alice", "bob"] and imported["signer"] == "root"
+
+    run_vouch(home, "ca", "activate", "issuing-2", "--replaces", "issuing")
+    cas = authorities(home)
+    assert cas["issuing"]["status"] == "retired" and cas["issuing-2"]["status"] == "active"
+    assert [e["new"] for e in events(home, "ca.rolled-over")] == ["issuing-2"]
+    run_vouch(home, "cert", "new", "www.example.com", "--out-dir", str(tmp_path))
+    leaf = tmp_path / "www.example.com.pem"
+    assert openssl_verify(openssl, home / "root.pem", leaf, leaf).returncode == 0
+    shown = json.loads(run_vouch(home, "cert", "list", "--json").stdout)
+    assert [c["ca"] for c in shown if "www.example.com" in c["names"]] == ["issuing-2"]
+
+
+def test_altered_or_foreign_transcripts_record_nothing(
+    sites: tuple[Path, Path], tmp_path: Path
+) -> None:
+    home, offline = sites
+    csr, _ = new_csr(home, "issuing-3")
+    ceremony(offline, "sign-csr", str(csr), "--operator", "alice", "--name", "issuing-3", "--yes")
+    transcript = transcripts(offline)[-1]
+    data = json.loads(transcript.read_text())
+    data["operators"] = ["mallory"]
+    altered = tmp_path / "altered.json"
+    altered.write_text(json.dumps(data))
+    result = run_vouch(
+        home, "ceremony", "import", str(altered), "--signature", f"{transcript}.sig", check=False
+    )
+    assert result.returncode == 7 and "does not verify" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    # Another root's ceremony (its own directory) is not trusted by this home.
+    other = tmp_path / "other-root"
+    ceremony(
+        other,
+        "create-root",
+        "--operator",
+        "eve",
+        "--organization",
+        "Other",
+        "--public-url",
+        URL,
+    )
+    foreign = run_vouch(home, "ceremony", "import", str(transcripts(other)[-1]), check=False)
+    assert foreign.returncode == 5 and "does not know" in foreign.stderr
+    for bad in (b"", b"not json", b'{"format": "vouch-ceremony-transcript-v1"}'):
+        garbage = tmp_path / "garbage.json"
+        garbage.write_bytes(bad)
+        (tmp_path / "garbage.json.sig").write_text("AAAA\n")
+        refused = run_vouch(home, "ceremony", "import", str(garbage), check=False)
+        assert refused.returncode == 3 and "Traceback" not in refused.stderr
+    assert set(authorities(home)) == {"root", "issuing"}
+    assert [e["kind"] for e in events(home, "ceremony.imported")] == ["adopt-root"]
+
+
+def test_root_crl_revokes_an_intermediate(sites: tuple[Path, Path], tmp_path: Path) -> None:
+    openssl = require_tool("openssl")
+    home, offline = sites
+    csr, key_ref = new_csr(home, "team-b")
+    ceremony(offline, "sign-csr", str(csr), "--operator", "alice", "--name", "team-b", "--yes")
+    run_vouch(home, "ceremony", "import", str(transcripts(offline)[-1]), "--key-backend", key_ref)
+    serial = authorities(home)["team-b"]["serial"]
+    bad = ceremony(
+        offline, "sign-crl", "--operator", "carol", "--revoke", "ABCDEF:superseded", check=False
+    )
+    assert bad.returncode == 5
+    ceremony(offline, "sign-crl", "--operator", "carol", "--revoke", f"{serial}:cACompromise")
+    [crl] = sorted((offline / "crl").glob("*.crl"))[-1:]
+    text = subprocess.run(
+        [openssl, "crl", "-inform", "DER", "-in", str(crl), "-noout", "-text"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert serial in text and "CA Compromise" in text
+    imported = run_vouch(home, "ceremony", "import", str(transcripts(offline)[-1]))
+    assert "revocation of CA team-b" in imported.stdout
+    assert authorities(home)["team-b"]["status"] == "revoked"
+    assert [e["name"] for e in events(home, "ca.revoked")] == ["team-b"]
+    # The revocation the CRL made is in the audit log too, so the whole log still verifies.
+    assert [e["serial"] for e in events(home, "certificate.revoked")] == [serial]
+    assert "audit log verified" in run_vouch(home, "audit", "verify").stdout
+    refused = run_vouch(
+        home,
+        "cert",
+        "new",
+        "x.example.com",
+        "--ca",
+        "team-b",
+        "--out-dir",
+        str(tmp_path),
+        check=False,
+    )
+    assert refused.returncode == 6
+    published = run_vouch(home, "crl", "--ca", "root", "--pem").stdout
+    assert (
+        serial
+        in subprocess.run(
+            [openssl, "crl", "-noout", "-text"],
+            input=published,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+
+
+def test_root_rollover_cross_certifies_both_ways(sites: tuple[Path, Path], tmp_path: Path) -> None:
+    openssl = require_tool("openssl")
+    home, offline = sites
+    ceremony(offline, "rollover", "--operator", "alice", "--new-name", "root-2")
+    imported = run_vouch(home, "ceremony", "import", str(transcripts(offline)[-1]))
+    assert "root root-2" in imported.stdout and imported.stdout.count("cross-certificate") == 2
+    assert authorities(home)["root-2"]["role"] == "root"
+    old_to_new, new_to_old = (
+        next((offline / "cross").glob(f"*-{label}-*.pem")) for label in ("old-to-new", "new-to-old")
+    )
+    # A leaf under the old hierarchy validates for a client that trusts only the new root...
+    run_vouch(home, "cert", "new", "old.example.com", "--out-dir", str(tmp_path))
+    leaf = tmp_path / "old.example.com.pem"  # leaf + issuing intermediate
+    assert openssl_verify(openssl, offline / "root-2.pem", leaf, leaf, new_to_old).returncode == 0
+    assert openssl_verify(openssl, offline / "root-2.pem", leaf, leaf).returncode != 0
+    # ... and the new root validates for a client that trusts only the old one.
+    assert openssl_verify(openssl, offline / "root.pem", old_to_new).returncode == 0
+
+    # Intermediates are now signed by the new root, and the online side records them under it.
+    csr, key_ref = new_csr(home, "issuing-new")
+    ceremony(offline, "sign-csr", str(csr), "--operator", "bob", "--name", "issuing-new", "--yes")
+    run_vouch(home, "ceremony", "import", str(transcripts(offline)[-1]), "--key-backend", key_ref)
+    assert authorities(home)["issuing-new"]["parent"] == "root-2"
+    run_vouch(
+        home, "cert", "new", "new.example.com", "--ca", "issuing-new", "--out-dir", str(tmp_path)
+    )
+    new_leaf = tmp_path / "new.example.com.pem"
+    assert openssl_verify(openssl, offline / "root-2.pem", new_leaf, new_leaf).returncode == 0
+    # Old clients: the cross-certificate old->new lets them validate the new hierarchy.
+    assert (
+        openssl_verify(openssl, offline / "root.pem", new_leaf, new_leaf, old_to_new).returncode
+        == 0
+    )

@@ -1,0 +1,213 @@
+"""ACME building blocks without a server: CAA decisions, renewal-information identifiers and
+windows, EAB sealing and MACs, nonces, and the account rules of the service on a real store."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from tests.acme_client import eab_binding, sign
+
+from vouch.acme import eab
+from vouch.acme.ari import CertId, cert_id_of, default_window, parse_cert_id
+from vouch.acme.caa import CaaRecord, evaluate, relevant_set
+from vouch.acme.jws import b64url, jwk_of, parse
+from vouch.acme.problems import AcmeProblem
+from vouch.clock import FixedClock
+from vouch.wiring import Vouch
+
+ME = ["ca.example"]
+
+
+def issue(value: str, flags: int = 0) -> CaaRecord:
+    return CaaRecord(flags, "issue", value)
+
+
+# -- CAA (RFC 8659) ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("records", "wildcard", "allowed"),
+    [
+        ([], False, True),  # no CAA: anyone
+        ([issue("ca.example")], False, True),
+        ([issue("CA.Example.; account=1")], False, True),  # case, trailing dot, parameters
+        ([issue("other.example")], False, False),
+        ([issue(";")], False, False),  # the empty issuer: nobody
+        ([issue("other.example"), issue("ca.example")], False, True),
+        ([CaaRecord(0, "iodef", "mailto:x@example.com")], False, True),  # no issue property
+        ([CaaRecord(128, "future", "x"), issue("ca.example")], False, False),  # critical unknown
+        ([CaaRecord(0, "future", "x"), issue("ca.example")], False, True),  # non-critical unknown
+        ([issue("ca.example"), CaaRecord(0, "issuewild", "other.example")], True, False),
+        ([issue("ca.example"), CaaRecord(0, "issuewild", "other.example")], False, True),
+        ([issue("other.example"), CaaRecord(0, "issuewild", "ca.example")], True, True),
+        ([issue("ca.example")], True, True),  # no issuewild: issue governs wildcards too
+    ],
+)
+def test_caa_evaluation(records: list[CaaRecord], wildcard: bool, allowed: bool) -> None:
+    assert (evaluate(records, ME, wildcard=wildcard) is None) == allowed
+
+
+def test_caa_climbs_to_the_closest_rrset() -> None:
+    zone = {"example.com": [issue("ca.example")], "sub.example.com": []}
+    asked: list[str] = []
+
+    def lookup(name: str) -> list[CaaRecord]:
+        asked.append(name)
+        return zone.get(name, [])
+
+    assert relevant_set("a.sub.example.com", lookup) == ("example.com", [issue("ca.example")])
+    assert asked == ["a.sub.example.com", "sub.example.com", "example.com"]
+    asked.clear()
+    assert relevant_set("www.nothing.test.", lookup) == ("", [])
+    assert asked == ["www.nothing.test", "nothing.test", "test"]  # never the root
+
+
+# -- renewal information (RFC 9773) ------------------------------------------------------------------
+
+
+def _certificate(serial: int) -> x509.Certificate:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")])
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    return (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(serial)
+        .not_valid_before(now).not_valid_after(now + dt.timedelta(days=90))
+        .add_extension(x509.AuthorityKeyIdentifier(b"\x01" * 20, None, None), False)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+
+
+def test_cert_id_round_trip_and_rfc_example() -> None:
+    # RFC 9773 4.1's example: keyIdentifier 69:88:5B:6B:87:46:40:41:E1:B3:7B:84:7B:A0:AE:2C:DE:
+    # 01:C8:D4 and serial 00:87:65:43:21 give "aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE".
+    example = CertId(bytes.fromhex("69885B6B87464041E1B37B847BA0AE2CDE01C8D4"), 0x87654321)
+    assert example.text() == "aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE"
+    assert parse_cert_id(example.text()) == example
+    for serial in (1, 0x7F, 0x80, 2**126 + 5):
+        found = cert_id_of(_certificate(serial))
+        assert found == CertId(b"\x01" * 20, serial)
+        assert parse_cert_id(found.text()) == found
+
+
+@pytest.mark.parametrize("text", ["", "abc", "a.b.c", "AQ.gA", "AQ.AAE", "=.AQ", ".AQ"])
+def test_cert_id_malformed(text: str) -> None:
+    with pytest.raises(AcmeProblem) as caught:
+        parse_cert_id(text)
+    assert caught.value.kind == "malformed"
+
+
+def test_default_window_is_in_the_last_third() -> None:
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    begin, end = default_window(start, start + dt.timedelta(days=90))
+    assert begin == start + dt.timedelta(days=60)
+    assert start + dt.timedelta(days=60) < end <= start + dt.timedelta(days=90)
+
+
+# -- external account binding ------------------------------------------------------------------------
+
+
+def test_eab_seal_and_mac() -> None:
+    wrapping = b"k" * 32
+    made = eab.new_key(wrapping)
+    raw = eab.unseal(wrapping, made.key_id, made.sealed)
+    assert b64url(raw) == made.hmac_key
+    with pytest.raises(AcmeProblem):
+        eab.unseal(b"j" * 32, made.key_id, made.sealed)  # another node's wrapping key
+    with pytest.raises(AcmeProblem):
+        eab.unseal(wrapping, "eab-other", made.sealed)  # sealed for another key id
+    account = ec.generate_private_key(ec.SECP256R1()).public_key()
+    url = "https://ca.example/acme/new-account"
+    value = eab_binding(made.key_id, made.hmac_key, account, url)
+    binding = eab.parse_binding(value, outer_url=url, outer_jwk=jwk_of(account))
+    eab.verify_binding(binding, raw)
+    with pytest.raises(AcmeProblem) as caught:
+        eab.verify_binding(binding, b"x" * 32)
+    assert caught.value.kind == "unauthorized"
+    with pytest.raises(AcmeProblem) as caught:
+        eab.parse_binding(value, outer_url=url + "x", outer_jwk=jwk_of(account))
+    assert caught.value.kind == "unauthorized"
+    other = jwk_of(ec.generate_private_key(ec.SECP256R1()).public_key())
+    with pytest.raises(AcmeProblem) as caught:
+        eab.parse_binding(value, outer_url=url, outer_jwk=other)
+    assert caught.value.kind == "malformed"
+
+
+# -- the service on a real store ---------------------------------------------------------------------
+
+
+def _new_account_jws(key: ec.EllipticCurvePrivateKey, nonce: str, payload: dict[str, object]):  # type: ignore[no-untyped-def]
+    url = "https://ca.example/acme/new-account"
+    protected = {"alg": "ES256", "nonce": nonce, "url": url, "jwk": jwk_of(key.public_key())}
+    return parse(json.dumps(sign(key, protected, payload)).encode())
+
+
+def test_accounts_without_eab_and_nonces(store_home: Vouch) -> None:
+    """On SQLite and PostgreSQL: used nonces are recorded without waiting for the disk."""
+    service = store_home.acme
+    assert service.settings.eab_required is False
+    key = ec.generate_private_key(ec.SECP256R1())
+    nonce = service.new_nonce()
+    service.use_nonce(nonce)
+    with pytest.raises(AcmeProblem) as caught:
+        service.use_nonce(nonce)  # replayed
+    assert caught.value.kind == "badNonce"
+    tampered = service.new_nonce()
+    tampered = tampered[:-2] + ("AA" if not tampered.endswith("AA") else "BB")
+    for bad in (tampered, "", "not base64!", b64url(b"x" * 37)):
+        with pytest.raises(AcmeProblem):
+            service.use_nonce(bad)
+    account, created = service.new_account(_new_account_jws(key, "n", {}))
+    assert created and account.status == "valid"
+    again, created = service.new_account(_new_account_jws(key, "n", {}))
+    assert again.id == account.id and not created
+
+
+def test_nonces_expire(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import make_home
+
+    clock = FixedClock(dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    vouch = make_home(tmp_path / "home")
+    vouch.close()
+    vouch = Vouch(tmp_path / "home", passphrase=lambda _: b"test-passphrase-1", clock=clock)
+    try:
+        nonce = vouch.acme.new_nonce()
+        clock.advance(dt.timedelta(hours=2))
+        with pytest.raises(AcmeProblem) as caught:
+            vouch.acme.use_nonce(nonce)
+        assert caught.value.kind == "badNonce"
+    finally:
+        vouch.close()
+
+
+def test_a_finalization_cut_short_can_be_taken_up_again(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A node that dies mid-finalize leaves the order processing; after FINALIZE_TIMEOUT the
+    order is ready again (so the client finalizes again), and not before."""
+    from tests.conftest import make_home
+
+    from vouch.services.acme import FINALIZE_TIMEOUT
+
+    clock = FixedClock(dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    make_home(tmp_path / "home").close()
+    vouch = Vouch(tmp_path / "home", passphrase=lambda _: b"test-passphrase-1", clock=clock)
+    try:
+        service, store = vouch.acme, vouch.acme.store
+        key = ec.generate_private_key(ec.SECP256R1()).public_key()
+        account = store.add_account("t" * 43, jwk_of(key), [], clock.now())
+        order = service.new_order(account, {"identifiers": [{"type": "dns", "value": "a.test"}]})
+        store.set_order(order.id, status="ready")
+        assert store.claim_finalize(order.id, clock.now())
+        assert not store.claim_finalize(order.id, clock.now())  # one finalization at a time
+        clock.advance(FINALIZE_TIMEOUT / 2)
+        assert service.order_of(account, order.id).status == "processing"
+        clock.advance(FINALIZE_TIMEOUT)
+        assert service.order_of(account, order.id).status == "ready"
+        assert store.claim_finalize(order.id, clock.now())
+    finally:
+        vouch.close()
