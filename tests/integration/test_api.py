@@ -478,9 +478,13 @@ def test_expired_redemptions_are_dropped_by_the_lease_holder(tmp_path: Path) -> 
         audience = vouch.api_audience()
         minted = {
             ttl: mint_token(
-                key, provisioner="ci", audience=audience, names=["spent.example.com"], ttl=ttl,
+                key,
+                provisioner="ci",
+                audience=audience,
+                names=["spent.example.com"],
+                ttl=ttl,
                 now=clock.now(),
-            )  # fmt: skip
+            )
             for ttl in (dt.timedelta(minutes=5), dt.timedelta(hours=1))
         }
         requests = [_enroll(token) for token in minted.values()]

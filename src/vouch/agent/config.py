@@ -59,6 +59,24 @@ class AcmeSettings(_Strict):
         return self
 
 
+class ApiSettings(_Strict):
+    """vouch's REST API instead of ACME: a one-time token for the first certificate, then
+    renewal by possession (mTLS with the current certificate)."""
+
+    # The API's base URL, e.g. https://ca.example.com:8443/api/v1
+    url: str
+    ca_bundle: Path | None = None
+    profile: str | None = None
+    lifetime: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("the API URL is an https:// URL")
+        return value.rstrip("/")
+
+
 class ChallengeSettings(_Strict):
     type: Literal["http-01"] = "http-01"
     # Either answer on this address ("host:port", standalone) or write into a web server's root.
@@ -126,6 +144,11 @@ class CertificateSpec(_Strict):
     mode: str = "0600"
     # Run after this certificate changed: an argument list, or a string split like a shell would.
     reload: list[str] | str | None = None
+    # API mode only: where the one-time token for a first certificate (or one that can no longer
+    # renew by possession) comes from: a file (read, then removed: a token is spent once used)
+    # or a command that prints one (given the names as arguments).
+    token_file: Path | None = None
+    token_command: list[str] | str | None = None
 
     @field_validator("names")
     @classmethod
@@ -172,10 +195,19 @@ class CertificateSpec(_Strict):
 
 
 class AgentConfig(_Strict):
-    acme: AcmeSettings
-    challenge: ChallengeSettings
+    acme: AcmeSettings | None = None
+    api: ApiSettings | None = None
+    challenge: ChallengeSettings | None = None
     agent: AgentSettings = Field(default_factory=AgentSettings)
     certificate: list[CertificateSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _one_ca(self) -> AgentConfig:
+        if (self.acme is None) == (self.api is None):
+            raise ValueError("configure exactly one of [acme] and [api]")
+        if self.acme is not None and self.challenge is None:
+            raise ValueError("ACME needs a [challenge] section (listen or webroot)")
+        return self
 
     @model_validator(mode="after")
     def _unique(self) -> AgentConfig:
@@ -226,14 +258,27 @@ def _relative_to(config: AgentConfig, base: Path) -> AgentConfig:
         path = path.expanduser()
         return path if path.is_absolute() else (base / path).resolve()
 
-    acme = config.acme.model_copy(
-        update={
-            "ca_bundle": fix(config.acme.ca_bundle),
-            "account_key": fix(config.acme.account_key),
-            "eab_hmac_key_file": fix(config.acme.eab_hmac_key_file),
-        }
+    acme = (
+        None
+        if config.acme is None
+        else config.acme.model_copy(
+            update={
+                "ca_bundle": fix(config.acme.ca_bundle),
+                "account_key": fix(config.acme.account_key),
+                "eab_hmac_key_file": fix(config.acme.eab_hmac_key_file),
+            }
+        )
     )
-    challenge = config.challenge.model_copy(update={"webroot": fix(config.challenge.webroot)})
+    api = (
+        None
+        if config.api is None
+        else config.api.model_copy(update={"ca_bundle": fix(config.api.ca_bundle)})
+    )
+    challenge = (
+        None
+        if config.challenge is None
+        else config.challenge.model_copy(update={"webroot": fix(config.challenge.webroot)})
+    )
     agent = config.agent.model_copy(update={"state_dir": fix(config.agent.state_dir)})
     certificates = [
         c.model_copy(
@@ -241,10 +286,17 @@ def _relative_to(config: AgentConfig, base: Path) -> AgentConfig:
                 "key_path": fix(c.key_path),
                 "chain_path": fix(c.chain_path),
                 "combined_path": fix(c.combined_path),
+                "token_file": fix(c.token_file),
             }
         )
         for c in config.certificate
     ]
     return config.model_copy(
-        update={"acme": acme, "challenge": challenge, "agent": agent, "certificate": certificates}
+        update={
+            "acme": acme,
+            "api": api,
+            "challenge": challenge,
+            "agent": agent,
+            "certificate": certificates,
+        }
     )

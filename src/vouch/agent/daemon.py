@@ -6,6 +6,7 @@ certificate is due (or the CA's renewal information should be asked again) and r
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import random
@@ -15,12 +16,14 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from vouch.agent import files
 from vouch.agent.acme_client import AcmeCa
+from vouch.agent.api_client import ApiCa
 from vouch.agent.challenges import Http01Responder, StandaloneResponder, WebrootResponder
 from vouch.agent.config import AgentConfig, CertificateSpec, listen_address
 from vouch.agent.schedule import Plan, ari_time, next_ari_check, planned_renewal, retry_delay
@@ -94,7 +97,12 @@ class Agent:
         self.config = config
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
-        self.ca = ca or AcmeCa(config.acme)
+        # Exactly one of the two (checked by the config): an ACME CA, or vouch's REST API.
+        self.ca = ca or (AcmeCa(config.acme) if config.acme is not None else None)
+        self.api = ApiCa(config.api) if config.api is not None else None
+        self.source = config.api.url if config.api is not None else ""
+        if config.acme is not None:
+            self.source = config.acme.directory
         self.tracked = [Tracked(spec) for spec in config.certificate]
         self._run = run or _run_reload
         self.state_dir = config.agent.state_dir
@@ -113,12 +121,15 @@ class Agent:
 
     def _responder(self) -> Http01Responder:
         challenge = self.config.challenge
+        assert challenge is not None  # ACME mode
         if challenge.webroot is not None:
             return WebrootResponder(challenge.webroot)
         assert challenge.listen is not None
         return StandaloneResponder(*listen_address(challenge.listen))
 
     def _uses_renewal_info(self) -> bool:
+        if self.ca is None:
+            return False  # API mode: renewal by lifetime
         if self._renewal_info is None:
             try:
                 self._renewal_info = self.ca.has_renewal_info()
@@ -170,7 +181,7 @@ class Agent:
         leaf = item.installed.leaf
         if leaf.not_valid_after_utc <= now or (item.ari_next is not None and now < item.ari_next):
             return
-        if not self._uses_renewal_info():
+        if self.ca is None or not self._uses_renewal_info():
             return
         not_before, not_after = leaf.not_valid_before_utc, leaf.not_valid_after_utc
         try:
@@ -196,7 +207,7 @@ class Agent:
 
     # -- renewing ----------------------------------------------------------------------------------
 
-    def _renew(self, item: Tracked, responder: Http01Responder) -> bool:
+    def _renew(self, item: Tracked, responder: Http01Responder | None) -> bool:
         spec = item.spec
         assert item.plan is not None
         reason = item.plan.reason
@@ -206,12 +217,16 @@ class Agent:
                 return False
             try:
                 key = generate_private_key(spec.key_type)
-                profile = spec.profile
-                if profile is not None and profile not in self.ca.profiles():
-                    log.warning("%s: the CA does not offer profile %r; using its default",
-                                spec.name, profile)  # fmt: skip
-                    profile = None
-                chain_pem = self.ca.obtain(spec.names, key, responder, profile)
+                if self.api is not None:
+                    chain_pem = self.api.obtain(spec, key, *self._possession(item))
+                else:
+                    assert self.ca is not None and responder is not None
+                    profile = spec.profile
+                    if profile is not None and profile not in self.ca.profiles():
+                        log.warning("%s: the CA does not offer profile %r; using its default",
+                                    spec.name, profile)  # fmt: skip
+                        profile = None
+                    chain_pem = self.ca.obtain(spec.names, key, responder, profile)
                 self._check_issued(spec, key, chain_pem)
                 files.install(spec, self.state_dir, key, chain_pem.encode("ascii"))
             except VouchError as exc:
@@ -231,6 +246,21 @@ class Agent:
                 iso(leaf.not_valid_after_utc) if leaf else "?", reason,
             )  # fmt: skip
             return True
+
+    def _possession(
+        self, item: Tracked
+    ) -> tuple[x509.Certificate | None, tuple[Path, Path] | None]:
+        """The installed certificate and its (chain, key) files, when it can prove possession:
+        unexpired, matching its key."""
+        installed, spec = item.installed, item.spec
+        if installed is None or not installed.key_matches:
+            return None, None
+        if installed.leaf.not_valid_after_utc <= self.clock.now():
+            return None, None
+        if spec.key_path is not None and spec.chain_path is not None:
+            return installed.leaf, (spec.chain_path, spec.key_path)
+        assert spec.combined_path is not None
+        return installed.leaf, (spec.combined_path, spec.combined_path)
 
     @staticmethod
     def _check_issued(spec: CertificateSpec, key: object, chain_pem: str) -> None:
@@ -297,7 +327,7 @@ class Agent:
             log.info("%s: renewing now: %s", item.spec.name, item.plan.reason)
         try:
             with (
-                self._responder() as responder,
+                self._responder() if self.api is None else contextlib.nullcontext() as responder,
                 ThreadPoolExecutor(self.config.agent.concurrency) as pool,
             ):
                 outcomes = list(pool.map(lambda i: self._renew(i, responder), due))
@@ -331,7 +361,7 @@ class Agent:
 
     def run_forever(self, stop: threading.Event) -> None:
         log.info("vouch agent keeping %d certificate(s) from %s",
-                 len(self.tracked), self.config.acme.directory)  # fmt: skip
+                 len(self.tracked), self.source)  # fmt: skip
         while not stop.is_set():
             self.check()
             due = self.due()
@@ -374,7 +404,7 @@ class Agent:
             )
         return AgentStatus(
             updated=iso(self.clock.now()) or "",
-            directory=self.config.acme.directory,
+            directory=self.source,
             renewal_info=bool(self._renewal_info),
             certificates=entries,
         )
