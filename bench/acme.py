@@ -7,7 +7,8 @@ async client (below: httpx, JWS with cryptography, one account per worker, nonce
 replies, a fixed 20 ms poll interval for both servers) runs ``concurrency`` orders at once.
 
 - vouch: ``vouch serve`` over HTTPS (ACME is HTTPS only), default config except rate limits off;
-  CAA is checked, the linter runs, every order and certificate is recorded.
+  CAA is checked, the linter runs, every order and certificate is recorded. ``--no-lint`` sets
+  ``lint = "off"`` for a second figure (Pebble lints nothing); the headline keeps the linter on.
 - Pebble (Debian package ``pebble``): ``PEBBLE_VA_NOSLEEP=1``, ``PEBBLE_WFE_NONCEREJECT=0``,
   ``PEBBLE_AUTHZREUSE=0`` (every order validates, as for vouch), its own config on free ports.
 
@@ -339,7 +340,7 @@ class Results:
         self.latencies.setdefault(who, []).extend(result.latencies)
 
 
-async def bench(sizes: Sizes, tmpdir: Path | None) -> int:
+async def bench(sizes: Sizes, tmpdir: Path | None, *, lint: bool = True) -> int:
     vouch = str(Path(sys.executable).with_name("vouch"))
     pebble, challtestsrv = tool("pebble", "pebble"), tool("pebble-challtestsrv", "pebble")
     cores = sorted(os.sched_getaffinity(0))
@@ -368,9 +369,12 @@ async def bench(sizes: Sizes, tmpdir: Path | None) -> int:
             with (home / "vouch.toml").open("a") as config:
                 config.write("\n[acme]\norders_per_account = 0\ncertificates_per_domain = 0\n")
             text = (home / "vouch.toml").read_text()
-            (home / "vouch.toml").write_text(
-                text.replace("lint_allow = [", 'lint_allow = ["cabf.internal_domain_name", ', 1)
-            )
+            text = text.replace("lint_allow = [", 'lint_allow = ["cabf.internal_domain_name", ', 1)
+            if not lint:
+                if 'lint = "block"' not in text:
+                    raise BenchError('the vouch.toml template has no lint = "block" to turn off')
+                text = text.replace('lint = "block"', 'lint = "off"', 1)
+            (home / "vouch.toml").write_text(text)
             (work / "tls").mkdir(mode=0o700)
             run_vouch(vouch, env, home, "cert", "new", "localhost", "--out-dir", str(work / "tls"))
             ca = ssl.create_default_context(cafile=str(home / "root.pem"))
@@ -420,17 +424,18 @@ async def bench(sizes: Sizes, tmpdir: Path | None) -> int:
             for process in reversed(processes):
                 process.stop()
             await challenges.stop()
-    return report(results, sizes, vouch_rss, vouch_peak, pebble_rss)
+    return report(results, sizes, vouch_rss, vouch_peak, pebble_rss, lint=lint)
 
 
 def report(results: Results, sizes: Sizes, vouch_rss: float, vouch_peak: float,
-           pebble_rss: float) -> int:  # fmt: skip
+           pebble_rss: float, *, lint: bool = True) -> int:  # fmt: skip
     rate = {who: statistics.median(r) for who, r in results.rates.items()}
     lat = {who: (percentile(v, 0.5), percentile(v, 0.99)) for who, v in results.latencies.items()}
     ratio = rate["vouch"] / rate["pebble"] if rate["pebble"] else None
     orders = sizes.rounds * sizes.orders
     print(f"acme benchmark: full orders (newOrder, http-01, finalize, download), one name each; "
-          f"concurrency {sizes.concurrency}; medians of {sizes.rounds} rounds of {sizes.orders}")  # fmt: skip
+          f"concurrency {sizes.concurrency}; medians of {sizes.rounds} rounds of {sizes.orders}; "
+          f"vouch lint {'on' if lint else 'OFF'}")  # fmt: skip
     for who in ("vouch", "pebble"):
         p50, p99 = lat[who]
         print(f"  {who:7s} {rate[who]:8,.1f} orders/s   p50 {p50 * 1000:7.1f} ms   "
@@ -452,6 +457,7 @@ def report(results: Results, sizes: Sizes, vouch_rss: float, vouch_peak: float,
             "vouch_peak_rss_mb": round(vouch_peak, 1),
             "pebble_rss_mb": round(pebble_rss, 1),
             "orders_per_server": orders, "concurrency": sizes.concurrency,
+            "vouch_lint": "block" if lint else "off",
             "rounds": {k: [round(x, 2) for x in v] for k, v in results.rates.items()},
         },
     }))  # fmt: skip
@@ -462,9 +468,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="a short run (fewer orders)")
     parser.add_argument("--tmpdir", type=Path, default=None)
+    parser.add_argument("--no-lint", action="store_true",
+                        help='vouch with lint = "off" (Pebble lints nothing; not the headline)')  # fmt: skip
     args = parser.parse_args(argv)
     try:
-        return asyncio.run(bench(QUICK if args.quick else FULL, args.tmpdir))
+        return asyncio.run(bench(QUICK if args.quick else FULL, args.tmpdir, lint=not args.no_lint))
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

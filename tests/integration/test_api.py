@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from fastapi.routing import APIRoute
 from tests.conftest import make_home, passphrase, require_tool
 from tests.pkilint_check import cabf_findings
@@ -293,6 +295,78 @@ def test_renewal_by_possession(site: Site) -> None:
     assert revoked.status_code == 200, revoked.text
     status, text = _curl_renew(site, cert, key)
     assert status == 401 and json.loads(text)["error"] == "revoked"
+
+
+def _proof(site: Site, cert_pem: str, key: Path, alg: str, **claims: Any) -> str:
+    """A signed renewal request as a shell client makes it: JSON, base64url, openssl dgst."""
+    leaf = x509.load_pem_x509_certificate(cert_pem.encode())
+    der = leaf.public_bytes(serialization.Encoding.DER)
+    now = int(time.time())
+    body = {"aud": f"{site.api}/renew", "jti": base64.urlsafe_b64encode(os.urandom(18)).decode(),
+            "iat": now, "exp": now + 120, **claims}  # fmt: skip
+    header = {"alg": alg, "x5c": [base64.b64encode(der).decode()]}
+    signing_input = ".".join(_b64url(json.dumps(part).encode()) for part in (header, body))
+    signed = subprocess.run(
+        [require_tool("openssl"), "dgst", "-sha256", "-sign", str(key)],
+        input=signing_input.encode(), capture_output=True, timeout=30, check=True,
+    ).stdout  # fmt: skip
+    if alg == "ES256":  # openssl writes ECDSA signatures as DER; JWS wants r || s
+        r, s = decode_dss_signature(signed)
+        signed = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    return f"{signing_input}.{_b64url(signed)}"
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def test_renewal_by_signed_proof_for_server_certificates(site: Site) -> None:
+    key, csr = _csr(site.work, "web.example.com")
+    issued = _issue_as(site, "operator", csr, profile="tls-server")
+    url = f"{site.api}/renew"
+    # Plain HTTP will do: the proof, not the connection, shows possession of the key.
+    proof = _proof(site, issued["certificate"], key, "ES256")
+    renewed = httpx.post(url, json={"proof": proof}, timeout=30)
+    assert renewed.status_code == 201, renewed.text
+    assert renewed.json()["names"] == ["web.example.com"]
+    assert renewed.json()["profile"] == "tls-server"
+    assert renewed.json()["serial"] != issued["serial"]
+    _verify(site, renewed.json()["chain"])
+    again = httpx.post(url, json={"proof": proof}, timeout=30)
+    assert again.status_code == 401 and again.json()["error"] == "replay"
+    # Refused with the reason: another key, another audience, too long a life.
+    other, _ = _csr(site.work, "web.example.com", tag="-other")
+    refusals = {
+        "bad-signature": _proof(site, issued["certificate"], other, "ES256"),
+        "wrong-audience": _proof(site, issued["certificate"], key, "ES256", aud=site.api),
+        "ttl": _proof(site, issued["certificate"], key, "ES256", exp=int(time.time()) + 3600),
+        "malformed": _proof(site, issued["certificate"], key, "RS256"),
+    }
+    for reason, bad in refusals.items():
+        refused = httpx.post(url, json={"proof": bad}, timeout=30)
+        assert refused.status_code == 401 and refused.json()["error"] == reason, refused.text
+    # RSA: openssl dgst signs RS256 as is.
+    rsa_key, rsa_csr = site.work / "rsa.key", site.work / "rsa.csr"
+    subprocess.run(
+        [require_tool("openssl"), "req", "-new", "-newkey", "rsa:2048", "-nodes",
+         "-keyout", str(rsa_key), "-subj", "/CN=rsa.example.com",
+         "-addext", "subjectAltName=DNS:rsa.example.com", "-out", str(rsa_csr)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    rsa_issued = _issue_as(site, "operator", rsa_csr, profile="tls-server")
+    rsa_renewed = httpx.post(
+        url, json={"proof": _proof(site, rsa_issued["certificate"], rsa_key, "RS256")}, timeout=30
+    )
+    assert rsa_renewed.status_code == 201, rsa_renewed.text
+    # Revoked: no more renewals; every proof redeemed is in the audit log.
+    path = f"/certificates/{rsa_issued['serial']}/revoke"
+    assert site.request("POST", path, role="operator", json={}).status_code == 200
+    late = httpx.post(
+        url, json={"proof": _proof(site, rsa_issued["certificate"], rsa_key, "RS256")}, timeout=30
+    )
+    assert late.status_code == 401 and late.json()["error"] == "revoked"
+    proved = {e["serial"] for e in _events(site.home, "api.possession-proved")}
+    assert {issued["serial"], rsa_issued["serial"]} <= proved
 
 
 def test_expired_certificate_cannot_renew(site: Site) -> None:

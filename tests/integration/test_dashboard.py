@@ -84,6 +84,8 @@ def browser() -> Iterator[object]:
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
     driver.set_page_load_timeout(30)
+    # A click that submits a form returns before the next page is there: look for a while.
+    driver.implicitly_wait(15)
     try:
         yield driver
     finally:
@@ -93,7 +95,8 @@ def browser() -> Iterator[object]:
 def test_sign_in_search_revoke_and_see_the_change(site: Site, browser: object, shots: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.remote.webdriver import WebDriver
-    from selenium.webdriver.support.ui import Select
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     driver: WebDriver = browser  # type: ignore[assignment]
     driver.get(site.base + "/")
@@ -112,6 +115,7 @@ def test_sign_in_search_revoke_and_see_the_change(site: Site, browser: object, s
     driver.find_element(By.ID, "nav-certificates").click()
     driver.find_element(By.ID, "q").send_keys("find-me")
     driver.find_element(By.ID, "search").click()
+    WebDriverWait(driver, 20).until(expected_conditions.url_contains("q=find-me"))
     rows = driver.find_elements(By.CSS_SELECTOR, "#results tbody tr")
     assert len(rows) == 1 and "find-me.example.com" in rows[0].text
     driver.save_screenshot(str(shots / "certificates.png"))
@@ -125,6 +129,7 @@ def test_sign_in_search_revoke_and_see_the_change(site: Site, browser: object, s
     driver.save_screenshot(str(shots / "certificate-revoked.png"))
 
     driver.find_element(By.ID, "nav-revocations").click()
+    WebDriverWait(driver, 20).until(expected_conditions.url_contains("status=revoked"))
     revoked = driver.find_elements(By.CSS_SELECTOR, "#results tbody tr")
     assert [r.find_element(By.CSS_SELECTOR, "a").text for r in revoked] == [site.target]
 
@@ -134,6 +139,7 @@ def test_sign_in_search_revoke_and_see_the_change(site: Site, browser: object, s
     driver.save_screenshot(str(shots / "audit.png"))
 
     driver.find_element(By.ID, "logout").click()
+    WebDriverWait(driver, 20).until(expected_conditions.url_contains("/dashboard/login"))
     driver.get(site.base + "/certificates")
     assert driver.current_url.endswith("/dashboard/login")
     for name in ("overview", "certificates", "certificate-revoked", "audit"):

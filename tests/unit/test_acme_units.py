@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Sequence
 
 import pytest
 from cryptography import x509
@@ -211,3 +212,100 @@ def test_a_finalization_cut_short_can_be_taken_up_again(tmp_path) -> None:  # ty
         assert store.claim_finalize(order.id, clock.now())
     finally:
         vouch.close()
+
+
+def test_nonce_and_account_in_one_transaction(store_home: Vouch) -> None:
+    """The hot path (use the nonce, read the kid's account) keeps every rule of the two steps."""
+    service, store = store_home.acme, store_home.acme.store
+    key = ec.generate_private_key(ec.SECP256R1())
+    account, _ = service.new_account(_new_account_jws(key, "n", {}))
+    kid = f"https://ca.example/acme/acct/{account.id}"
+    nonce = service.new_nonce()
+    found, account_key = service.use_nonce_for_kid(nonce, kid, account.id)
+    assert found.id == account.id and jwk_of(account_key) == account.jwk
+    with pytest.raises(AcmeProblem) as caught:
+        service.use_nonce_for_kid(nonce, kid, account.id)  # replayed
+    assert caught.value.kind == "badNonce"
+    with pytest.raises(AcmeProblem) as caught:
+        service.use_nonce_for_kid(service.new_nonce(), kid, account.id + 1000)
+    assert caught.value.kind == "accountDoesNotExist"
+    store.update_account(account.id, status="deactivated")
+    with pytest.raises(AcmeProblem) as caught:
+        service.use_nonce_for_kid(service.new_nonce(), kid, account.id)
+    assert caught.value.kind == "unauthorized"
+
+
+def test_group_work_batches_concurrent_callers_and_hands_each_its_outcome() -> None:
+    import threading
+
+    from vouch.acme.group import GroupWork
+
+    batches: list[list[int]] = []
+    entered = threading.Event()
+    release = threading.Event()
+
+    def work(items: Sequence[int]) -> list[int | BaseException]:
+        batches.append(list(items))
+        if len(batches) == 1:  # hold the first batch so the others queue up behind it
+            entered.set()
+            release.wait(10)
+        return [ValueError(f"odd {i}") if i % 2 else i * 10 for i in items]
+
+    group: GroupWork[int, int] = GroupWork(work)
+    outcomes: dict[int, object] = {}
+
+    def call(item: int) -> None:
+        try:
+            outcomes[item] = group.submit(item)
+        except ValueError as exc:
+            outcomes[item] = str(exc)
+
+    first = threading.Thread(target=call, args=(0,))
+    first.start()
+    assert entered.wait(10)
+    others = [threading.Thread(target=call, args=(i,)) for i in range(1, 7)]
+    for thread in others:
+        thread.start()
+    for _ in range(1000):  # until all six wait behind the held batch
+        if len(group._queue) == 6:
+            break
+        threading.Event().wait(0.01)
+    release.set()
+    for thread in [first, *others]:
+        thread.join(10)
+    assert outcomes == {i: (f"odd {i}" if i % 2 else i * 10) for i in range(7)}
+    assert batches[0] == [0] and sorted(i for b in batches[1:] for i in b) == [1, 2, 3, 4, 5, 6]
+    assert len(batches) == 2  # the six that waited went together
+
+    def broken(items: Sequence[int]) -> list[int | BaseException]:
+        raise RuntimeError("the store is down")
+
+    failing: GroupWork[int, int] = GroupWork(broken)
+    with pytest.raises(RuntimeError, match="the store is down"):
+        failing.submit(1)
+    with pytest.raises(RuntimeError, match="the store is down"):  # and the next caller leads
+        failing.submit(2)
+
+
+def test_nonces_used_together_each_count_once(store_home: Vouch) -> None:
+    """On SQLite and PostgreSQL: a batch of nonce uses in one transaction tells each use apart
+    (fresh, already stored, repeated within the batch) and reads only fresh uses' accounts."""
+    service, store = store_home.acme, store_home.acme.store
+    key = ec.generate_private_key(ec.SECP256R1())
+    account, _ = service.new_account(_new_account_jws(key, "n", {}))
+    expires = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)
+    used_before = service.new_nonce()
+    store.use_nonce(used_before, expires)
+    fresh, other = service.new_nonce(), service.new_nonce()
+    found = store.use_nonces_reading_accounts(
+        [
+            (fresh, expires, account.id),
+            (used_before, expires, account.id),
+            (fresh, expires, account.id),  # the same nonce twice in one batch: once only
+            (other, expires, account.id + 1000),  # fresh, but no such account
+        ]
+    )
+    assert [used for used, _ in found] == [True, False, False, True]
+    assert found[0][1] is not None and found[0][1].id == account.id
+    assert found[1][1] is None and found[2][1] is None and found[3][1] is None
+    assert not store.use_nonce(fresh, expires) and not store.use_nonce(other, expires)

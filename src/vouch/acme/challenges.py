@@ -90,15 +90,20 @@ class Validator:
     async def _addresses(self, identifier_type: str, name: str) -> list[str]:
         if identifier_type == "ip":
             return [name]
+        # Both families at once (one round trip of waiting, not two); A first, as before.
+        answers = await asyncio.gather(
+            *(self._resolver.resolve(name, rdtype) for rdtype in ("A", "AAAA")),
+            return_exceptions=True,
+        )
         found: list[str] = []
-        for rdtype in ("A", "AAAA"):
-            try:
-                answer = await self._resolver.resolve(name, rdtype)
-                found += [r.to_text() for r in answer]
-            except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        for answer in answers:
+            if isinstance(answer, dns.resolver.NXDOMAIN | dns.resolver.NoAnswer):
                 continue
-            except dns.exception.DNSException as exc:
-                raise AcmeProblem("dns", f"resolving {name}: {exc}") from exc
+            if isinstance(answer, dns.exception.DNSException):
+                raise AcmeProblem("dns", f"resolving {name}: {answer}") from answer
+            if isinstance(answer, BaseException):
+                raise answer
+            found += [r.to_text() for r in answer]
         if not found:
             raise AcmeProblem("dns", f"{name} has no A or AAAA record")
         return found

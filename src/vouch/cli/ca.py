@@ -7,9 +7,16 @@ from typing import Annotated
 
 import typer
 
+from vouch.cli import remote
 from vouch.cli.context import CliState, errors_to_exit, passphrase_source
 
 app = typer.Typer(no_args_is_help=True)
+
+
+@app.callback()
+def _group(ctx: typer.Context) -> None:
+    remote.guard(ctx, "ca")  # with --server, only what the API offers (cli/remote.py)
+
 
 KEY_BACKEND_HELP = (
     "Where the new key is made: file (keys/NAME.key.pem, encrypted), file:PATH, "
@@ -30,6 +37,10 @@ def list_command(
 ) -> None:
     """The CAs of this home."""
     from vouch.cli.render import authority_json, print_json, print_table
+
+    if (api := remote.client(ctx, token=False)) is not None:
+        remote.ca_list(api, as_json=as_json)
+        return
 
     with errors_to_exit():
         vouch = _open(ctx)
@@ -62,6 +73,9 @@ def show_command(
 
     from vouch.cli.render import authority_json, print_fields, print_json
 
+    if (api := remote.client(ctx, token=False)) is not None:
+        remote.ca_show(api, name=name, as_json=as_json, pem=pem)
+        return
     with errors_to_exit():
         vouch = _open(ctx)
         record = vouch.store.get_authority(name)

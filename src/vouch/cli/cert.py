@@ -10,9 +10,15 @@ from typing import Annotated
 
 import typer
 
+from vouch.cli import remote
 from vouch.cli.context import CliState, errors_to_exit, fail, passphrase_source
 
 app = typer.Typer(no_args_is_help=True)
+
+
+@app.callback()
+def _group(ctx: typer.Context) -> None:
+    remote.guard(ctx, "cert")  # with --server, only what the API offers (cli/remote.py)
 
 
 def _open(ctx: typer.Context):  # type: ignore[no-untyped-def]
@@ -54,6 +60,9 @@ def issue_command(
     ] = None,
 ) -> None:
     """Issue a certificate for a CSR; writes the chain (leaf, then intermediate) as PEM."""
+    if (api := remote.client(ctx)) is not None:
+        remote.cert_issue(api, csr=csr, profile=profile, lifetime=lifetime, ca=ca, cn=cn, out=out)
+        return
     from vouch.durations import parse_duration
     from vouch.fsutil import atomic_write, probe_writable, read_limited
     from vouch.services.authority import IssuanceRequest
@@ -172,6 +181,10 @@ def list_command(
 
     if status is not None and status not in ("valid", "revoked", "expired", "pending"):
         fail(f"unknown status {status!r}", hint="valid, revoked, expired or pending", code=3)
+    if (api := remote.client(ctx)) is not None:
+        options = {"ca": ca, "profile": profile, "name": name}
+        remote.cert_list(api, expiring=expiring, status=status, as_json=as_json, **options)
+        return
     with errors_to_exit():
         vouch = _open(ctx)
         now = vouch.clock.now()
@@ -230,6 +243,10 @@ def show_command(
 ) -> None:
     """One certificate by serial (hex)."""
     from vouch.cli.render import certificate_json, print_fields, print_json
+
+    if (api := remote.client(ctx)) is not None:
+        remote.cert_show(api, serial=serial, ca=ca, as_json=as_json)
+        return
 
     with errors_to_exit():
         vouch = _open(ctx)
@@ -370,6 +387,11 @@ def revoke_command(
     ca: CaOption = None,
 ) -> None:
     """Revoke a certificate, at once and for good; keyCompromise also blocks its key."""
+    if (api := remote.client(ctx)) is not None:
+        with errors_to_exit():
+            when = _parse_time(invalidity_date) if invalidity_date else None
+        remote.cert_revoke(api, serial=serial, reason=reason, invalidity_date=when, ca=ca)
+        return
     with errors_to_exit():
         vouch = _open(ctx)
         revoked = vouch.revoker().revoke(

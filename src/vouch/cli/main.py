@@ -12,6 +12,7 @@ from vouch.cli import (
     admin,
     agent,
     audit,
+    bootstrap,
     ca,
     ceremony,
     cert,
@@ -22,6 +23,7 @@ from vouch.cli import (
     init,
     keys,
     monitor,
+    remote,
     serve,
     token,
 )
@@ -51,8 +53,27 @@ def main(
             "--passphrase-file", help="File holding the key passphrase.", show_default=False
         ),
     ] = None,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server",
+            envvar="VOUCH_SERVER",
+            help="Act on a remote vouch (cert and ca commands) through its API; its root is "
+            "pinned by vouch bootstrap.",
+            show_default=False,
+        ),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--token-file",
+            help="With --server: an administrator's API token (else $VOUCH_TOKEN).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     ctx.obj = CliState(home=(home or default_home()).expanduser(), passphrase_file=passphrase_file)
+    remote.select(ctx, server, token_file)
 
 
 app.command("init")(init.init_command)
@@ -70,6 +91,7 @@ app.add_typer(keys.app, name="keys", help="CA keys: list, test, back up (M-of-N)
 app.add_typer(ceremony.app, name="ceremony", help="Offline root ceremonies with signed transcripts.")
 app.add_typer(acme_admin.app, name="acme", help="ACME administration: external account binding keys.")
 app.command("token")(token.token_command)
+app.command("bootstrap")(bootstrap.bootstrap_command)
 app.add_typer(admin.app, name="admin", help="API tokens for administrators; provisioners.")
 app.add_typer(incident.app, name="incident", help="Emergency rotation of a compromised CA.")
 

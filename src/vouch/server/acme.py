@@ -392,6 +392,9 @@ class AcmeFace:
         task.add_done_callback(self._tasks.discard)
 
     async def _validate(self, challenge: Challenge, authz: Authz, account: Account) -> None:
+        # CAA is looked up (in a thread: blocking DNS) while the challenge is fetched, so the
+        # two sets of round trips overlap; a met challenge still fails if CAA forbids this CA.
+        caa = asyncio.ensure_future(run_in_threadpool(self.service.caa_refusal, authz))
         error: AcmeProblem | None = None
         try:
             await self.validator.validate(
@@ -403,7 +406,14 @@ class AcmeFace:
             log.exception("validating challenge %s", challenge.id)
             error = AcmeProblem("serverInternal", f"validation failed: {type(exc).__name__}")
         try:
-            await run_in_threadpool(self.service.finish_challenge, challenge.id, error)
+            refusal = await caa
+        except Exception as exc:
+            log.exception("checking CAA for challenge %s", challenge.id)
+            refusal = AcmeProblem("caa", f"the CAA check failed: {type(exc).__name__}")
+        if error is None:
+            error = refusal
+        try:
+            await run_in_threadpool(self.service.record_validation, challenge.id, error)
         except VouchError as exc:
             log.error("recording validation of challenge %s: %s", challenge.id, exc.message)
 

@@ -141,6 +141,10 @@ class AcmeService:
         self._authority_lock = threading.Lock()
         self._cached_authority: tuple[float, Authority] | None = None
         self._nonce_key_cache: bytes | None = None
+        # Requests that arrive together use their nonces (and read their accounts) in one
+        # transaction; each still learns whether its own nonce was fresh.
+        self._nonce_uses: GroupWork[tuple[str, dt.datetime, int], tuple[bool, Account | None]]
+        self._nonce_uses = GroupWork(store.use_nonces_reading_accounts)
         # Concurrent finalizations issue as one batch (shared transactions and disk waits).
         self._finalizations: GroupWork[_Finalization, Order] = GroupWork(
             self._issue_finalizations
@@ -219,9 +223,7 @@ class AcmeService:
         self, nonce: str, kid: str, account_id: int
     ) -> tuple[Account, AccountKey]:
         """``use_nonce`` then ``account_for_kid``, in one transaction (the hot path)."""
-        used, account = self._store.use_nonce_reading_account(
-            nonce, self._nonce_expiry(nonce), account_id
-        )
+        used, account = self._nonce_uses.submit((nonce, self._nonce_expiry(nonce), account_id))
         if not used:
             raise _bad_nonce()
         if account is None:
@@ -481,15 +483,25 @@ class AcmeService:
         started = self._store.start_challenge(challenge_id)
         return self._store.challenge(challenge_id), authz, started
 
+    def caa_refusal(self, authz: Authz) -> AcmeProblem | None:
+        """Why CAA forbids this CA to issue for the authorization's name, or None if it may
+        (or CAA is not checked here). Blocking: DNS lookups."""
+        if self._caa is None or authz.type != "dns":
+            return None
+        try:
+            self._caa.check(authz.value, wildcard=authz.wildcard)
+        except AcmeProblem as problem:
+            return problem
+        return None
+
     def finish_challenge(self, challenge_id: int, error: AcmeProblem | None) -> None:
         """Record a validation; a met challenge still fails if CAA forbids this CA."""
         if error is None and self._caa is not None:
-            authz = self._store.authz(self._store.challenge(challenge_id).authz_id)
-            if authz.type == "dns":
-                try:
-                    self._caa.check(authz.value, wildcard=authz.wildcard)
-                except AcmeProblem as problem:
-                    error = problem
+            error = self.caa_refusal(self._store.authz(self._store.challenge(challenge_id).authz_id))
+        self.record_validation(challenge_id, error)
+
+    def record_validation(self, challenge_id: int, error: AcmeProblem | None) -> None:
+        """Record a validation whose CAA verdict the caller already folded into ``error``."""
         self._store.finish_challenge(
             challenge_id,
             ok=error is None,

@@ -23,6 +23,7 @@ from vouch.clock import Clock
 from vouch.errors import PolicyViolation, VouchError
 from vouch.services.admins import Admin
 from vouch.services.authority import Authority, IssuanceRequest, IssuedCertificate
+from vouch.services.possession import PROOF_KIND, Proof
 from vouch.services.provisioners import Provisioner, Provisioners
 from vouch.services.tokens import (
     NamesRefused,
@@ -48,9 +49,11 @@ class OneTimeToken:
 
 @dataclass(frozen=True)
 class Possession:
-    """The client showed this certificate over mTLS (checked by ``Enrollment.holder``)."""
+    """The client showed this certificate over mTLS, or signed a request with its key (checked
+    by ``Enrollment.holder``). A signed request's jti is redeemed once, like a token's."""
 
     record: CertificateRecord
+    proof: Proof | None = None
 
 
 Credential = OneTimeToken | Admin | Possession
@@ -108,7 +111,10 @@ class Enrollment:
     # -- renewal by possession -------------------------------------------------------------------
 
     def holder(
-        self, presented: x509.Certificate, candidates: Sequence[CertificateRecord]
+        self,
+        presented: x509.Certificate,
+        candidates: Sequence[CertificateRecord],
+        proof: Proof | None = None,
     ) -> Possession:
         """The record of the certificate a client presented, if it may renew with it: issued by
         vouch exactly so, not revoked, not expired. ``candidates`` are the records with its
@@ -126,7 +132,7 @@ class Enrollment:
                 "this certificate has expired and cannot be renewed by possession",
                 hint="get a new one with a one-time token",
             )
-        return Possession(record)
+        return Possession(record, proof)
 
     def renewal(
         self,
@@ -169,19 +175,20 @@ class Enrollment:
         redemptions: list[tuple[int, Redemption]] = []
         for index, request in enumerate(requests):
             try:
-                plan, claims = self._plan(index, request, now)
+                plan, redemption = self._plan(index, request, now)
             except VouchError as exc:
                 results[index] = exc
                 continue
             planned.append(plan)
-            if claims is not None:
-                redemptions.append((index, _redemption(claims, request)))
+            if redemption is not None:
+                redemptions.append((index, redemption))
         if redemptions:
             spent = self._store.redeem([r for _, r in redemptions], now.replace(microsecond=0))
             replayed = {i for i, r in redemptions if r.jti in spent}
             for index in replayed:
                 results[index] = TokenRefused(
-                    "replay", "this token was used before: a token is good for one certificate"
+                    "replay",
+                    "this token (or proof) was used before: it is good for one certificate",
                 )
             planned = [p for p in planned if p.index not in replayed]
         groups: dict[tuple[str, str], list[_Planned]] = {}
@@ -213,9 +220,9 @@ class Enrollment:
 
     def _plan(
         self, index: int, request: Enroll, now: dt.datetime
-    ) -> tuple[_Planned, TokenClaims | None]:
+    ) -> tuple[_Planned, Redemption | None]:
         credential = request.credential
-        claims: TokenClaims | None = None
+        redemption: Redemption | None = None
         provisioner: Provisioner | None = None
         profile = request.profile or self._default_profile
         lifetime = request.lifetime
@@ -229,11 +236,30 @@ class Enrollment:
             if known is not None:
                 lifetime = provisioner.lifetime_for(lifetime, known.default_lifetime)
             who: dict[str, object] = {"provisioner": provisioner.name, "jti": claims.jti}
+            redemption = _redemption(claims, request)
         elif isinstance(credential, Admin):
             credential.require("issue")
             who = {"admin": {"id": credential.id, "name": credential.name}}
         else:
-            who = {"renewal_of": credential.record.serial, "ca": credential.record.authority}
+            record, proof = credential.record, credential.proof
+            who = {"renewal_of": record.serial, "ca": record.authority}
+            if proof is not None:
+                who["proof"] = proof.jti
+                redemption = Redemption(
+                    jti=proof.jti,
+                    provisioner=PROOF_KIND,
+                    expires_at=proof.expires_at,
+                    event=NewEvent(
+                        "api.possession-proved",
+                        proof.jti,
+                        {
+                            "serial": record.serial,
+                            "ca": record.authority,
+                            "jti": proof.jti,
+                            "expires_at": proof.expires_at.isoformat(),
+                        },
+                    ),
+                )
         if not request.names:
             raise PolicyViolation("names.empty", "a certificate needs at least one name")
         issuance = IssuanceRequest(
@@ -244,7 +270,7 @@ class Enrollment:
             common_name=request.common_name,
             want_common_name=request.want_common_name,
         )
-        return _Planned(index, issuance, request.ca, provisioner, who), claims
+        return _Planned(index, issuance, request.ca, provisioner, who), redemption
 
     def _authority(self, key: tuple[str, str], provisioner: Provisioner | None) -> Authority:
         with self._lock:

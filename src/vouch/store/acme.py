@@ -6,11 +6,13 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import bindparam, delete, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from vouch.errors import Conflict, NotFound
 from vouch.store.engine import Database
@@ -27,6 +29,27 @@ from vouch.store.tables import (
     acme_renewal_overrides,
     acme_secrets,
 )
+
+# The statements every request runs, built once: SQLAlchemy then finds them in its compiled
+# cache without building and hashing a new statement object per request.
+_INSERT_NONCE = insert(acme_nonces).values(
+    nonce=bindparam("nonce"), expires_at=bindparam("expires_at")
+)
+_ACCOUNT = select(acme_accounts).where(acme_accounts.c.id == bindparam("id"))
+_ORDER = select(acme_orders).where(acme_orders.c.id == bindparam("id"))
+_ORDER_AUTHZ_IDS = (
+    select(acme_authzs.c.id)
+    .where(acme_authzs.c.order_id == bindparam("id"))
+    .order_by(acme_authzs.c.id)
+)
+_ORDER_ACCOUNT = select(acme_orders.c.account_id).where(acme_orders.c.id == bindparam("id"))
+_AUTHZ = select(acme_authzs).where(acme_authzs.c.id == bindparam("id"))
+_AUTHZ_CHALLENGES = (
+    select(acme_challenges)
+    .where(acme_challenges.c.authz_id == bindparam("id"))
+    .order_by(acme_challenges.c.id)
+)
+_CHALLENGE = select(acme_challenges).where(acme_challenges.c.id == bindparam("id"))
 
 
 @dataclass(frozen=True)
@@ -98,6 +121,17 @@ class EabKey:
 class AcmeStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+        # An insert that skips a nonce already there (returning no row) instead of failing the
+        # transaction, so many requests' nonces can be used in one transaction.
+        self._insert_nonce_once: Any = None
+        if db.dialect in ("sqlite", "postgresql"):
+            dialect_insert = sqlite_insert if db.dialect == "sqlite" else postgresql_insert
+            self._insert_nonce_once = (
+                dialect_insert(acme_nonces)
+                .values(nonce=bindparam("nonce"), expires_at=bindparam("expires_at"))
+                .on_conflict_do_nothing(index_elements=[acme_nonces.c.nonce])
+                .returning(acme_nonces.c.nonce)
+            )
 
     # -- nonces ----------------------------------------------------------------------------------
 
@@ -123,7 +157,7 @@ class AcmeStore:
             # Not waiting for the disk: a power loss may forget that a nonce was used (the
             # JWS it protected still needs the account's key), never that an order was issued.
             with self.db.begin(durable=False) as conn:
-                conn.execute(insert(acme_nonces).values(nonce=nonce, expires_at=expires))
+                conn.execute(_INSERT_NONCE, {"nonce": nonce, "expires_at": expires})
         except Conflict:
             return False
         return True
@@ -134,13 +168,29 @@ class AcmeStore:
         """``use_nonce`` and ``account`` in one transaction: (first use, the account or None)."""
         try:
             with self.db.begin(durable=False) as conn:
-                conn.execute(insert(acme_nonces).values(nonce=nonce, expires_at=expires))
-                row = conn.execute(
-                    select(acme_accounts).where(acme_accounts.c.id == account_id)
-                ).first()
+                conn.execute(_INSERT_NONCE, {"nonce": nonce, "expires_at": expires})
+                row = conn.execute(_ACCOUNT, {"id": account_id}).first()
         except Conflict:
             return False, None
         return True, None if row is None else _account(row)
+
+    def use_nonces_reading_accounts(
+        self, uses: Sequence[tuple[str, dt.datetime, int]]
+    ) -> list[tuple[bool, Account | None]]:
+        """``use_nonce_reading_account`` for many (nonce, expiry, account id) at once, in one
+        transaction (one commit for the requests that arrived together)."""
+        if self._insert_nonce_once is None:
+            return [self.use_nonce_reading_account(*use) for use in uses]
+        found: list[tuple[bool, Account | None]] = []
+        with self.db.begin(durable=False) as conn:
+            for nonce, expires, account_id in uses:
+                inserted = conn.execute(
+                    self._insert_nonce_once, {"nonce": nonce, "expires_at": expires}
+                ).first()
+                fresh = inserted is not None
+                row = conn.execute(_ACCOUNT, {"id": account_id}).first() if fresh else None
+                found.append((fresh, None if row is None else _account(row)))
+        return found
 
     def drop_expired_nonces(self, now: dt.datetime) -> int:
         with self.db.begin() as conn:
@@ -193,9 +243,7 @@ class AcmeStore:
 
     def account(self, account_id: int) -> Account:
         with self.db.read() as conn:
-            row = conn.execute(
-                select(acme_accounts).where(acme_accounts.c.id == account_id)
-            ).first()
+            row = conn.execute(_ACCOUNT, {"id": account_id}).first()
         if row is None:
             raise NotFound(f"no ACME account {account_id}")
         return _account(row)
@@ -292,25 +340,16 @@ class AcmeStore:
 
     def order(self, order_id: int) -> Order:
         with self.db.read() as conn:
-            row = conn.execute(select(acme_orders).where(acme_orders.c.id == order_id)).first()
+            row = conn.execute(_ORDER, {"id": order_id}).first()
             if row is None:
                 raise NotFound(f"no ACME order {order_id}")
-            authz_ids = tuple(
-                int(r[0])
-                for r in conn.execute(
-                    select(acme_authzs.c.id)
-                    .where(acme_authzs.c.order_id == order_id)
-                    .order_by(acme_authzs.c.id)
-                )
-            )
+            authz_ids = tuple(int(r[0]) for r in conn.execute(_ORDER_AUTHZ_IDS, {"id": order_id}))
         return _order(row, authz_ids)
 
     def order_account_id(self, order_id: int) -> int:
         """The account an order belongs to (an ownership check needs nothing else)."""
         with self.db.read() as conn:
-            found = conn.execute(
-                select(acme_orders.c.account_id).where(acme_orders.c.id == order_id)
-            ).scalar()
+            found = conn.execute(_ORDER_ACCOUNT, {"id": order_id}).scalar()
         if found is None:
             raise NotFound(f"no ACME order {order_id}")
         return int(found)
@@ -370,24 +409,17 @@ class AcmeStore:
 
     def authz(self, authz_id: int) -> Authz:
         with self.db.read() as conn:
-            row = conn.execute(select(acme_authzs).where(acme_authzs.c.id == authz_id)).first()
+            row = conn.execute(_AUTHZ, {"id": authz_id}).first()
             if row is None:
                 raise NotFound(f"no ACME authorization {authz_id}")
             challenges = tuple(
-                _challenge(c)
-                for c in conn.execute(
-                    select(acme_challenges)
-                    .where(acme_challenges.c.authz_id == authz_id)
-                    .order_by(acme_challenges.c.id)
-                )
+                _challenge(c) for c in conn.execute(_AUTHZ_CHALLENGES, {"id": authz_id})
             )
         return _authz(row, challenges)
 
     def challenge(self, challenge_id: int) -> Challenge:
         with self.db.read() as conn:
-            row = conn.execute(
-                select(acme_challenges).where(acme_challenges.c.id == challenge_id)
-            ).first()
+            row = conn.execute(_CHALLENGE, {"id": challenge_id}).first()
         if row is None:
             raise NotFound(f"no ACME challenge {challenge_id}")
         return _challenge(row)

@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from vouch.store.engine import Database
@@ -29,26 +29,75 @@ class OcspStore:
             return
         with self.db.begin() as conn:
             revoked = self._revoked_among(conn, [r for r in rows if r.status == "good"])
-            for row in rows:
-                if (row.authority_id, row.serial) in revoked:
-                    continue  # revoked after this "good" was signed: leave the stale mark
+            # Revoked after this "good" was signed: leave the stale mark. The last of several
+            # rows for one certificate wins, as one-by-one writes would have it.
+            latest = {
+                (r.authority_id, r.serial): r
+                for r in rows
+                if (r.authority_id, r.serial) not in revoked
+            }
+            existing = self._existing(conn, list(latest))
+            updates: list[dict[str, Any]] = []
+            inserts: list[dict[str, Any]] = []
+            for (authority_id, serial), row in latest.items():
                 values = {
+                    "_authority_id": authority_id,
+                    "_serial": serial,
                     "status": row.status,
                     "this_update": row.this_update,
                     "next_update": row.next_update,
                     "der": row.der,
                     "version": row.version,
                 }
-                key = and_(
-                    ocsp_responses.c.authority_id == row.authority_id,
-                    ocsp_responses.c.serial == row.serial,
-                )
-                if conn.execute(update(ocsp_responses).where(key).values(**values)).rowcount == 0:
-                    conn.execute(
-                        insert(ocsp_responses).values(
-                            authority_id=row.authority_id, serial=row.serial, **values
+                (updates if (authority_id, serial) in existing else inserts).append(values)
+            # One statement for each kind, run for all rows (executemany), not one per row.
+            if updates:
+                conn.execute(
+                    update(ocsp_responses)
+                    .where(
+                        and_(
+                            ocsp_responses.c.authority_id == bindparam("_authority_id"),
+                            ocsp_responses.c.serial == bindparam("_serial"),
                         )
                     )
+                    .values(
+                        status=bindparam("status"),
+                        this_update=bindparam("this_update"),
+                        next_update=bindparam("next_update"),
+                        der=bindparam("der"),
+                        version=bindparam("version"),
+                    ),
+                    updates,
+                )
+            if inserts:
+                conn.execute(
+                    insert(ocsp_responses),
+                    [
+                        {
+                            "authority_id": v["_authority_id"],
+                            "serial": v["_serial"],
+                            "status": v["status"],
+                            "this_update": v["this_update"],
+                            "next_update": v["next_update"],
+                            "der": v["der"],
+                            "version": v["version"],
+                        }
+                        for v in inserts
+                    ],
+                )
+
+    @staticmethod
+    def _existing(conn: Connection, keys: Sequence[tuple[int, str]]) -> set[tuple[int, str]]:
+        found: set[tuple[int, str]] = set()
+        for authority_id in {a for a, _ in keys}:
+            serials = [s for a, s in keys if a == authority_id]
+            for first in range(0, len(serials), 500):
+                statement = select(ocsp_responses.c.serial).where(
+                    ocsp_responses.c.authority_id == authority_id,
+                    ocsp_responses.c.serial.in_(serials[first : first + 500]),
+                )
+                found.update((authority_id, str(serial)) for (serial,) in conn.execute(statement))
+        return found
 
     @staticmethod
     def _revoked_among(conn: Connection, rows: Sequence[OcspRow]) -> set[tuple[int, str]]:

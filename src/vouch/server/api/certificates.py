@@ -33,6 +33,7 @@ from vouch.server.api.wire import JSON, json_body, parse_body
 from vouch.services.admins import Admin
 from vouch.services.authority import IssuedCertificate
 from vouch.services.enrollment import Enroll, OneTimeToken, Possession
+from vouch.services.possession import check_proof, renew_audience
 from vouch.services.revocation import LEAF_REASONS
 from vouch.services.tokens import NamesRefused, TokenRefused
 from vouch.store.api import CertificateSearch
@@ -100,12 +101,8 @@ def register(app: FastAPI, context: ApiContext) -> None:
         """Who asks: a one-time token in the body, else an operator's API token; a caller
         with neither gets 401 before the body is validated."""
         source = source_of(request)
-        try:
-            data = json.loads(body)
-        except ValueError:
-            data = None
-        token = data.get("token") if isinstance(data, dict) else None
-        if isinstance(token, str):
+        token = _field(body, "token")
+        if token is not None:
             context.guard.check(source)
             return OneTimeToken(token)
         admin = await authenticate(context, request, credentials)
@@ -120,23 +117,35 @@ def register(app: FastAPI, context: ApiContext) -> None:
         )
         return admin
 
-    async def holder(request: Request) -> Possession:
-        """The current certificate the client presented over mTLS, checked."""
+    async def holder(request: Request, data: bytes) -> Possession:
+        """The current certificate the client presented over mTLS, or whose key signed the
+        request's proof (``proof``: services/possession.py), checked; 401 otherwise, before the
+        body is validated."""
         source = source_of(request)
         context.guard.check(source)
         presented = client_certificate(request)
-        if presented is None:
+        proof_text = None if presented is not None else _field(data, "proof")
+        if presented is None and proof_text is None:
             raise AuthenticationFailed(
-                "renewal needs the current certificate as TLS client certificate (HTTPS)",
-                hint="curl --cert cert.pem --key key.pem https://.../api/v1/renew",
+                "renewal needs the current certificate: as TLS client certificate (HTTPS), or "
+                "a proof signed with its key (proof)",
+                hint="curl --cert cert.pem --key key.pem https://.../api/v1/renew; "
+                "docs/api.md shows the proof",
             )
-        serial = format_serial(presented.serial_number)
-        candidates = await run_in_threadpool(vouch.api_store.by_serial, serial)
+        credential = "client-certificate" if presented is not None else "possession-proof"
         try:
-            return context.enrollment.holder(presented, candidates)
+            if presented is None:
+                audience = renew_audience(context.enrollment.audience)
+                proof = check_proof(proof_text or "", audience=audience, now=vouch.clock.now())
+                certificate = proof.certificate
+            else:
+                proof, certificate = None, presented
+            serial = format_serial(certificate.serial_number)
+            candidates = await run_in_threadpool(vouch.api_store.by_serial, serial)
+            return context.enrollment.holder(certificate, candidates, proof)
         except TokenRefused as exc:
             await run_in_threadpool(
-                context.guard.failed, source, credential="client-certificate", reason=exc.reason
+                context.guard.failed, source, credential=credential, reason=exc.reason
             )
             raise
 
@@ -175,23 +184,25 @@ def register(app: FastAPI, context: ApiContext) -> None:
         PREFIX + "/renew",
         status_code=201,
         response_model=models.Issued,
-        summary="Renew the certificate presented over mTLS",
-        description="The client presents its current, unexpired, unrevoked certificate as TLS "
-        "client certificate; it gets one for the same names (a new key when a CSR is given).",
+        summary="Renew the certificate presented over mTLS or named by a signed proof",
+        description="The client shows its current, unexpired, unrevoked certificate: as TLS "
+        "client certificate, or in a proof signed with its key (`proof`, for certificates "
+        "without clientAuth); it gets one for the same names (a new key when a CSR is given).",
         tags=["certificates"],
+        openapi_extra=json_body(models.RenewRequest),
     )
-    async def renew(
-        body: models.RenewRequest,
-        request: Request,
-        possession: Annotated[Possession, Depends(holder)],
-    ) -> Response:
+    async def renew(request: Request) -> Response:
+        data = await request.body()
+        possession = await holder(request, data)
+        body = parse_body(models.RenewRequest, data)
         parsed = parse_csr(body.csr) if body.csr is not None else None
         enroll = context.enrollment.renewal(
             possession,
             parsed.public_key if parsed else None,
             parsed.names if parsed else None,
         )
-        return await finish(enroll, source_of(request), "client-certificate")
+        kind = "possession-proof" if possession.proof is not None else "client-certificate"
+        return await finish(enroll, source_of(request), kind)
 
     @app.post(
         PREFIX + "/certificates/{serial}/revoke",
@@ -207,7 +218,9 @@ def register(app: FastAPI, context: ApiContext) -> None:
             raise BadInput(f"unknown reason {body.reason!r}", hint=", ".join(LEAF_REASONS))
         # The leader's periodic check re-signs the CRL and OCSP response within seconds.
         revoked = await run_in_threadpool(
-            vouch.revoker(publish=False).revoke, serial, body.reason, ca=body.ca
+            lambda: vouch.revoker(publish=False).revoke(
+                serial, body.reason, ca=body.ca, invalidity_date=_aware(body.invalidity_date)
+            )
         )
         return models.Revoked(
             serial=revoked.serial,
@@ -269,6 +282,16 @@ def register(app: FastAPI, context: ApiContext) -> None:
                 f"serial {canonical} was issued by several CAs", hint="name the CA with ?ca="
             )
         return _certificate(found[0], vouch.clock.now(), with_pem=True)
+
+
+def _field(data: bytes, name: str) -> str | None:
+    """A string field of a JSON object body, looked at before the body is validated."""
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return None
+    found = value.get(name) if isinstance(value, dict) else None
+    return found if isinstance(found, str) else None
 
 
 def _aware(value: dt.datetime | None) -> dt.datetime | None:

@@ -37,6 +37,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (403, "Not allowed: role, token names, or policy"),
         (404, "Not found"),
         (409, "Conflicts with the current state"),
+        (413, "The request body is too large"),
         (429, "Too many failed logins from this source"),
         (503, "A dependency (database, key) cannot serve now"),
     )

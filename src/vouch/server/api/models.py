@@ -45,6 +45,12 @@ class IssueRequest(_In):
 
 
 class RenewRequest(_In):
+    proof: str | None = Field(
+        default=None,
+        max_length=24 * 1024,
+        description="Without mTLS: a JWS signed with the certificate's key, the certificate in "
+        "x5c, aud the URL of this endpoint, a fresh jti, iat and exp at most 5 minutes apart",
+    )
     csr: str | None = Field(
         default=None,
         max_length=64 * 1024,
@@ -88,6 +94,9 @@ class CertificatePage(_Out):
 class RevokeRequest(_In):
     reason: str = Field(default="unspecified", max_length=32, examples=["keyCompromise"])
     ca: str | None = Field(default=None, max_length=64)
+    invalidity_date: dt.datetime | None = Field(
+        default=None, description="When the key is known or suspected to have been compromised"
+    )
 
 
 class Revoked(_Out):
