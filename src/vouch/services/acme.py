@@ -222,7 +222,8 @@ class AcmeService:
     def use_nonce_for_kid(
         self, nonce: str, kid: str, account_id: int
     ) -> tuple[Account, AccountKey]:
-        """``use_nonce`` then ``account_for_kid``, in one transaction (the hot path)."""
+        """``use_nonce`` then ``account_for_kid`` in one transaction, shared with the requests
+        that arrive at the same time (the hot path)."""
         used, account = self._nonce_uses.submit((nonce, self._nonce_expiry(nonce), account_id))
         if not used:
             raise _bad_nonce()
