@@ -466,6 +466,15 @@ def test_inventory_search_and_admin_actions(site: Site) -> None:
     assert seen == [c["serial"] for c in everything.json()["items"]]
     shown = site.request("GET", f"/certificates/{issued['serial'].lower()}", role="auditor")
     assert shown.json()["certificate"].startswith("-----BEGIN CERTIFICATE-----")
+    # When to renew, as ACME's renewal information says it: the default window, then "now"
+    # once the CA pulls it forward (as an incident does for a whole CA).
+    window = shown.json()["renewal_window"]
+    not_after = dt.datetime.fromisoformat(shown.json()["not_after"])
+    assert window["forced"] is False and dt.datetime.fromisoformat(window["start"]) < not_after
+    run_vouch(site.home, "acme", "renew-now", "--serial", issued["serial"])
+    forced = site.request("GET", f"/certificates/{issued['serial']}", role="auditor").json()
+    assert forced["renewal_window"]["forced"] is True
+    assert dt.datetime.fromisoformat(forced["renewal_window"]["start"]) <= dt.datetime.now(dt.UTC)
     bad = site.request("GET", "/certificates/not-hex", role="auditor")
     assert bad.status_code == 400
     assert site.request("GET", "/certificates/ABCDEF01", role="auditor").status_code == 404

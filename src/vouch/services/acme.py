@@ -629,6 +629,12 @@ class AcmeService:
         record = self._find_certificate(cert_id)
         if record is None:
             raise NotFound("no certificate with this identifier")
+        return self.renewal_window(record)
+
+    def renewal_window(self, record: CertificateRecord) -> RenewalInfo:
+        """When this certificate should be renewed: the window the CA forced on it (renew now:
+        a key rotation, a compromise), else the default one. ACME's renewalInfo and the REST
+        API's certificate answers both tell it."""
         override = self._store.renewal_override(
             record.id, record.authority_id, record.not_before
         )

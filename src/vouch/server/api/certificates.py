@@ -281,7 +281,12 @@ def register(app: FastAPI, context: ApiContext) -> None:
             raise BadInput(
                 f"serial {canonical} was issued by several CAs", hint="name the CA with ?ca="
             )
-        return _certificate(found[0], vouch.clock.now(), with_pem=True)
+        answer = _certificate(found[0], vouch.clock.now(), with_pem=True)
+        if found[0].state == "issued":
+            window = await run_in_threadpool(vouch.acme.renewal_window, found[0])
+            renewal = models.RenewalWindow(start=window.start, end=window.end, forced=window.forced)
+            answer = answer.model_copy(update={"renewal_window": renewal})
+        return answer
 
 
 def _field(data: bytes, name: str) -> str | None:

@@ -70,6 +70,14 @@ class Issued(_Out):
     chain: str = Field(description="The leaf, then the intermediates, PEM")
 
 
+class RenewalWindow(_Out):
+    start: dt.datetime
+    end: dt.datetime
+    forced: bool = Field(
+        description="true when the CA asks for renewal now (a key rotation or a compromise)"
+    )
+
+
 class Certificate(_Out):
     serial: str
     ca: str
@@ -84,6 +92,11 @@ class Certificate(_Out):
     revoked_at: dt.datetime | None
     revocation_reason: str | None
     certificate: str | None = Field(default=None, description="PEM (in single answers)")
+    renewal_window: RenewalWindow | None = Field(
+        default=None,
+        description="When to renew, as ACME renewal information (RFC 9773) says it "
+        "(in single answers)",
+    )
 
 
 class CertificatePage(_Out):
