@@ -34,7 +34,7 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, overwrite: bool 
             # link() fails if the target exists: no window in which another writer could win.
             os.link(tmp, path)
             tmp.unlink()
-        _fsync_dir(directory)
+        fsync_dir(directory)
     except FileExistsError as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -66,7 +66,8 @@ def probe_writable(path: Path) -> None:
         raise Unavailable(f"cannot write {path}: {_describe(exc, path)}") from exc
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (best effort: some filesystems refuse)."""
     with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
         try:

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from vouch.agent.config import CertificateSpec
 from vouch.errors import BadInput, ConfigError, Unavailable
-from vouch.fsutil import describe_os_error
+from vouch.fsutil import describe_os_error, fsync_dir
 
 NEW_SUFFIX = ".vouch-new"
 CHAIN_MODE = 0o644
@@ -112,15 +112,6 @@ def _write_new(target: Path, data: bytes, mode: int, uid: int, gid: int) -> Path
     return new
 
 
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _write_commit(path: Path, pairs: list[tuple[Path, Path]]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     body = json.dumps([[str(new), str(target)] for new, target in pairs]).encode()
@@ -132,7 +123,7 @@ def _write_commit(path: Path, pairs: list[tuple[Path, Path]]) -> None:
         finally:
             os.close(fd)
         tmp.replace(path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except OSError as exc:
         raise Unavailable(f"cannot write {path}: {describe_os_error(exc)}") from exc
 
@@ -142,7 +133,7 @@ def _apply(pairs: list[tuple[Path, Path]]) -> None:
         if new.exists():
             new.replace(target)
     for directory in {target.parent for _, target in pairs}:
-        _fsync_dir(directory)
+        fsync_dir(directory)
 
 
 def install(
@@ -178,7 +169,7 @@ def install(
     try:
         _apply(pairs)
         commit.unlink()
-        _fsync_dir(state_dir)
+        fsync_dir(state_dir)
     except OSError as exc:
         raise Unavailable(
             f"cannot install the new files of {spec.name}: {describe_os_error(exc)}",

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
 from vouch.errors import AuthenticationFailed, VouchError
 from vouch.keys.base import KeyRef
@@ -66,12 +67,19 @@ def testable(record: AuthorityRecord) -> bool:
     return record.key_ref != "none:" and record.status != "revoked"
 
 
-def check_key(record: AuthorityRecord, keys: KeyRegistry) -> KeyCheck:
-    """Sign once with the CA's key and verify against its certificate; errors are returned."""
+def check_key(
+    record: AuthorityRecord,
+    keys: KeyRegistry,
+    loaded: CertificateIssuerPrivateKeyTypes | None = None,
+) -> KeyCheck:
+    """Sign once with the CA's key and verify against its certificate; errors are returned.
+
+    ``loaded``: the key as a long-running process already holds it (a server must not decrypt
+    a key file again for each check); else it is loaded through the registry."""
     message = b"vouch key test " + secrets.token_bytes(32)
     certificate = x509.load_der_x509_certificate(record.certificate)
     try:
-        key = keys.load(KeyRef.parse(record.key_ref))
+        key = loaded if loaded is not None else keys.load(KeyRef.parse(record.key_ref))
         started = time.perf_counter()
         signature = sign_data(key, message)
         seconds = time.perf_counter() - started

@@ -18,6 +18,7 @@ from vouch.errors import Conflict, NotFound
 from vouch.store.engine import Database
 from vouch.store.records import NewEvent
 from vouch.store.repository import append_events
+from vouch.store.revocations import bump_revision
 from vouch.store.tables import (
     authorities,
     ca_rollovers,
@@ -242,7 +243,7 @@ class CustodyStore:
                 .values(revoked_at=revoked_at, revocation_reason=reason)
             ).rowcount
             if revoked:
-                _bump(conn, authority_id)
+                bump_revision(conn, authority_id)
                 ca_id = conn.execute(
                     select(authorities.c.id).where(
                         authorities.c.parent_id == authority_id, authorities.c.serial == serial
@@ -254,7 +255,7 @@ class CustodyStore:
                         .where(authorities.c.id == ca_id)
                         .values(status="revoked")
                     )
-                    _bump(conn, int(ca_id), revoked_at=revoked_at, reason=reason)
+                    bump_revision(conn, int(ca_id), revoked_at=revoked_at, reason=reason)
         revision = conn.execute(
             select(ca_state.c.revision).where(ca_state.c.authority_id == authority_id)
         ).scalar()
@@ -310,27 +311,3 @@ class CustodyStore:
             ).scalar()
         return None if found is None else int(found)
 
-
-def _bump(
-    conn: Connection,
-    authority_id: int,
-    *,
-    revoked_at: dt.datetime | None = None,
-    reason: str | None = None,
-) -> None:
-    """The CA's revocation revision grows (as ``RevocationStore`` does on each revocation)."""
-    values: dict[str, object] = {"revision": ca_state.c.revision + 1}
-    if revoked_at is not None:
-        values |= {"revoked_at": revoked_at, "revocation_reason": reason}
-    changed = conn.execute(
-        update(ca_state).where(ca_state.c.authority_id == authority_id).values(**values)
-    ).rowcount
-    if changed == 0:
-        conn.execute(
-            insert(ca_state).values(
-                authority_id=authority_id,
-                revision=1,
-                revoked_at=revoked_at,
-                revocation_reason=reason,
-            )
-        )

@@ -21,13 +21,12 @@ from vouch.errors import Conflict, NotFound
 from vouch.store.engine import Database
 from vouch.store.records import NewEvent
 from vouch.store.repository import append_events
-from vouch.store.revocations import next_version
+from vouch.store.revocations import bump_revision, next_version
 from vouch.store.tables import (
     acme_orders,
     authorities,
     blocked_keys,
     ca_rollovers,
-    ca_state,
     certificates,
     events,
     incidents,
@@ -356,7 +355,7 @@ class IncidentStore:
                     .values(status="stale", der=None, version=next_version(at)),
                     [{"_serial": r.serial} for r in todo],
                 )
-                _bump_revision(conn, authority_id)
+                bump_revision(conn, authority_id)
             conn.execute(
                 update(incidents).where(incidents.c.id == incident_id).values(leaves_revoked_at=at)
             )
@@ -433,17 +432,6 @@ def _activate(conn: Connection, old_id: int, new_id: int, at: dt.datetime) -> No
         raise Conflict("the standby CA is no longer a standby; nothing was changed")
     conn.execute(insert(ca_rollovers).values(old_id=old_id, new_id=new_id, at=at))
 
-
-def _bump_revision(conn: Connection, authority_id: int) -> None:
-    """The CA's revocation revision grows (as ``RevocationStore`` does), so CRL and OCSP
-    producers on every node see they are behind."""
-    changed = conn.execute(
-        update(ca_state)
-        .where(ca_state.c.authority_id == authority_id)
-        .values(revision=ca_state.c.revision + 1)
-    ).rowcount
-    if changed == 0:
-        conn.execute(insert(ca_state).values(authority_id=authority_id, revision=1))
 
 
 def _names(text: str) -> frozenset[str]:

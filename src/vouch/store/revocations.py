@@ -80,7 +80,7 @@ class RevocationStore:
             ).rowcount
             if changed != 1:
                 raise AlreadyRevoked(f"certificate {row.serial} is already revoked")
-            self._bump_revision(conn, row.authority_id)
+            bump_revision(conn, row.authority_id)
             conn.execute(
                 update(ocsp_responses)
                 .where(
@@ -99,7 +99,7 @@ class RevocationStore:
         """Record that a CA itself is revoked (its certificate row is revoked separately)."""
         with self.db.begin() as conn:
             append_events(conn, at, [event])
-            self._bump_revision(conn, authority_id, revoked_at=at, reason=reason)
+            bump_revision(conn, authority_id, revoked_at=at, reason=reason)
             conn.execute(
                 update(authorities).where(authorities.c.id == authority_id).values(status="revoked")
             )
@@ -114,30 +114,6 @@ class RevocationStore:
         if row is None or row.revoked_at is None:
             return None
         return row.revoked_at, str(row.revocation_reason)
-
-    @staticmethod
-    def _bump_revision(
-        conn: Connection,
-        authority_id: int,
-        *,
-        revoked_at: dt.datetime | None = None,
-        reason: str | None = None,
-    ) -> None:
-        values: dict[str, Any] = {"revision": ca_state.c.revision + 1}
-        if revoked_at is not None:
-            values |= {"revoked_at": revoked_at, "revocation_reason": reason}
-        changed = conn.execute(
-            update(ca_state).where(ca_state.c.authority_id == authority_id).values(**values)
-        ).rowcount
-        if changed == 0:
-            conn.execute(
-                insert(ca_state).values(
-                    authority_id=authority_id,
-                    revision=1,
-                    revoked_at=revoked_at,
-                    revocation_reason=reason,
-                )
-            )
 
     def revision(self, authority_id: int) -> int:
         with self.db.read() as conn:
@@ -269,3 +245,29 @@ def _crl(row: Any) -> CRLRecord:
         entries=m["entries"],
         der=m["der"],
     )
+
+
+def bump_revision(
+    conn: Connection,
+    authority_id: int,
+    *,
+    revoked_at: dt.datetime | None = None,
+    reason: str | None = None,
+) -> None:
+    """The CA's revocation revision grows (and, for the CA's own revocation, its time and
+    reason are kept), so CRL and OCSP producers on every node see they are behind."""
+    values: dict[str, Any] = {"revision": ca_state.c.revision + 1}
+    if revoked_at is not None:
+        values |= {"revoked_at": revoked_at, "revocation_reason": reason}
+    changed = conn.execute(
+        update(ca_state).where(ca_state.c.authority_id == authority_id).values(**values)
+    ).rowcount
+    if changed == 0:
+        conn.execute(
+            insert(ca_state).values(
+                authority_id=authority_id,
+                revision=1,
+                revoked_at=revoked_at,
+                revocation_reason=reason,
+            )
+        )
