@@ -23,6 +23,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 from cryptography import x509
@@ -555,6 +556,64 @@ def test_get_answer_is_cacheable(pki: Pki) -> None:
     assert response.next_update_utc is not None
     left = (response.next_update_utc - dt.datetime.now(dt.UTC)).total_seconds()
     assert 0 < int(match.group(1)) <= left
+
+
+def _read_replies(reader: BinaryIO, count: int) -> list[Reply]:
+    """``count`` HTTP responses read in order from one connection's buffered reader."""
+    replies = []
+    for _ in range(count):
+        status_line = reader.readline().decode("latin-1")
+        status = int(status_line.split()[1])
+        headers = http.client.parse_headers(reader)
+        body = reader.read(int(headers["content-length"]))
+        replies.append(Reply(status, headers, body))
+    return replies
+
+
+def _raw_get(pki: Pki, der: bytes, version: str = "1.1") -> bytes:
+    """A GET as RFC 5019 clients and CDNs send it: plain base64 (with its '/' and '+')."""
+    path = urllib.parse.urlsplit(pki.ocsp_url).path + "/" + base64.b64encode(der).decode()
+    return f"GET {path} HTTP/{version}\r\nHost: 127.0.0.1\r\n\r\n".encode()
+
+
+def test_plain_base64_gets_pipelined_behind_a_miss_come_back_in_order(pki: Pki) -> None:
+    """Cached answers to plain-base64 GETs take the protocol-level fast path (ocsp_fast); a
+    request that needs signing (a nonce) between two of them goes through ASGI: the answers
+    come back in order, equal to what the ordinary path answers, on a connection kept open."""
+    good = request_der(pki.good, pki.issuer)
+    revoked = request_der(pki.revoked, pki.issuer)
+    nonce = b"pipelined-nonce"
+    with_nonce = request_der(pki.good, pki.issuer, nonce=nonce)
+    ordinary = fetch(get_url(pki, good))  # %-escaped base64: the ASGI path
+    before = ocsp_counters(pki)
+    address = ("127.0.0.1", pki.server.http_port)
+    with socket.create_connection(address, timeout=10) as sock:
+        reader = sock.makefile("rb")
+        sock.sendall(_raw_get(pki, good) + _raw_get(pki, with_nonce) + _raw_get(pki, revoked))
+        first, second, third = _read_replies(reader, 3)
+        sock.sendall(_raw_get(pki, good))  # the connection stays open for more
+        [fourth] = _read_replies(reader, 1)
+    assert first.body == fourth.body == ordinary.body
+    assert first.headers["cache-control"] == ordinary.headers["cache-control"]
+    assert first.ocsp().certificate_status == CertStatus.GOOD
+    answer = second.ocsp()
+    assert answer.certificate_status == CertStatus.GOOD
+    assert answer.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce == nonce
+    assert third.ocsp().certificate_status == CertStatus.REVOKED
+    after = ocsp_counters(pki)
+    assert after["presigned"] - before["presigned"] == 3
+    assert after["signed"] - before["signed"] == 1
+
+
+def test_http_1_0_get_is_answered_and_closed(pki: Pki) -> None:
+    address = ("127.0.0.1", pki.server.http_port)
+    with socket.create_connection(address, timeout=10) as sock:
+        reader = sock.makefile("rb")
+        sock.sendall(_raw_get(pki, request_der(pki.good, pki.issuer), version="1.0"))
+        [reply] = _read_replies(reader, 1)
+        assert reply.ocsp().certificate_status == CertStatus.GOOD
+        assert reply.headers["connection"] == "close"
+        assert reader.read() == b""  # the server closed the connection
 
 
 def test_aia_and_cdp_urls_serve_their_documents(pki: Pki) -> None:

@@ -102,7 +102,7 @@ class VouchApp:
             if not encoded:
                 await self._ocsp_reply(send, MALFORMED, get=False)
                 return
-            data = _b64(encoded)
+            data = b64_request(encoded)
             get = True
         else:
             await _plain(send, 405, b"OCSP takes GET or POST\n", allow=b"GET, POST")
@@ -293,7 +293,8 @@ def _problem(exc: VouchError) -> Response:
     return JSONResponse({"error": exc.message}, status_code=status)
 
 
-def _b64(text: str) -> bytes | None:
+def b64_request(text: str) -> bytes | None:
+    """The DER of an OCSP GET request from its (URL-safe or standard) base64 path part."""
     try:
         cleaned = text.replace("-", "+").replace("_", "/")
         return base64.b64decode(cleaned + "=" * (-len(cleaned) % 4), validate=True)

@@ -17,6 +17,7 @@ from cryptography import x509
 from vouch.errors import ConfigError, VouchError
 from vouch.server.api.peer import TlsHttpToolsProtocol, ask_for_client_certificates
 from vouch.server.app import VouchApp
+from vouch.server.ocsp_fast import fast_ocsp_protocol
 from vouch.server.state import ServerState
 from vouch.server.tls import TlsFiles, issue_tls_certificate, load_context, needs_renewal
 from vouch.wiring import Vouch
@@ -57,7 +58,8 @@ def _config(app: VouchApp, listen: Listen, context: ssl.SSLContext | None) -> uv
         host=listen.host,
         port=listen.port,
         # HTTPS: the client's certificate goes into the ASGI scope (renewal by possession).
-        http=TlsHttpToolsProtocol if context is not None else "httptools",
+        # Plain HTTP: cached OCSP GETs are answered in the protocol itself (ocsp_fast).
+        http=TlsHttpToolsProtocol if context is not None else fast_ocsp_protocol(app),
         loop="none",
         lifespan="off",
         access_log=False,
