@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -51,6 +52,26 @@ class ServeSettings(_Strict):
     https: str | None = "127.0.0.1:8443"
     # Names of the certificate vouch issues itself for HTTPS (renewed on its own).
     tls_names: list[str] = Field(default_factory=lambda: ["localhost", "127.0.0.1"])
+    # A request's headers must arrive within this long of its first byte (and a new connection
+    # must start one): slow-header clients cannot hold connections (slowloris).
+    header_timeout: str = "20s"
+    # Proxies (IPs or CIDR networks) whose X-Forwarded-For is believed: behind nginx, the client
+    # address (failed-login limits, audit) is then the real client's, not the proxy's.
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ServeSettings:
+        from vouch.durations import parse_duration
+
+        timeout = parse_duration(self.header_timeout)
+        if not dt.timedelta(seconds=1) <= timeout <= dt.timedelta(minutes=5):
+            raise ValueError("header_timeout must be between 1 s and 5 min")
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(f"trusted_proxies: {proxy!r} is not an IP address or network") from None
+        return self
 
 
 class RevocationSettings(_Strict):

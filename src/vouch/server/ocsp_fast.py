@@ -14,9 +14,8 @@ import asyncio
 import time
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
 from vouch.server.app import OCSP_TYPE, VouchApp, b64_request
+from vouch.server.http_guard import GuardedHttpToolsProtocol
 
 _PREFIX = b"/ocsp/"
 _STATUS = b"HTTP/1.1 200 OK\r\ncontent-type: " + OCSP_TYPE + b"\r\ncontent-length: "
@@ -35,13 +34,14 @@ class _Answered:
 _ANSWERED: Any = _Answered()
 
 
-def fast_ocsp_protocol(app: VouchApp) -> type[HttpToolsProtocol]:
+def fast_ocsp_protocol(app: VouchApp) -> type[GuardedHttpToolsProtocol]:
     """An httptools protocol class bound to ``app``'s OCSP cache and counters."""
     cache = app.state.cache
     hits = app.state.metrics.ocsp_hit
 
-    class FastOcspProtocol(HttpToolsProtocol):
+    class FastOcspProtocol(GuardedHttpToolsProtocol):
         def on_headers_complete(self) -> None:
+            self.disarm_header_timer()
             url = self.url
             if (
                 url.startswith(_PREFIX)

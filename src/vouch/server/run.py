@@ -14,9 +14,11 @@ from dataclasses import dataclass
 import uvicorn
 from cryptography import x509
 
+from vouch.durations import parse_duration
 from vouch.errors import ConfigError, VouchError
 from vouch.server.api.peer import TlsHttpToolsProtocol, ask_for_client_certificates
 from vouch.server.app import VouchApp
+from vouch.server.http_guard import GuardedHttpToolsProtocol
 from vouch.server.ocsp_fast import fast_ocsp_protocol
 from vouch.server.state import ServerState
 from vouch.server.tls import TlsFiles, issue_tls_certificate, load_context, needs_renewal
@@ -52,21 +54,31 @@ class _Server(uvicorn.Server):
         yield
 
 
+def _protocol(app: VouchApp, tls: bool) -> type[GuardedHttpToolsProtocol]:
+    """HTTPS: the client's certificate goes into the ASGI scope (renewal by possession). Plain
+    HTTP: cached OCSP GETs are answered in the protocol itself (ocsp_fast). Both: a deadline
+    for each request's headers."""
+    base = TlsHttpToolsProtocol if tls else fast_ocsp_protocol(app)
+    timeout = parse_duration(app.state.vouch.config.serve.header_timeout).total_seconds()
+    return type(base.__name__, (base,), {"header_timeout": timeout})
+
+
 def _config(app: VouchApp, listen: Listen, context: ssl.SSLContext | None) -> uvicorn.Config:
+    serve = app.state.vouch.config.serve
     return uvicorn.Config(
         app,
         host=listen.host,
         port=listen.port,
-        # HTTPS: the client's certificate goes into the ASGI scope (renewal by possession).
-        # Plain HTTP: cached OCSP GETs are answered in the protocol itself (ocsp_fast).
-        http=TlsHttpToolsProtocol if context is not None else fast_ocsp_protocol(app),
+        http=_protocol(app, context is not None),
         loop="none",
         lifespan="off",
         access_log=False,
-        # Fewer per-response headers on the OCSP hot path; no proxy header rewriting.
+        # Fewer per-response headers on the OCSP hot path.
         server_header=False,
         date_header=False,
-        proxy_headers=False,
+        # X-Forwarded-For is believed from the configured proxies only.
+        proxy_headers=bool(serve.trusted_proxies),
+        forwarded_allow_ips=serve.trusted_proxies or None,
         log_level="warning",
         timeout_keep_alive=30,
         # A client that opens many connections and sends nothing cannot starve the others.

@@ -15,12 +15,11 @@ import asyncio
 import ssl
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
+from vouch.server.http_guard import GuardedHttpToolsProtocol
 from vouch.store.repository import Store
 
 
-class TlsHttpToolsProtocol(HttpToolsProtocol):
+class TlsHttpToolsProtocol(GuardedHttpToolsProtocol):
     _tls: dict[str, Any] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
