@@ -32,4 +32,7 @@ make_venv() {
   "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
   "$VENV/bin/python" -m pip install -q -e "$ROOT$extras" 2>&1 | grep -v "^WARNING: Location" || true
   "$VENV/bin/python" -c "import vouch" || { echo "installing vouch failed" >&2; exit 1; }
+  # An editable install leaves vouch's own modules uncompiled, and with PYTHONDONTWRITEBYTECODE
+  # set every vouch process would compile them again (about half a second of CPU each).
+  "$VENV/bin/python" -m compileall -q -j 0 "$ROOT/src" >/dev/null || true
 }

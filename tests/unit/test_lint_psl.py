@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
+from pathlib import Path
 
 import publicsuffixlist
 from cryptography import x509
@@ -43,3 +46,25 @@ def test_internal_names_are_found_and_public_ones_are_not() -> None:
     assert "cabf.internal_domain_name" not in public
     # The library's module is left as it was found.
     assert alternative_name.publicsuffixlist is publicsuffixlist
+
+
+def test_iso639_is_loaded_only_when_used() -> None:
+    """Linting a certificate does not load iso639's language table (most of a second per
+    process); pkilint's ETSI validator still gets the real module when it asks for it."""
+    script = """
+import sys
+from tests.unit.test_lint_psl import _leaf
+from vouch.x509.lint import LintProfile, PkilintLinter
+codes = {f.code for f in PkilintLinter().lint(_leaf("printer.corp"), LintProfile.CABF_SERVERAUTH)}
+assert "cabf.internal_domain_name" in codes, codes
+assert "iso639.language" not in sys.modules, "iso639 was loaded"
+from pkilint.etsi import en_319_412_5
+assert en_319_412_5.iso639.Language.from_part1("de").name == "German"
+assert "iso639.language" in sys.modules
+print("ok")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

@@ -8,7 +8,10 @@ linting off should not pay.
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
+import sys
 import threading
+import types
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -78,6 +81,35 @@ def _one_public_suffix_list() -> Iterator[None]:
             alternative_name.publicsuffixlist = publicsuffixlist
 
 
+_deferred_lock = threading.Lock()
+
+
+def _load_lazily(name: str) -> None:
+    """Put off importing module ``name`` until one of its attributes is used.
+
+    pkilint's ETSI module (imported with its CA/B Forum validators) imports ``iso639`` at the
+    top, and importing that builds a table of every language: most of a second in every process
+    that lints. Only the validator of QC statement PDS languages uses it, and vouch issues no QC
+    statements. So a stand-in module takes its place in ``sys.modules`` and imports the real one
+    the first time anyone asks it for an attribute (PEP 562 module ``__getattr__``).
+    (``importlib.util.LazyLoader`` does not help: on 3.11 ``import iso639`` itself reads the
+    module's ``__spec__``, which loads it.)"""
+    with _deferred_lock:
+        if name in sys.modules or importlib.util.find_spec(name) is None:
+            return
+        stand_in = types.ModuleType(name, f"stands in for {name} until it is first used")
+
+        def load(attribute: str) -> Any:
+            with _deferred_lock:
+                if sys.modules.get(name) is stand_in:
+                    del sys.modules[name]
+                real = importlib.import_module(name)
+            return getattr(real, attribute)
+
+        stand_in.__getattr__ = load  # type: ignore[method-assign]
+        sys.modules[name] = stand_in
+
+
 class PkilintLinter:
     """Lints with pkilint's CA/B Forum serverauth validators or its RFC 5280 validators."""
 
@@ -90,6 +122,7 @@ class PkilintLinter:
         self._lock = threading.Lock()
 
     def lint(self, der: bytes, profile: LintProfile) -> list[Finding]:
+        _load_lazily("iso639")
         from pkilint import finding_filter, loader
         from pkilint.cabf import serverauth
 
@@ -115,6 +148,7 @@ class PkilintLinter:
         CRL, 365 for an ARL). ``arl=True`` for a root's CRL of intermediates, which may also say
         cACompromise. ``LintProfile.RFC5280`` is pkilint's PKIX profile, plus its warning for an
         "unspecified" reasonCode (RFC 5280 5.3.1 says to omit the extension instead)."""
+        _load_lazily("iso639")
         from pkilint import loader
 
         document = loader.RFC5280CertificateListDocumentLoader().load_der_document(der, "crl")
@@ -135,6 +169,7 @@ class PkilintLinter:
             return self._build_validator(kind, cert_type)
 
     def _build_validator(self, kind: str, cert_type: Any) -> Any:
+        _load_lazily("iso639")
         from pkilint.cabf import serverauth
         from pkilint.pkix import certificate, extension, name
 
