@@ -27,8 +27,9 @@ from vouch.acme.challenges import Validator
 from vouch.acme.jws import MAX_BODY, AccountKey, Jws, key_from_jwk, parse, verify
 from vouch.acme.problems import AcmeProblem, malformed, unauthorized
 from vouch.errors import VouchError
+from vouch.faults import checkpoint
 from vouch.server.state import ServerState
-from vouch.services.acme import AcmeService, key_authorization
+from vouch.services.acme import VALIDATION_TIMEOUT, AcmeService, key_authorization
 from vouch.store.acme import Account, Authz, Challenge, Order
 
 log = logging.getLogger(__name__)
@@ -364,7 +365,7 @@ class AcmeFace:
         if not jws.is_post_as_get and jws.json_payload().get("status") == "deactivated":
             found = self.service.deactivate_authz(account, authz_id)
         else:
-            found = self.service.authz_of(account, authz_id)
+            found = self._resume_abandoned(self.service.authz_of(account, authz_id), account)
         headers = {"Retry-After": "1"} if found.status == "pending" else {}
         return self.reply(request, self._authz_body(request, found), headers=headers)
 
@@ -375,7 +376,9 @@ class AcmeFace:
         challenge_id = request.path_params["id"]
         if jws.is_post_as_get:
             challenge = self.service.store.challenge(challenge_id)
-            self.service.authz_of(account, challenge.authz_id)
+            authz = self.service.authz_of(account, challenge.authz_id)
+            authz = self._resume_abandoned(authz, account)
+            challenge = next((c for c in authz.challenges if c.id == challenge_id), challenge)
         else:
             challenge, authz, start = self.service.start_challenge(account, challenge_id)
             if start:
@@ -386,6 +389,15 @@ class AcmeFace:
         headers["Retry-After"] = "1"
         return JSONResponse(self._challenge_body(request, challenge), headers=headers)
 
+    def _resume_abandoned(self, authz: Authz, account: Account) -> Authz:
+        """A read of the account's own authorization or challenge validates again what a dead
+        node left processing, so a client that only polls still gets an answer."""
+        authz, resumed = self.service.resume_abandoned(authz)
+        for challenge in resumed:
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._start_validation, challenge, authz, account)
+        return authz
+
     def _start_validation(self, challenge: Challenge, authz: Authz, account: Account) -> None:
         task = asyncio.create_task(self._validate(challenge, authz, account))
         self._tasks.add(task)
@@ -394,28 +406,47 @@ class AcmeFace:
     async def _validate(self, challenge: Challenge, authz: Authz, account: Account) -> None:
         # CAA is looked up (in a thread: blocking DNS) while the challenge is fetched, so the
         # two sets of round trips overlap; a met challenge still fails if CAA forbids this CA.
+        # Bounded as a whole, so that this node records an outcome before CHALLENGE_TIMEOUT,
+        # after which another node would take the challenge for abandoned.
+        checkpoint("acme.validating")  # crash-safety tests: the node dies mid-validation
+        limit = VALIDATION_TIMEOUT.total_seconds()
+        deadline = asyncio.get_running_loop().time() + limit
         caa = asyncio.ensure_future(run_in_threadpool(self.service.caa_refusal, authz))
         error: AcmeProblem | None = None
         try:
-            await self.validator.validate(
-                challenge.type, authz.type, authz.value, key_authorization(challenge.token, account)
-            )
+            async with asyncio.timeout_at(deadline):
+                await self.validator.validate(
+                    challenge.type, authz.type, authz.value,
+                    key_authorization(challenge.token, account),
+                )  # fmt: skip
         except AcmeProblem as problem:
             error = problem
+        except TimeoutError:
+            error = AcmeProblem("connection", f"the validation took longer than {limit:.0f} s")
         except Exception as exc:  # a validation bug must still settle the challenge
             log.exception("validating challenge %s", challenge.id)
             error = AcmeProblem("serverInternal", f"validation failed: {type(exc).__name__}")
         try:
-            refusal = await caa
+            async with asyncio.timeout_at(deadline):
+                refusal = await caa
+        except TimeoutError:
+            refusal = AcmeProblem("caa", f"the CAA check took longer than {limit:.0f} s")
         except Exception as exc:
             log.exception("checking CAA for challenge %s", challenge.id)
             refusal = AcmeProblem("caa", f"the CAA check failed: {type(exc).__name__}")
         if error is None:
             error = refusal
         try:
-            await run_in_threadpool(self.service.record_validation, challenge.id, error)
+            recorded = await run_in_threadpool(self.service.record_validation, challenge, error)
         except VouchError as exc:
+            # Left processing: taken for abandoned after CHALLENGE_TIMEOUT and validated again.
             log.error("recording validation of challenge %s: %s", challenge.id, exc.message)
+            return
+        if not recorded:
+            log.warning(
+                "challenge %s was taken again before its validation here ended; not recorded",
+                challenge.id,
+            )
 
     # -- certificates ----------------------------------------------------------------------------
 

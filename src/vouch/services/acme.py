@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 
 from vouch.acme import eab
 from vouch.acme.ari import CertId, cert_id_of, default_window, parse_cert_id
+from vouch.acme.challenges import TIMEOUT
 from vouch.acme.domains import registered_domain
 from vouch.acme.group import GroupWork
 from vouch.acme.jws import (
@@ -66,6 +67,15 @@ AUTHORITY_TTL = 30.0
 # A finalization still processing after this long is taken to have died (see _expire); an
 # issuance (policy, lint, signing, two durable commits) takes well under a second.
 FINALIZE_TIMEOUT = dt.timedelta(seconds=10)
+# A node gives up on a validation after this long and records it failed: room for each of the
+# validator's three tries to wait out a connect and a read (each bounded by its TIMEOUT); a
+# target slower than that (a trickled body, a chain of slow redirects) is failing anyway.
+VALIDATION_TIMEOUT = dt.timedelta(seconds=6 * TIMEOUT)
+# A challenge still processing after this long was abandoned (its node died, or could not
+# record the outcome): the next request for it by its account claims it again and validates
+# anew. The margin over VALIDATION_TIMEOUT covers recording the outcome and clock skew between
+# nodes, so a live node's validation is never taken over.
+CHALLENGE_TIMEOUT = 2 * VALIDATION_TIMEOUT
 # An override window (renew now) is this long, starting when it is set.
 RENEW_NOW_WINDOW = dt.timedelta(minutes=1)
 
@@ -476,13 +486,41 @@ class AcmeService:
         return self._store.authz(authz_id)
 
     def start_challenge(self, account: Account, challenge_id: int) -> tuple[Challenge, Authz, bool]:
-        """Mark a challenge processing; True when the caller should now validate it."""
+        """Mark a challenge processing; True when the caller should now validate it. A challenge
+        left processing longer than CHALLENGE_TIMEOUT (abandoned) is claimed again, by one node
+        only (the store's conditional update)."""
         challenge = self._store.challenge(challenge_id)
         authz = self.authz_of(account, challenge.authz_id)
         if authz.status != "pending":
             return challenge, authz, False
-        started = self._store.start_challenge(challenge_id)
+        now = self._clock.now()
+        started = self._store.start_challenge(
+            challenge_id, now, stale_before=now - CHALLENGE_TIMEOUT
+        )
         return self._store.challenge(challenge_id), authz, started
+
+    def resume_abandoned(self, authz: Authz) -> tuple[Authz, list[Challenge]]:
+        """The authorization as it is now, and those of its challenges whose abandoned
+        validation this caller claimed again (and must now run). A client that only polls its
+        authorization or challenge (as RFC 8555 7.5.1 has it do) thus still gets an answer
+        after the node validating for it died. Call after checking the reader's ownership."""
+        if authz.status != "pending":
+            return authz, []
+        now = self._clock.now()
+        stale_before = now - CHALLENGE_TIMEOUT
+        resumed: set[int] = set()
+        for challenge in authz.challenges:
+            started = challenge.processing_started
+            if (
+                challenge.status == "processing"
+                and (started is None or started < stale_before)
+                and self._store.start_challenge(challenge.id, now, stale_before=stale_before)
+            ):
+                resumed.add(challenge.id)
+        if not resumed:
+            return authz, []
+        authz = self._store.authz(authz.id)
+        return authz, [c for c in authz.challenges if c.id in resumed]
 
     def caa_refusal(self, authz: Authz) -> AcmeProblem | None:
         """Why CAA forbids this CA to issue for the authorization's name, or None if it may
@@ -495,16 +533,19 @@ class AcmeService:
             return problem
         return None
 
-    def finish_challenge(self, challenge_id: int, error: AcmeProblem | None) -> None:
+    def finish_challenge(self, challenge: Challenge, error: AcmeProblem | None) -> bool:
         """Record a validation; a met challenge still fails if CAA forbids this CA."""
         if error is None and self._caa is not None:
-            error = self.caa_refusal(self._store.authz(self._store.challenge(challenge_id).authz_id))
-        self.record_validation(challenge_id, error)
+            error = self.caa_refusal(self._store.authz(challenge.authz_id))
+        return self.record_validation(challenge, error)
 
-    def record_validation(self, challenge_id: int, error: AcmeProblem | None) -> None:
-        """Record a validation whose CAA verdict the caller already folded into ``error``."""
-        self._store.finish_challenge(
-            challenge_id,
+    def record_validation(self, challenge: Challenge, error: AcmeProblem | None) -> bool:
+        """Record the validation of ``challenge`` as claimed (processing) by this caller, whose
+        CAA verdict the caller already folded into ``error``. False, recording nothing, when
+        the claim was lost: the validation outlived CHALLENGE_TIMEOUT and was claimed again."""
+        return self._store.finish_challenge(
+            challenge.id,
+            started=challenge.processing_started,
             ok=error is None,
             at=self._clock.now(),
             error=None if error is None else error.document(),

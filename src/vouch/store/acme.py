@@ -71,6 +71,9 @@ class Challenge:
     status: str
     validated_at: dt.datetime | None
     error: dict[str, Any] | None
+    # When the validation now processing was claimed (the claim's fencing token; None for a
+    # claim made before vouch stamped them); None unless processing.
+    processing_started: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -424,40 +427,74 @@ class AcmeStore:
             raise NotFound(f"no ACME challenge {challenge_id}")
         return _challenge(row)
 
-    def start_challenge(self, challenge_id: int) -> bool:
-        """pending -> processing, once; False if it was already started or finished. Lost
-        in a power loss, the challenge is pending again and the client asks again."""
+    # A challenge's validated_at is when it was validated once valid, and when its validation
+    # was claimed while it is processing (a column the schema already had, empty until then).
+    def start_challenge(
+        self, challenge_id: int, at: dt.datetime, *, stale_before: dt.datetime | None = None
+    ) -> bool:
+        """pending -> processing, claimed at ``at``; with ``stale_before``, also a challenge
+        whose validation was claimed before then and never finished (its node died). One
+        caller wins: the others' conditional update finds the row claimed anew. Lost in a power
+        loss, the challenge is as it was and the client asks again."""
+        claimable = acme_challenges.c.status == "pending"
+        if stale_before is not None:
+            claimable = or_(
+                claimable,
+                (acme_challenges.c.status == "processing")
+                & or_(
+                    acme_challenges.c.validated_at.is_(None),
+                    acme_challenges.c.validated_at < stale_before,
+                ),
+            )
         with self.db.begin(durable=False) as conn:
             return (
                 conn.execute(
                     update(acme_challenges)
-                    .where(
-                        acme_challenges.c.id == challenge_id, acme_challenges.c.status == "pending"
-                    )
-                    .values(status="processing")
+                    .where(acme_challenges.c.id == challenge_id, claimable)
+                    .values(status="processing", validated_at=at)
                 ).rowcount
                 == 1
             )
 
     def finish_challenge(
-        self, challenge_id: int, *, ok: bool, at: dt.datetime, error: dict[str, Any] | None
-    ) -> None:
-        """Record a validation: the challenge, its authorization, and the order's readiness."""
+        self,
+        challenge_id: int,
+        *,
+        started: dt.datetime | None,
+        ok: bool,
+        at: dt.datetime,
+        error: dict[str, Any] | None,
+    ) -> bool:
+        """Record a validation: the challenge, its authorization, and the order's readiness.
+        Only for the claim made at ``started`` (None: a claim from before claims were stamped):
+        False, and nothing recorded, if the challenge was claimed again since (this validation
+        outlived its bound and another node took over) or is no longer processing."""
+        claim = (
+            acme_challenges.c.validated_at.is_(None)
+            if started is None
+            else acme_challenges.c.validated_at == started
+        )
         with self.db.begin() as conn:
             challenge = conn.execute(
                 select(acme_challenges).where(acme_challenges.c.id == challenge_id)
             ).first()
             if challenge is None:
-                return
-            conn.execute(
+                return False
+            recorded = conn.execute(
                 update(acme_challenges)
-                .where(acme_challenges.c.id == challenge_id)
+                .where(
+                    acme_challenges.c.id == challenge_id,
+                    acme_challenges.c.status == "processing",
+                    claim,
+                )
                 .values(
                     status="valid" if ok else "invalid",
                     validated_at=at if ok else None,
                     error=None if error is None else json.dumps(error),
                 )
-            )
+            ).rowcount
+            if recorded != 1:
+                return False
             authz = conn.execute(
                 select(acme_authzs).where(acme_authzs.c.id == challenge.authz_id)
             ).first()
@@ -501,6 +538,7 @@ class AcmeStore:
                     )
                 ],
             )
+        return True
 
     def deactivate_authz(self, authz_id: int) -> None:
         with self.db.begin() as conn:
@@ -754,12 +792,14 @@ def _authz(row: Any, challenges: tuple[Challenge, ...]) -> Authz:
 
 def _challenge(row: Any) -> Challenge:
     m = row._mapping
+    processing = m["status"] == "processing"
     return Challenge(
         id=int(m["id"]),
         authz_id=int(m["authz_id"]),
         type=m["type"],
         token=m["token"],
         status=m["status"],
-        validated_at=m["validated_at"],
+        validated_at=None if processing else m["validated_at"],
         error=json.loads(m["error"]) if m["error"] else None,
+        processing_started=m["validated_at"] if processing else None,
     )
