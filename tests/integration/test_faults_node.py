@@ -6,8 +6,7 @@ half-written), revocation data keeps being served from memory, the database pass
 ``PRAGMA integrity_check``, and issuance resumes on its own once space is back. Slowloris
 connections, oversized bodies and a flood of bad JWS do not starve good clients.
 
-(A live switch to read-only is not tested: Linux refuses to remount a file system read-only
-while the database is open for writing, and root ignores file permissions.)
+A live switch to read-only, as after a disk error, is in ``test_faults_readonly.py``.
 """
 
 from __future__ import annotations

@@ -57,8 +57,20 @@ def describe_store_error(exc: BaseException, where: str) -> StoreError:
             f"the database {where} is corrupt or not a vouch database",
             hint="restore it from a backup (docs/operations.md)",
         )
+    # A disk that fails under ext4 (errors=remount-ro) turns its file system read-only: open
+    # connections then get SQLite's I/O error, new ones its "readonly database".
+    if "disk i/o error" in message:
+        return StoreError(
+            f"the disk holding the database {where} failed a read or write (I/O error); its "
+            "file system may have turned read-only",
+            hint="check the kernel log (dmesg); once the disk is repaired (fsck), restart vouch",
+        )
     if "readonly" in message or "read-only" in message:
-        return StoreError(f"the database {where} is read-only", hint="check the file's permissions")
+        return StoreError(
+            f"the database {where} is read-only",
+            hint="check the file's permissions; if its file system turned read-only after a disk "
+            "error (dmesg), repair it (fsck) and restart vouch",
+        )
     if "unable to open" in message:
         return StoreError(
             f"cannot open the database {where}", hint="check that its directory exists"
