@@ -207,8 +207,18 @@ def test_file_system_turns_read_only_under_a_running_node(tmp_path: Path) -> Non
             again = httpx.get(f"{server.url}/crl/issuing.crl", timeout=10)
             assert again.status_code == 200
             assert again.content == crl.content
-            health = httpx.get(f"{server.url}/healthz", timeout=5)
-            assert health.status_code == 200, health.text
+            # Still serving (200), and saying what is wrong once its periodic work has failed.
+            deadline = time.monotonic() + 30
+            while True:
+                health = httpx.get(f"{server.url}/healthz", timeout=5)
+                assert health.status_code == 200, health.text
+                if health.json()["problems"] or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            assert health.json()["status"] == "degraded", health.text
+            assert any(
+                "I/O error" in p or "read-only" in p for p in health.json()["problems"]
+            ), health.text
             assert server.process is not None and server.process.poll() is None  # still serving
         assert server.process.returncode == 0, server.output()
         assert "Traceback" not in server.output(), server.output()[-4000:]

@@ -225,6 +225,7 @@ class VouchApp:
         problems = [] if state.store_error is None else [f"store: {state.store_error}"]
         report = state.metrics.lifecycle.report
         problems += [f"key {k.ca}: {k.message}" for k in (report.keys if report else []) if not k.ok]
+        problems += [f"{job}: {message}" for job, message in sorted(state.job_problems.copy().items())]
         body = {
             "status": "starting" if not state.ready else "degraded" if problems else "ok",
             "node": state.node,

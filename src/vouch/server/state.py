@@ -59,6 +59,9 @@ class ServerState:
     leader: bool = False
     # Why the last refresh from the store failed (None: it worked); shown by /healthz.
     store_error: str | None = None
+    # Periodic work failing now, by job (cleared when the job next succeeds); shown by /healthz:
+    # a node that cannot write (a read-only disk) still reads, and says so here.
+    job_problems: dict[str, str] = field(default_factory=dict)
     _keys: dict[int, CertificateIssuerPrivateKeyTypes] = field(default_factory=dict)
     _counted_at: dt.datetime | None = None
     _signing: int = 0
@@ -132,8 +135,9 @@ class ServerState:
                     while producer.presign(issuer, responder, limit=2000) == 2000:
                         pass
                 vouch.crl_producer.produce(record, key, vouch.issuer_urls(record))
+                self._job_ok(f"revocation {record.name}")
             except VouchError as exc:
-                self.metrics.job_errors.labels(job="revocation").inc()
+                self._job_failed(f"revocation {record.name}", "revocation", exc.message)
                 log.error("revocation data for CA %s: %s", record.name, exc.message)
         try:
             # Single-use nonces and responses past nextUpdate would otherwise pile up forever.
@@ -142,14 +146,16 @@ class ServerState:
             vouch.ocsp_store.drop_expired(now)
             # Spent one-time tokens: once expired, a replay is refused as expired anyway.
             vouch.api_store.drop_expired_redemptions(now - SPENT_KEPT)
+            self._job_ok("cleanup")
         except VouchError as exc:
-            self.metrics.job_errors.labels(job="cleanup").inc()
+            self._job_failed("cleanup", "cleanup", exc.message)
             log.error("dropping expired nonces, OCSP responses, spent tokens: %s", exc.message)
         try:
             interval = parse_duration(vouch.config.audit.head_interval)
             vouch.audit.sign_head(if_older_than=interval)
+            self._job_ok("tree-head")
         except VouchError as exc:
-            self.metrics.job_errors.labels(job="tree-head").inc()
+            self._job_failed("tree-head", "tree-head", exc.message)
             log.error("signing a tree head: %s", exc.message)
         root = next((r for r in self.authorities.values() if r.role == "root"), None)
         if root is not None and root.key_ref != "none:":
@@ -157,9 +163,17 @@ class ServerState:
             if key is not None:
                 try:
                     vouch.crl_producer.produce(root, key, vouch.issuer_urls(root))
+                    self._job_ok("root-crl")
                 except VouchError as exc:
-                    self.metrics.job_errors.labels(job="root-crl").inc()
+                    self._job_failed("root-crl", "root-crl", exc.message)
                     log.error("root CRL: %s", exc.message)
+
+    def _job_failed(self, job: str, metric: str, message: str) -> None:
+        self.metrics.job_errors.labels(job=metric).inc()
+        self.job_problems[job] = message
+
+    def _job_ok(self, job: str) -> None:
+        self.job_problems.pop(job, None)
 
     def _key(self, record: AuthorityRecord) -> CertificateIssuerPrivateKeyTypes | None:
         key = self._keys.get(record.id)
@@ -214,8 +228,9 @@ class ServerState:
                 await asyncio.to_thread(self._locked, self.produce)
                 if self.leader:
                     await asyncio.to_thread(self._locked, self.sync)
+                self._job_ok("produce")
             except VouchError as exc:
-                self.metrics.job_errors.labels(job="produce").inc()
+                self._job_failed("produce", "produce", exc.message)
                 log.warning("periodic revocation work failed: %s", exc.message)
             await _sleep(stop, interval)
 
