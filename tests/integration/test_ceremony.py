@@ -7,6 +7,7 @@ rollover is checked by validating a leaf under the old root with only the new ro
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from pathlib import Path
@@ -278,3 +279,89 @@ def test_root_rollover_cross_certifies_both_ways(sites: tuple[Path, Path], tmp_p
         openssl_verify(openssl, offline / "root.pem", new_leaf, new_leaf, old_to_new).returncode
         == 0
     )
+
+
+def test_online_home_from_a_create_root_transcript(tmp_path: Path) -> None:
+    """The root is made on the ceremony machine and its key never comes online: the online home
+    starts from the create-root transcript (verified against the fingerprint read out at the
+    ceremony), makes its intermediate's key and CSR, the ceremony signs it, the home imports it
+    and issues a leaf that validates to the ceremony's root."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    openssl = require_tool("openssl")
+    home, offline = tmp_path / "home", tmp_path / "offline"
+    ceremony(
+        offline,
+        "create-root",
+        "--operator",
+        "alice",
+        "--operator",
+        "bob",
+        "--organization",
+        "Ceremony Corp",
+        "--country",
+        "DE",
+        "--public-url",
+        URL,
+    )
+    [created] = transcripts(offline)
+    root_der = x509.load_pem_x509_certificate((offline / "root.pem").read_bytes()).public_bytes(
+        serialization.Encoding.DER
+    )
+    fingerprint = hashlib.sha256(root_der).hexdigest()
+
+    # A fingerprint that is not the transcript's root's: refused, and no home is left behind.
+    wrong = run_vouch(
+        home,
+        "init",
+        "--root-transcript",
+        str(created),
+        "--trust-root",
+        hashlib.sha256(b"another root").hexdigest(),
+        check=False,
+    )
+    assert wrong.returncode == 7 and "not the one whose fingerprint" in wrong.stderr
+    assert not home.exists()
+    # Only a create-root transcript starts a home; other options do not mix with it.
+    mixed = run_vouch(
+        home,
+        "init",
+        "--root-transcript",
+        str(created),
+        "--trust-root",
+        fingerprint,
+        "--offline-root",
+        str(tmp_path / "x"),
+        check=False,
+    )
+    assert mixed.returncode == 3 and not home.exists()
+
+    started = run_vouch(
+        home, "init", "--root-transcript", str(created), "--trust-root", fingerprint.upper()
+    )
+    assert "its key is not in this home" in started.stdout
+    assert (home / "root.pem").read_bytes() == (offline / "root.pem").read_bytes()
+    assert not list(home.rglob("root.key.pem"))
+    [root] = authorities(home).values()
+    assert root["role"] == "root" and root["name"] == "root"
+    [imported] = events(home, "ceremony.imported")
+    assert imported["kind"] == "create-root" and imported["operators"] == ["alice", "bob"]
+    assert imported["signer_sha256"] == fingerprint
+    assert 'organization = "Ceremony Corp"' in (home / "vouch.toml").read_text()
+
+    csr, key_ref = new_csr(home, "issuing")
+    ceremony(offline, "sign-csr", str(csr), "--operator", "carol", "--name", "issuing", "--yes")
+    run_vouch(home, "ceremony", "import", str(transcripts(offline)[-1]), "--key-backend", key_ref)
+    cas = authorities(home)
+    assert cas["issuing"]["parent"] == "root" and cas["issuing"]["status"] == "active"
+    run_vouch(home, "cert", "new", "www.example.com", "--out-dir", str(tmp_path))
+    leaf = tmp_path / "www.example.com.pem"  # leaf + issuing intermediate
+    verified = openssl_verify(openssl, offline / "root.pem", leaf, leaf)
+    assert verified.returncode == 0, verified.stderr
+    assert "audit log verified" in run_vouch(home, "audit", "verify").stdout
+    # The create-root transcript is recorded: importing it again is refused.
+    again = run_vouch(
+        home, "ceremony", "import", str(created), "--trust-root", fingerprint, check=False
+    )
+    assert again.returncode == 6

@@ -585,3 +585,258 @@ def test_cli_rollover_from_a_key_file_into_the_token(softhsm: SoftHsm, tmp_path:
         vouch.close()
     assert changed["old_backend"] == "file" and changed["new_backend"] == "pkcs11"
     assert rolled_over["old"] == "issuing" and rolled_over["new"] == "issuing-2"
+
+
+# -- a failed init or new intermediate takes back the keys it made, and only those ---------------
+
+
+def token_objects(softhsm: SoftHsm, token: str) -> set[tuple[str, str, str]]:
+    """(kind, label, CKA_ID) of every key object in ``token``, as pkcs11-tool lists them."""
+    tool = require_tool("pkcs11-tool")
+    listed = subprocess.run(
+        [tool, "--module", str(softhsm.module_path), "--token-label", token, *LIST_LOGIN],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+    found = set()
+    for block in re.split(r"\n(?=\S)", listed):
+        if "Key Object" not in block:
+            continue
+        label = re.search(r"label:\s+(.*)", block)
+        key_id = re.search(r"ID:\s+(\S+)", block)
+        assert label is not None and key_id is not None, block
+        found.add((block.split(" Key Object")[0], label.group(1).strip(), key_id.group(1)))
+    return found
+
+
+def outside_key(softhsm: SoftHsm, token: str, label: str, key_id: str) -> None:
+    """A key pair made in the token by another tool: vouch must never remove it."""
+    subprocess.run(
+        [
+            require_tool("pkcs11-tool"),
+            "--module",
+            str(softhsm.module_path),
+            "--token-label",
+            token,
+            "--login",
+            "--pin",
+            USER_PIN,
+            "--keypairgen",
+            "--key-type",
+            "EC:prime256v1",
+            "--label",
+            label,
+            "--id",
+            key_id,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+
+
+def outside_key_signs(softhsm: SoftHsm, token: str, label: str, tmp_path: Path) -> bool:
+    data = tmp_path / "to-sign"
+    data.write_bytes(b"still here")
+    signed = subprocess.run(
+        [
+            require_tool("pkcs11-tool"),
+            "--module",
+            str(softhsm.module_path),
+            "--token-label",
+            token,
+            "--login",
+            "--pin",
+            USER_PIN,
+            "--sign",
+            "--mechanism",
+            "ECDSA",
+            "--label",
+            label,
+            "--input-file",
+            str(data),
+            "--output-file",
+            str(tmp_path / "signature"),
+        ],
+        capture_output=True,
+        timeout=30,
+    )
+    return signed.returncode == 0 and (tmp_path / "signature").stat().st_size > 0
+
+
+def test_failed_init_and_new_intermediate_leave_no_key_in_the_token(
+    softhsm: SoftHsm, tmp_path: Path
+) -> None:
+    from tests.servers import run_vouch
+
+    token = "vouch-undo"
+    softhsm.init_token(token)
+    outside_key(softhsm, token, "keep", "0a")
+    before = token_objects(softhsm, token)
+    assert {label for _, label, _ in before} == {"keep"}
+    pin_file = tmp_path / "pin"
+    pin_file.write_text(USER_PIN + "\n")
+    pin_file.chmod(0o600)
+    backend_arg = f"pkcs11:token={token}"
+    pkcs11_args = ("--key-backend", backend_arg, "--pkcs11-pin-file", str(pin_file))
+    home = tmp_path / "home"
+
+    # Both keys are made in the token, the root recorded, then the intermediate is refused by
+    # policy (it would outlive the root): the root and issuing objects go, 'keep' stays.
+    too_long = ("--root-validity", "9y", "--intermediate-validity", "10y")
+    failed = run_vouch(home, "init", *pkcs11_args, *too_long, check=False)
+    assert failed.returncode == 4 and "outlive" in failed.stderr, failed.stderr
+    assert token_objects(softhsm, token) == before
+    assert not home.exists()
+    assert "removed the new" in failed.stderr and "Traceback" not in failed.stderr
+
+    # The same with the root key written to an offline directory: no key file is left there.
+    offline = tmp_path / "offline"
+    failed = run_vouch(
+        home, "init", *pkcs11_args, *too_long, "--offline-root", str(offline), check=False
+    )
+    assert failed.returncode == 4 and not home.exists() and not offline.exists()
+    assert token_objects(softhsm, token) == before
+
+    # Nothing was left to block the labels: the same init, with sane validities, succeeds.
+    run_vouch(home, "init", *pkcs11_args)
+    made = token_objects(softhsm, token)
+    assert made > before and {label for _, label, _ in made} == {"keep", "root", "issuing"}
+
+    # A second home may not take the labels; refusing it removes nothing (the keys are in use).
+    again = run_vouch(tmp_path / "home-2", "init", *pkcs11_args, check=False)
+    assert again.returncode == 6 and not (tmp_path / "home-2").exists()
+    assert token_objects(softhsm, token) == made
+
+    # ca new-intermediate: the key is made, then policy refuses the CA; the key goes again.
+    refused = run_vouch(
+        home, "ca", "new-intermediate", "team-b", *pkcs11_args[:2], "--validity", "30y", check=False
+    )
+    assert refused.returncode == 4 and "outlive" in refused.stderr
+    assert token_objects(softhsm, token) == made
+    # With --csr-out, a CSR that cannot be written: the key nobody could certify goes too.
+    no_csr = run_vouch(
+        home,
+        "ca",
+        "new-intermediate",
+        "team-b",
+        *pkcs11_args[:2],
+        "--csr-out",
+        str(tmp_path / "no-such-dir" / "team-b.csr"),
+        check=False,
+    )
+    assert no_csr.returncode != 0 and "Traceback" not in no_csr.stderr
+    assert token_objects(softhsm, token) == made
+    assert "team-b" not in run_vouch(home, "ca", "list", "--json").stdout
+    run_vouch(home, "ca", "new-intermediate", "team-b", *pkcs11_args[:2])
+    assert {label for _, label, _ in token_objects(softhsm, token)} == {
+        "keep",
+        "root",
+        "issuing",
+        "team-b",
+    }
+    assert outside_key_signs(softhsm, token, "keep", tmp_path)
+
+
+class _Interrupted:
+    """A linter that is interrupted (Ctrl-C) while it checks the new CA certificate."""
+
+    def lint(self, der: bytes, profile: object) -> list[str]:
+        raise KeyboardInterrupt
+
+
+def test_interrupt_after_generation_removes_the_new_key_only(
+    tmp_path: Path, softhsm: SoftHsm, backend: Pkcs11KeyBackend
+) -> None:
+    from vouch.services.ca_admin import CAAdmin
+
+    older = ref(MAIN, "older-key")
+    backend.generate(older, "ec-p256")
+    vouch = make_home(tmp_path / "home")
+    try:
+        vouch.keys = KeyRegistry([FileKeyBackend(vouch.home, passphrase), backend])
+        admin = CAAdmin(
+            store=vouch.store,
+            keys=vouch.keys,
+            clock=vouch.clock,
+            urls=vouch.urls,
+            linter=_Interrupted(),  # type: ignore[arg-type]
+        )
+        with pytest.raises(KeyboardInterrupt):
+            admin.create_intermediate(
+                name="interrupted",
+                parent=vouch.root(),
+                parent_key=vouch.root_key(None),
+                organization="Test Corp",
+                country="US",
+                key_type="ec-p256",
+                validity=dt.timedelta(days=365),
+                key_ref=ref(MAIN, "interrupted"),
+            )
+        labels = {info.label for info in backend.list_keys(MAIN)}
+        assert "interrupted" not in labels and "older-key" in labels
+        assert "interrupted" not in {a.name for a in vouch.store.list_authorities()}
+    finally:
+        vouch.close()
+    # A backend takes back only what it generated itself: another one refuses to, whatever the
+    # reference names; and the one that made 'older-key' keeps it unless asked.
+    other = Pkcs11KeyBackend(softhsm.module, lambda _: USER_PIN)
+    try:
+        assert other.discard(older) is False
+    finally:
+        other.close()
+    assert backend.load(older).public_key() is not None
+    assert backend.discard(older) is True
+    assert "older-key" not in {info.label for info in backend.list_keys(MAIN)}
+
+
+def test_failed_ceremony_create_root_leaves_no_key_in_the_token(
+    softhsm: SoftHsm, tmp_path: Path
+) -> None:
+    from tests.servers import VOUCH, vouch_env
+
+    token = "vouch-ceremony"
+    softhsm.init_token(token)
+    outside_key(softhsm, token, "keep", "0b")
+    before = token_objects(softhsm, token)
+    pin_file = tmp_path / "pin"
+    pin_file.write_text(USER_PIN + "\n")
+    pin_file.chmod(0o600)
+
+    def create_root(validity: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                VOUCH,
+                "ceremony",
+                "create-root",
+                "--dir",
+                str(tmp_path / "ceremony"),
+                "--operator",
+                "alice",
+                "--organization",
+                "Test Corp",
+                "--public-url",
+                "http://pki.example.com",
+                "--key-backend",
+                f"pkcs11:token={token}",
+                "--pkcs11-pin-file",
+                str(pin_file),
+                "--validity",
+                validity,
+            ],
+            capture_output=True,
+            text=True,
+            env=vouch_env(),
+            timeout=120,
+            check=False,
+        )
+
+    # The root key is made in the token, then the linter refuses a root valid for one year.
+    refused = create_root("1y")
+    assert refused.returncode == 4 and "root_validity_period_too_short" in refused.stderr
+    assert token_objects(softhsm, token) == before
+    made = create_root("20y")
+    assert made.returncode == 0, made.stderr
+    assert {label for _, label, _ in token_objects(softhsm, token)} == {"keep", "root"}

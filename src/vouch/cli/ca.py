@@ -140,7 +140,8 @@ def new_intermediate_command(
                 from vouch.errors import Conflict
 
                 raise Conflict(f"{csr_out} already exists; refusing to overwrite it")
-            pem = vouch.ca_admin().intermediate_csr(
+            admin = vouch.ca_admin()
+            pem = admin.intermediate_csr(
                 name=name,
                 organization=vouch.config.organization,
                 country=vouch.config.country,
@@ -149,7 +150,14 @@ def new_intermediate_command(
             )
             from vouch.fsutil import atomic_write
 
-            atomic_write(csr_out, pem, overwrite=False)
+            try:
+                atomic_write(csr_out, pem, overwrite=False)
+            except BaseException:
+                from contextlib import suppress
+
+                with suppress(Exception):  # the write's error is the one to report
+                    admin.discard_new_key(key_ref)  # no CSR: nobody could ever certify the key
+                raise
         print(f"Made the key {key_ref} and its CSR {csr_out}; nothing is recorded yet.")
         print(
             f"After the ceremony signs it: vouch ceremony import TRANSCRIPT --key-backend '{key_ref}'"

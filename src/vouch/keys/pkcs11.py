@@ -29,7 +29,7 @@ import secrets
 import sysconfig
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -1088,6 +1088,8 @@ class Pkcs11KeyBackend:
         self._lock = threading.Lock()
         self._generate_lock = threading.Lock()
         self._pools: dict[str, _TokenSessions] = {}
+        # (token, label, CKA_ID) of each pair this backend made: the only keys ``discard`` removes
+        self._made: set[tuple[str, str, bytes]] = set()
 
     def _pool(self, token: str) -> _TokenSessions:
         with self._lock:
@@ -1132,28 +1134,86 @@ class Pkcs11KeyBackend:
                         hint="vouch never replaces a key: choose another object= label",
                     )
             public, private = _generate_pair(session, pooled.mechanisms, key_type, label, key_id)
-            flags = private.get_attributes(
-                [Attribute.SENSITIVE, Attribute.EXTRACTABLE, Attribute.TOKEN]
-            )
-            if (
-                not flags[Attribute.SENSITIVE]
-                or flags[Attribute.EXTRACTABLE]
-                or not flags[Attribute.TOKEN]
-            ):
-                private.destroy()
-                public.destroy()
-                raise PolicyViolation(
-                    "pkcs11.non-extractable",
-                    f"PKCS#11 token {target.token!r} made an extractable, non-sensitive or session key; "
-                    "it was destroyed",
+            try:
+                flags = private.get_attributes(
+                    [Attribute.SENSITIVE, Attribute.EXTRACTABLE, Attribute.TOKEN]
                 )
-            assert isinstance(private, pkcs11.SignMixin)
-            return _public_key(session, private)
+                if (
+                    not flags[Attribute.SENSITIVE]
+                    or flags[Attribute.EXTRACTABLE]
+                    or not flags[Attribute.TOKEN]
+                ):
+                    raise PolicyViolation(
+                        "pkcs11.non-extractable",
+                        f"PKCS#11 token {target.token!r} made an extractable, non-sensitive or "
+                        "session key; it was destroyed",
+                    )
+                assert isinstance(private, pkcs11.SignMixin)
+                return _public_key(session, private)
+            except BaseException:
+                # A pair nobody will get a reference to (or may use) does not stay in the token.
+                _destroy_quietly(private, public)
+                raise
 
         with self._generate_lock:  # no two generations racing for one label in this process
             public_key = pool.run(f"generating {target.describe()}", make)
+            self._made.add((target.token, label, key_id))
         log.info("generated %s key %s in PKCS#11 token %r", key_type, label, target.token)
         return _key_object(pool, Pkcs11Ref(target.token, label, key_id), public_key)
+
+    def discard(self, ref: KeyRef) -> bool:
+        """Destroy the key pair at ``ref`` if this backend generated it (a step after generation
+        failed and nothing refers to the key); True if it did. A key this backend did not make
+        is never touched, whatever ``ref`` says: only the (token, label, CKA_ID) recorded at
+        generation are destroyed."""
+        target = Pkcs11Ref.parse(ref)
+        with self._generate_lock:
+            made = [
+                m
+                for m in self._made
+                if m[0] == target.token
+                and (target.label is None or m[1] == target.label)
+                and (target.id is None or m[2] == target.id)
+            ]
+            if len(made) != 1:
+                return False
+            [(token, label, key_id)] = made
+            self._pool(token).run(
+                f"removing the new key {label!r}",
+                lambda pooled: _destroy_pair(pooled.session, label, key_id),
+            )
+            self._made.discard((token, label, key_id))
+        log.warning("removed the new key %s from PKCS#11 token %r (not used)", label, token)
+        return True
+
+    def key_objects(self, token: str, labels: Collection[str]) -> frozenset[KeyObject]:
+        """The key objects (private and public) in ``token`` that carry one of ``labels``."""
+
+        def scan(pooled: _Session) -> frozenset[KeyObject]:
+            return frozenset(_key_objects(pooled.session, labels))
+
+        return self._pool(token).run(f"listing the keys of token {token!r}", scan)
+
+    def remove_new_objects(
+        self, token: str, labels: Collection[str], before: frozenset[KeyObject]
+    ) -> list[KeyObject]:
+        """Destroy the key objects labelled with one of ``labels`` that are not in ``before``
+        (taken with ``key_objects`` before a step that failed); the destroyed ones."""
+
+        def remove(pooled: _Session) -> list[KeyObject]:
+            removed: list[KeyObject] = []
+            for found in sorted(set(_key_objects(pooled.session, labels)) - before):
+                template = {
+                    Attribute.CLASS: found.object_class,
+                    Attribute.LABEL: found.label,
+                    Attribute.ID: found.id,
+                }
+                for obj in list(pooled.session.get_objects(template)):
+                    obj.destroy()
+                removed.append(found)
+            return removed
+
+        return self._pool(token).run(f"removing new keys from token {token!r}", remove)
 
     def list_keys(self, token: str) -> list[Pkcs11KeyInfo]:
         """The private keys in ``token`` (logging in to see them), by label."""
@@ -1229,6 +1289,40 @@ class Pkcs11KeyBackend:
             pool.close()
         if self._owns_module:
             self.module.close()
+
+
+@dataclass(frozen=True, order=True)
+class KeyObject:
+    """A key object in a token, as far as telling it from the others goes."""
+
+    label: str
+    id: bytes
+    object_class: ObjectClass
+
+    def __str__(self) -> str:
+        kind = "private" if self.object_class == ObjectClass.PRIVATE_KEY else "public"
+        return f"{kind} key {self.label!r} (id {self.id.hex()})"
+
+
+def _key_objects(session: pkcs11.Session, labels: Collection[str]) -> Iterator[KeyObject]:
+    for label in labels:
+        for object_class in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
+            template = {Attribute.CLASS: object_class, Attribute.LABEL: label}
+            for obj in list(session.get_objects(template)):
+                yield KeyObject(label, bytes(obj[Attribute.ID]), object_class)
+
+
+def _destroy_pair(session: pkcs11.Session, label: str, key_id: bytes) -> None:
+    for object_class in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
+        template = {Attribute.CLASS: object_class, Attribute.LABEL: label, Attribute.ID: key_id}
+        for obj in list(session.get_objects(template)):
+            obj.destroy()
+
+
+def _destroy_quietly(*objects: pkcs11.Object) -> None:
+    for obj in objects:
+        with suppress(p11.PKCS11Error):
+            obj.destroy()
 
 
 def _key_object(

@@ -10,8 +10,12 @@ import base64
 import datetime as dt
 import hashlib
 import ipaddress
+import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -46,6 +50,16 @@ from vouch.x509.signing import (
     signature_hash_for,
     template_certificate,
 )
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class DiscardsNewKeys(Protocol):
+    """A key backend that can take back a key it generated in this process (and only such)."""
+
+    def discard(self, ref: KeyRef) -> bool: ...
+
 
 CA_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 ROOT_MAX_VALIDITY = dt.timedelta(days=9132)  # CA/B BR 6.3.2: 25 years
@@ -127,27 +141,28 @@ class CAAdmin:
         self._refuse_existing(name)
         now = self._now()
         key = self._keys.generate(key_ref, key_type)
-        subject = ca_subject(organization, f"{organization} Root CA", country)
-        serial = new_serial()
-        builder = root_builder(subject, key.public_key(), serial, now, now + validity - _SECOND)
-        certificate = sign_certificate(builder, key)
-        self._lint_ca(certificate)
-        der = certificate.public_bytes(serialization.Encoding.DER)
-        record_id = self._store.add_authority(
-            name=name,
-            role="root",
-            parent_id=None,
-            status="active",
-            serial=format_serial(serial),
-            certificate=der,
-            key_ref=record_key_ref or str(key_ref),
-            key_type=key_type,
-            not_before=now,
-            not_after=now + validity - _SECOND,
-            at=now,
-            issued_cert_id=None,
-            event=_ca_event("ca.created", name, "root", der),
-        )
+        with self._discarding_unrecorded(key_ref, name):
+            subject = ca_subject(organization, f"{organization} Root CA", country)
+            serial = new_serial()
+            builder = root_builder(subject, key.public_key(), serial, now, now + validity - _SECOND)
+            certificate = sign_certificate(builder, key)
+            self._lint_ca(certificate)
+            der = certificate.public_bytes(serialization.Encoding.DER)
+            record_id = self._store.add_authority(
+                name=name,
+                role="root",
+                parent_id=None,
+                status="active",
+                serial=format_serial(serial),
+                certificate=der,
+                key_ref=record_key_ref or str(key_ref),
+                key_type=key_type,
+                not_before=now,
+                not_after=now + validity - _SECOND,
+                at=now,
+                issued_cert_id=None,
+                event=_ca_event("ca.created", name, "root", der),
+            )
         return CreatedCA(self._store.authority_by_id(record_id), certificate), key
 
     def create_intermediate(
@@ -169,19 +184,19 @@ class CAAdmin:
         _check_country(country)
         self._refuse_existing(name)
         key = self._keys.generate(key_ref, key_type)
-        subject = ca_subject(organization, f"{organization} {name}", country)
-        return self._sign_intermediate(
-            name=name,
-            subject=subject,
-            public_key=key.public_key(),
-            parent=parent,
-            parent_key=parent_key,
-            validity=validity,
-            key_ref=str(key_ref),
-            key_type=key_type,
-            status=status,
-            name_constraints=name_constraints,
-        )
+        with self._discarding_unrecorded(key_ref, name):
+            return self._sign_intermediate(
+                name=name,
+                subject=ca_subject(organization, f"{organization} {name}", country),
+                public_key=key.public_key(),
+                parent=parent,
+                parent_key=parent_key,
+                validity=validity,
+                key_ref=str(key_ref),
+                key_type=key_type,
+                status=status,
+                name_constraints=name_constraints,
+            )
 
     def intermediate_csr(
         self,
@@ -199,12 +214,40 @@ class CAAdmin:
         _check_country(country)
         self._refuse_existing(name)
         key = self._keys.generate(key_ref, key_type)
-        csr = (
-            x509.CertificateSigningRequestBuilder()
-            .subject_name(ca_subject(organization, f"{organization} {name}", country))
-            .sign(key, signature_hash_for(key))  # type: ignore[arg-type]
-        )
+        with self._discarding_unrecorded(key_ref, name):
+            csr = (
+                x509.CertificateSigningRequestBuilder()
+                .subject_name(ca_subject(organization, f"{organization} {name}", country))
+                .sign(key, signature_hash_for(key))  # type: ignore[arg-type]
+            )
         return csr.public_bytes(serialization.Encoding.PEM)
+
+    def discard_new_key(self, key_ref: KeyRef) -> bool:
+        """Remove a key made by this process that nothing refers to (e.g. the CSR made for it
+        could not be written), if its backend can; True if it was removed."""
+        backend = self._keys.backend(key_ref)
+        return isinstance(backend, DiscardsNewKeys) and backend.discard(key_ref)
+
+    @contextmanager
+    def _discarding_unrecorded(self, key_ref: KeyRef, name: str) -> Iterator[None]:
+        """If the block fails (an error, a policy refusal, Ctrl-C), the key just made at
+        ``key_ref`` is removed again, unless the CA ``name`` may have been recorded with it."""
+        try:
+            yield
+        except BaseException:
+            try:
+                recorded = any(a.name == name for a in self._store.list_authorities())
+            except Exception:  # the store cannot say: the key may be in use, so it stays
+                log.warning(
+                    "cannot tell whether CA %s was recorded; its key %s stays", name, key_ref
+                )
+                recorded = True
+            if not recorded:
+                try:
+                    self.discard_new_key(key_ref)
+                except Exception:  # the first error is the one to report
+                    log.exception("could not remove the unused new key %s", key_ref)
+            raise
 
     def sign_intermediate_csr(
         self,

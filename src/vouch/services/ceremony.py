@@ -19,7 +19,8 @@ import datetime as dt
 import hashlib
 import json
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from vouch.keys.base import KeyRef
 from vouch.keys.registry import KeyRegistry
 from vouch.services.ca_admin import (
     ROOT_MAX_VALIDITY,
+    DiscardsNewKeys,
     UrlScheme,
     check_ca_name,
     lint_ca_certificate,
@@ -286,11 +288,25 @@ class Ceremony:
                 hint="use a new directory; to replace a root use vouch ceremony rollover",
             )
         state = CeremonyState(organization=organization, country=country, public_url=public_url)
-        certificate, key = self._new_root(state, name, key_type, validity, key_ref)
-        state.roots.append(RootEntry(name, str(key_ref), f"{name}.pem"))
-        artifacts = [self._root_artifact(name, certificate)]
-        artifacts.append(self._crl_artifact(state, state.roots[-1], certificate, key))
-        return self._finish(state, "create-root", state.roots[-1], certificate, key, artifacts)
+        with self._discarding_new_key(key_ref):
+            certificate, key = self._new_root(state, name, key_type, validity, key_ref)
+            state.roots.append(RootEntry(name, str(key_ref), f"{name}.pem"))
+            artifacts = [self._root_artifact(name, certificate)]
+            artifacts.append(self._crl_artifact(state, state.roots[-1], certificate, key))
+            return self._finish(state, "create-root", state.roots[-1], certificate, key, artifacts)
+
+    @contextmanager
+    def _discarding_new_key(self, key_ref: KeyRef) -> Iterator[None]:
+        """If the block fails before the ceremony state names the key, a key it made in an HSM
+        is removed again (a backend removes only keys it generated itself, never older ones)."""
+        try:
+            yield
+        except BaseException:
+            with suppress(Exception):  # the block's error is the one to report
+                backend = self._keys.backend(key_ref)
+                if isinstance(backend, DiscardsNewKeys):
+                    backend.discard(key_ref)
+            raise
 
     def adopt_root(self, *, public_url: str, name: str = "root") -> Outcome:
         """Make a directory written by ``vouch init --offline-root`` (``root.pem``,
@@ -515,6 +531,22 @@ class Ceremony:
         old_entry = self._root(state)
         old_root = self._dir.certificate(old_entry)
         old_key = self._root_key(old_entry, old_root)
+        with self._discarding_new_key(key_ref):
+            return self._rollover(
+                state, old_entry, old_root, old_key, new_name, key_type, validity, key_ref
+            )
+
+    def _rollover(
+        self,
+        state: CeremonyState,
+        old_entry: RootEntry,
+        old_root: x509.Certificate,
+        old_key: CertificateIssuerPrivateKeyTypes,
+        new_name: str,
+        key_type: KeyType,
+        validity: dt.timedelta,
+        key_ref: KeyRef,
+    ) -> Outcome:
         new_root, new_key = self._new_root(state, new_name, key_type, validity, key_ref)
         now = self._now()
         old_urls = UrlScheme(state.public_url).for_issuer(old_entry.name, with_ocsp=False)

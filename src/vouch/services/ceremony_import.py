@@ -314,6 +314,20 @@ class CeremonyImporter:
         )
 
 
+def root_certificate_of(transcript_data: bytes) -> x509.Certificate:
+    """The root certificate a ``create-root`` transcript carries, read but NOT verified (for
+    defaults such as the organization's name; ``import_transcript`` does the verifying)."""
+    transcript = _parse(transcript_data)
+    if transcript["kind"] != "create-root":
+        raise BadInput(
+            f"a home starts from a create-root transcript, not a {transcript['kind']} one"
+        )
+    for kind, _, der in _artifacts(transcript):
+        if kind == "root-certificate":
+            return _load_certificate(der)
+    raise BadInput("the transcript carries no root certificate")
+
+
 # -- parsing and checking ------------------------------------------------------------------------
 
 
