@@ -333,17 +333,14 @@ def test_offline_root_finishes_with_the_ceremony_transcript(tmp_path: Path) -> N
         vouch.close()
 
 
-def test_drill_small_fleet(tmp_path: Path) -> None:
-    """bench/drill.py at small scale: every client renews onto the new intermediate, the old
-    certificates are revoked and published, nothing is lost from the records.
-
-    200 clients, not 1,000: full ACME orders run at about 10-20 a second on the 2-core machine
-    these tests share, and the drill places two per client (enrolment, then the renewal), so
-    1,000 clients take about 4 minutes; 200 keep it near 2. VOUCH_DRILL_CLIENTS=1000 runs the
-    full size."""
+def test_drill_fleet_of_1000(tmp_path: Path) -> None:
+    """bench/drill.py at the issue's test scale, 1,000 clients: every client renews onto the
+    new intermediate, the old certificates are revoked and published, nothing is lost from the
+    records. (Two ACME orders per client, enrolment then renewal: a few minutes on the 2-core
+    machine. VOUCH_DRILL_CLIENTS sets another size.)"""
     require_tool("pebble-challtestsrv")
     require_tool("nginx")
-    clients = int(os.environ.get("VOUCH_DRILL_CLIENTS", "200"))
+    clients = int(os.environ.get("VOUCH_DRILL_CLIENTS", "1000"))
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "drill.py"), "--clients", str(clients),
          "--runs", "1", "--tmpdir", str(tmp_path)],

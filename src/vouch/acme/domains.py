@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-import functools
+import threading
 
 from publicsuffixlist import PublicSuffixList
 
+_lock = threading.Lock()
+_parsed: list[PublicSuffixList] = []
 
-@functools.cache
+
 def _suffixes() -> PublicSuffixList:
-    # The list shipped with the package (no download at run time); built once per process.
-    return PublicSuffixList()
+    # The list shipped with the package (no download at run time), parsed once per process:
+    # parsing takes a quarter of a second and several MB, and the first orders of a busy server
+    # arrive together (functools.cache would let each of them parse its own).
+    if not _parsed:
+        with _lock:
+            if not _parsed:
+                _parsed.append(PublicSuffixList())
+    return _parsed[0]
 
 
 def registered_domain(name: str) -> str:
