@@ -41,6 +41,9 @@ class IssuanceSettings(_Strict):
     default_profile: str = "tls-server"
     lint: LintMode = LintMode.BLOCK
     lint_allow: list[str] = Field(default_factory=list)
+    # Worker processes that lint for `vouch serve` (None: min(2, cores - 1), none on one core;
+    # 0: lint in the server process). One-shot commands always lint in their own process.
+    lint_workers: int | None = Field(default=None, ge=0)
     policy_oids: list[str] = Field(default_factory=list)
     blocked_keys_file: str | None = None
 

@@ -76,7 +76,7 @@ from vouch.store.repository import Store
 from vouch.store.revocations import RevocationStore
 from vouch.x509.build import IssuerUrls, NameConstraintsSpec
 from vouch.x509.keytypes import KeyType
-from vouch.x509.lint import LintMode, PkilintLinter
+from vouch.x509.lint import LintMode, PkilintLinter, ProcessLinter
 from vouch.x509.policy import NamePolicy
 from vouch.x509.profiles import load_profiles
 
@@ -146,8 +146,12 @@ class Vouch:
         passphrase: PassphraseSource,
         clock: Clock | None = None,
         config: VouchConfig | None = None,
+        lint_pool: bool = False,
     ) -> None:
+        """``lint_pool``: lint in worker processes as ``issuance.lint_workers`` says (for
+        ``vouch serve``; one-shot commands lint in their own process)."""
         self.home = home
+        self._lint_pool = lint_pool
         self.config = config or load_config(home)
         self.clock: Clock = clock or SystemClock()
         self.passphrase = passphrase
@@ -173,14 +177,23 @@ class Vouch:
         self._policy_logged: str | None = None
 
     def close(self) -> None:
+        linter = self.__dict__.get("linter")  # only if built
+        if isinstance(linter, ProcessLinter):
+            linter.close()
         self.pkcs11.close()
         self.db.dispose()
 
     @cached_property
-    def linter(self) -> PkilintLinter | None:
-        if self.config.issuance.lint is LintMode.OFF:
+    def linter(self) -> PkilintLinter | ProcessLinter | None:
+        settings = self.config.issuance
+        if settings.lint is LintMode.OFF:
             return None
-        return PkilintLinter(allow=self.config.issuance.lint_allow)
+        workers = lint_worker_count(settings.lint_workers) if self._lint_pool else 0
+        if workers:
+            pool = ProcessLinter(workers, allow=settings.lint_allow)
+            pool.start()  # workers load pkilint while the server starts
+            return pool
+        return PkilintLinter(allow=settings.lint_allow)
 
     @cached_property
     def profiles(self) -> dict[str, object]:
@@ -739,6 +752,14 @@ class Vouch:
             organization=self.config.organization,
             country=self.config.country,
         )
+
+
+def lint_worker_count(configured: int | None) -> int:
+    """Lint worker processes for a server: as configured, else one core left to the server's
+    own process and at most two for linting (0: lint in the server process)."""
+    if configured is not None:
+        return configured
+    return max(0, min(2, (os.cpu_count() or 1) - 1))
 
 
 def open_ceremony(

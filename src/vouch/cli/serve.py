@@ -34,7 +34,7 @@ def serve_command(
 
     state: CliState = ctx.obj
     with errors_to_exit():
-        vouch = Vouch(state.home, passphrase=passphrase_source(state))
+        vouch = Vouch(state.home, passphrase=passphrase_source(state), lint_pool=True)
         serve_settings = vouch.config.serve
         http_listen = Listen.parse(http or serve_settings.http)
         https_text = https if https is not None else serve_settings.https
@@ -44,7 +44,12 @@ def serve_command(
         for record in vouch.store.list_authorities():
             if record.role != "root" and record.status == "active" and record.key_ref != "none:":
                 vouch.ca_key(record)
-        run(vouch, http=http_listen, https=https_listen)
+        # Lint workers (issuance.lint_workers), if any, load pkilint while the server starts.
+        vouch.linter  # noqa: B018
+        try:
+            run(vouch, http=http_listen, https=https_listen)
+        finally:
+            vouch.close()  # stops the lint workers, if any
 
 
 def publish_command(

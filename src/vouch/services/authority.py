@@ -33,7 +33,7 @@ from vouch.store.repository import Store
 from vouch.x509.build import IssuerUrls, LeafFactory, LeafSpec
 from vouch.x509.csr import ParsedCSR
 from vouch.x509.keypolicy import check_public_key, spki_sha256
-from vouch.x509.lint import Linter, LintMode, LintProfile
+from vouch.x509.lint import Finding, Linter, LintMode, LintProfile
 from vouch.x509.names import SubjectName
 from vouch.x509.policy import NamePolicy, check_name_constraints, check_name_types
 from vouch.x509.profiles import Profile
@@ -140,6 +140,7 @@ class _Plan:
     template: x509.Certificate
     intent: NewCertificate
     tbs_sha256: str
+    profile: Profile
 
 
 class Authority:
@@ -196,6 +197,8 @@ class Authority:
                 results.append(_PENDING)
             except VouchError as exc:
                 results.append(exc)
+        # Linted together (in parallel with a pool of lint workers), still before any intent.
+        plans = self._lint(plans, results)
         if not plans:
             return results
         try:
@@ -244,6 +247,7 @@ class Authority:
             return exc
 
     # -- planning: everything checked, built and linted before anything is recorded ----------
+    # (_plan checks and builds each request's template; _lint then lints the batch's templates.)
 
     def _plan(
         self, request: IssuanceRequest, now: dt.datetime, blocked: set[str], spki: str | None
@@ -322,7 +326,6 @@ class Authority:
         # recorded is exactly what the CA key will sign.
         template = template_certificate(builder, self._ca.key)
         tbs = template.tbs_certificate_bytes
-        self._lint(template, profile)
         subject = template.subject.rfc4514_string()
         intent = NewCertificate(
             authority_id=self._ca.record.id,
@@ -337,7 +340,7 @@ class Authority:
             tbs=tbs,
             crl_shard=self._ca.urls.shard_of(serial),
         )
-        return _Plan(request, template, intent, hashlib.sha256(tbs).hexdigest())
+        return _Plan(request, template, intent, hashlib.sha256(tbs).hexdigest(), profile)
 
     @staticmethod
     def _common_name(request: IssuanceRequest, profile: Profile) -> str | None:
@@ -352,20 +355,43 @@ class Authority:
             return request.common_name
         return request.names[0].value
 
-    def _lint(self, certificate: x509.Certificate, profile: Profile) -> None:
+    def _lint(
+        self, plans: list[tuple[int, _Plan]], results: list[IssuedCertificate | VouchError]
+    ) -> list[tuple[int, _Plan]]:
+        """The plans whose templates pass the linter; each refused one's result is its
+        LintFailure."""
         policy = self._policy
-        if policy.lint_mode is LintMode.OFF or policy.linter is None:
-            return
-        der = certificate.public_bytes(serialization.Encoding.DER)
-        kind = LintProfile.CABF_SERVERAUTH if profile.cabf_server else LintProfile.RFC5280
-        findings = policy.linter.lint(der, kind)
-        if not findings:
-            return
-        if policy.lint_mode is LintMode.BLOCK:
-            raise LintFailure([str(f) for f in findings])
-        log.warning(
-            "lint findings for a %s certificate: %s", profile.name, "; ".join(map(str, findings))
+        linter = policy.linter
+        if policy.lint_mode is LintMode.OFF or linter is None or not plans:
+            return plans
+        items = [
+            (
+                plan.template.public_bytes(serialization.Encoding.DER),
+                LintProfile.CABF_SERVERAUTH if plan.profile.cabf_server else LintProfile.RFC5280,
+            )
+            for _, plan in plans
+        ]
+        lint_many: Callable[[list[tuple[bytes, LintProfile]]], list[list[Finding]]] | None = (
+            getattr(linter, "lint_many", None)
         )
+        found = (
+            lint_many(items)
+            if lint_many is not None
+            else [linter.lint(der, kind) for der, kind in items]
+        )
+        passed: list[tuple[int, _Plan]] = []
+        for (index, plan), findings in zip(plans, found, strict=True):
+            if findings and policy.lint_mode is LintMode.BLOCK:
+                results[index] = LintFailure([str(f) for f in findings])
+                continue
+            if findings:
+                log.warning(
+                    "lint findings for a %s certificate: %s",
+                    plan.profile.name,
+                    "; ".join(map(str, findings)),
+                )
+            passed.append((index, plan))
+        return passed
 
     # -- events --------------------------------------------------------------------------------
 

@@ -2,22 +2,32 @@
 
 ``Linter`` is the protocol the authority uses; ``PkilintLinter`` is the pkilint adapter. pkilint is
 imported on first use: it takes a few hundred milliseconds to load, which one-shot commands with
-linting off should not pay.
+linting off should not pay. ``ProcessLinter`` runs ``PkilintLinter`` in worker processes, so that a
+server's own process (one core) keeps serving while certificates are linted on other cores.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import importlib.util
+import logging
+import multiprocessing
+import os
+import signal
 import sys
 import threading
+import time
 import types
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from types import SimpleNamespace
 from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
 
 
 class LintMode(StrEnum):
@@ -138,6 +148,21 @@ class PkilintLinter:
             results = self._validator(("rfc5280", None)).validate(document.root)
         return self._findings(results)
 
+    def lint_many(self, items: Sequence[tuple[bytes, LintProfile]]) -> list[list[Finding]]:
+        """``lint`` for each (DER, profile), in order."""
+        return [self.lint(der, profile) for der, profile in items]
+
+    def prewarm(self) -> None:
+        """Build now the validators that leaf issuance uses, so the first certificate does not
+        wait for them."""
+        _load_lazily("iso639")
+        from pkilint.cabf.serverauth import serverauth_constants
+
+        kinds = serverauth_constants.CertificateType
+        for cert_type in (kinds.DV_FINAL_CERTIFICATE, kinds.OV_FINAL_CERTIFICATE):
+            self._validator(("cabf", cert_type))
+        self._validator(("rfc5280", None))
+
     def lint_crl(
         self, der: bytes, *, arl: bool = False, profile: LintProfile = LintProfile.CABF_SERVERAUTH
     ) -> list[Finding]:
@@ -245,3 +270,192 @@ def _crl_validator(profile: LintProfile, arl: bool) -> Any:
             *document,
         ],
     )
+
+
+# -- linting in worker processes -------------------------------------------------------------------
+
+# Each worker process's own linter, set by its initializer: a ProcessPoolExecutor task can reach
+# per-process state only through a module global.
+_worker_linter: PkilintLinter | None = None
+
+
+def _start_worker(allow: tuple[str, ...], validity_start: dt.datetime | None, parent: int) -> None:
+    global _worker_linter
+    # Ctrl-C reaches the whole process group: the server shuts its workers down itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A server killed outright cannot stop its workers, and they would wait for work forever
+    # (their siblings keep the task queue open): each leaves once its parent is gone.
+    threading.Thread(target=_leave_with, args=(parent,), daemon=True).start()
+    linter = PkilintLinter(allow=allow, validity_start=validity_start)
+    linter.prewarm()
+    _worker_linter = linter
+
+
+def _leave_with(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
+
+
+def _in_worker(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Finding]:
+    assert _worker_linter is not None, "the worker's initializer sets it"
+    result: list[Finding] = getattr(_worker_linter, method)(*args, **kwargs)
+    return result
+
+
+def _ready() -> int:
+    return os.getpid()
+
+
+class ProcessLinter:
+    """``PkilintLinter`` in a pool of worker processes, with the same findings.
+
+    Workers are started with ``spawn`` (not ``fork``: the server has threads). If the pool breaks
+    (a worker died), it is replaced and the lint tried once more; if that fails too, or a lint
+    takes longer than ``timeout``, linting goes on in this process for good, with a warning:
+    slower, never wrong, never stuck."""
+
+    def __init__(
+        self,
+        workers: int,
+        *,
+        allow: Collection[str] = (),
+        validity_start: dt.datetime | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        if workers < 1:
+            raise ValueError("a lint pool needs at least one worker")
+        self._workers = workers
+        self._allow = tuple(sorted(allow))
+        self._validity_start = validity_start
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._pool: ProcessPoolExecutor | None = None
+        self._in_process = False
+        self._closed = False
+        self._local: PkilintLinter | None = None
+
+    @property
+    def workers(self) -> int:
+        return self._workers
+
+    def start(self) -> None:
+        """Start every worker now, without waiting for them: the first certificates then need
+        not wait for a worker to load pkilint."""
+        pool = self._current()
+        if pool is not None:
+            # The executor starts a worker per task that finds none idle.
+            for _ in range(self._workers):
+                pool.submit(_ready)
+
+    def lint(self, der: bytes, profile: LintProfile) -> list[Finding]:
+        return self._call("lint", (der, profile), {})
+
+    def lint_many(self, items: Sequence[tuple[bytes, LintProfile]]) -> list[list[Finding]]:
+        """``lint`` for each (DER, profile), in order, spread over the workers."""
+        if len(items) <= 1:
+            return [self.lint(der, profile) for der, profile in items]
+        pool = self._current()
+        if pool is None:
+            return self._local_linter().lint_many(items)
+        futures: list[Future[list[Finding]] | None] = []
+        for der, profile in items:
+            try:
+                futures.append(pool.submit(_in_worker, "lint", (der, profile), {}))
+            except RuntimeError:  # broken or shut down meanwhile
+                futures.append(None)
+        results: list[list[Finding]] = []
+        for future, (der, profile) in zip(futures, items, strict=True):
+            if future is not None:
+                try:
+                    results.append(future.result(timeout=self._timeout))
+                    continue
+                except (BrokenProcessPool, CancelledError):
+                    pass
+                except TimeoutError:
+                    self._give_up(pool, f"a lint took longer than {self._timeout:.0f} s")
+            # Through lint's recovery: a new pool, or this process.
+            results.append(self.lint(der, profile))
+        return results
+
+    def lint_crl(
+        self, der: bytes, *, arl: bool = False, profile: LintProfile = LintProfile.CABF_SERVERAUTH
+    ) -> list[Finding]:
+        return self._call("lint_crl", (der,), {"arl": arl, "profile": profile})
+
+    def close(self) -> None:
+        """Stop the workers and wait for them to exit; later lints run in this process."""
+        with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Finding]:
+        for attempt in range(2):
+            pool = self._current()
+            if pool is None:
+                break
+            try:
+                future = pool.submit(_in_worker, method, args, kwargs)
+            except BrokenProcessPool:
+                self._broken(pool, attempt)
+                continue
+            except RuntimeError:
+                continue  # shut down meanwhile: closed, or replaced by another thread
+            try:
+                return future.result(timeout=self._timeout)
+            except BrokenProcessPool:
+                self._broken(pool, attempt)
+            except CancelledError:
+                continue  # closed, or replaced by another thread, while it waited
+            except TimeoutError:
+                self._give_up(pool, f"a lint took longer than {self._timeout:.0f} s")
+                break
+        result: list[Finding] = getattr(self._local_linter(), method)(*args, **kwargs)
+        return result
+
+    def _broken(self, pool: ProcessPoolExecutor, attempt: int) -> None:
+        if attempt == 0:
+            log.warning("a lint worker died; starting a new lint pool")
+            self._discard(pool)
+        else:
+            self._give_up(pool, "the new lint pool broke too")
+
+    def _current(self) -> ProcessPoolExecutor | None:
+        """The pool, started if need be; None once linting is in this process."""
+        with self._lock:
+            if self._closed or self._in_process:
+                return None
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(
+                    max_workers=self._workers,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_start_worker,
+                    initargs=(self._allow, self._validity_start, os.getpid()),
+                )
+            return self._pool
+
+    def _discard(self, pool: ProcessPoolExecutor, *, kill: bool = False) -> None:
+        with self._lock:
+            if self._pool is pool:
+                self._pool = None
+        if kill:
+            # A stuck worker would never take the shutdown message.
+            for process in list((pool._processes or {}).values()):
+                process.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    def _give_up(self, pool: ProcessPoolExecutor, why: str) -> None:
+        with self._lock:
+            already = self._in_process
+            self._in_process = True
+        if not already:
+            log.warning("%s: linting in the server process from now on", why)
+        self._discard(pool, kill=True)
+
+    def _local_linter(self) -> PkilintLinter:
+        with self._lock:
+            if self._local is None:
+                self._local = PkilintLinter(allow=self._allow, validity_start=self._validity_start)
+            return self._local
