@@ -207,10 +207,18 @@ class Account:
         order = await self.poll(order_url, ("ready", "invalid"))
         if order["status"] != "ready":
             raise BenchError(f"order for {name} is {order['status']}: {order.get('error')}")
-        reply = await self.post(order["finalize"], {"csr": _csr(name)})
-        if reply.status_code != 200:
-            raise BenchError(f"finalize {name}: {reply.status_code} {reply.text}")
-        order = await self.poll(order_url, ("valid", "invalid"))
+        for _ in range(3):
+            reply = await self.post(order["finalize"], {"csr": _csr(name)})
+            if reply.status_code != 200 and not (
+                reply.status_code == 403 and "orderNotReady" in reply.text
+            ):
+                raise BenchError(f"finalize {name}: {reply.status_code} {reply.text}")
+            # orderNotReady: a retried finalize (the first answer lost to a dropped connection,
+            # e.g. the server restarting) finds the order processing; a finalization that died
+            # with its node is released to "ready" after a while, and is finalized again.
+            order = await self.poll(order_url, ("valid", "invalid", "ready"))
+            if order["status"] != "ready":
+                break
         if order["status"] != "valid":
             raise BenchError(f"order for {name} is {order['status']}: {order.get('error')}")
         return (await self.post(order["certificate"], None)).content

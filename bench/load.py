@@ -13,7 +13,9 @@ issuing with an operator's token, 4 relying parties fetching OCSP (GET, pre-sign
 a 9:1 ratio. Every operation is bounded (timeouts), errors are counted by kind, latencies give
 p50/p99 per kind, and each node's RSS is sampled every second. The figure is operations per
 second over all kinds (median over rounds); the ratio is 3 nodes / 1 node. On one machine the
-nodes share its cores, so the ratio says whether the CPU or the database is the limit.
+nodes share its cores, so the ratio says whether the CPU or the database is the limit: each round
+also reports how many cores were busy, the machine's and each group's (vouch nodes, nginx,
+PostgreSQL, this load generator, other processes such as lint workers).
 
 Run ``python bench/load.py --quick`` (30 s of load); the last line of stdout is one JSON object.
 """
@@ -24,6 +26,7 @@ import argparse
 import base64
 import collections
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -156,6 +159,68 @@ def run_round(target: Target, seconds: float, ocsp_paths: list[str], tally: Tall
     return (tally.count() - before) / elapsed
 
 
+# -- where the CPU goes ---------------------------------------------------------------------------
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _group(pid: int, command: str) -> str:
+    if pid == os.getpid():
+        return "load generator"
+    if "vouch" in command and " serve" in command:
+        return "vouch nodes"
+    if "nginx" in command:
+        return "nginx"
+    if "postgres" in command:
+        return "postgresql"
+    return "other"
+
+
+def cpu_snapshot() -> tuple[float, float, dict[int, tuple[str, float]]]:
+    """(machine busy seconds, machine total seconds, {pid: (group, CPU seconds)})."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    processes: dict[int, tuple[str, float]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
+                after_name = handle.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                command = handle.read().replace(b"\0", b" ").decode("utf-8", "replace")
+        except OSError:
+            continue
+        seconds = (int(after_name[11]) + int(after_name[12])) / CLOCK_TICKS
+        processes[int(entry)] = (_group(int(entry), command), seconds)
+    return (sum(fields) - idle) / CLOCK_TICKS, sum(fields) / CLOCK_TICKS, processes
+
+
+def cpu_between(
+    before: tuple[float, float, dict[int, tuple[str, float]]],
+    after: tuple[float, float, dict[int, tuple[str, float]]],
+) -> dict[str, float]:
+    """Cores busy over the interval: the machine's, and each group's (processes alive at both
+    ends; short-lived ones count only in the machine's figure)."""
+    wall = (after[1] - before[1]) / (os.cpu_count() or 1)
+    if wall <= 0:
+        return {}
+    used: dict[str, float] = collections.defaultdict(float)
+    for pid, (group, seconds) in after[2].items():
+        if pid in before[2]:
+            used[group] += seconds - before[2][pid][1]
+    cores = {group: round(v / wall, 2) for group, v in sorted(used.items())}
+    cores["machine"] = round((after[0] - before[0]) / wall, 2)
+    cores["machine_of"] = float(os.cpu_count() or 1)
+    return cores
+
+
+def median_cores(rounds: list[dict[str, float]]) -> dict[str, float]:
+    keys = sorted({k for r in rounds for k in r})
+    return {k: round(statistics.median(r.get(k, 0.0) for r in rounds), 2) for k in keys}
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
@@ -195,13 +260,17 @@ def main() -> int:
             sampler.start()
             tallies = {"3 nodes": Tally(), PEER_NAME: Tally()}
             rates: dict[str, list[float]] = {name: [] for name in tallies}
+            cpu: dict[str, list[dict[str, float]]] = {name: [] for name in tallies}
             for round_ in range(rounds):
                 for name, single in (("3 nodes", False), (PEER_NAME, True)):
+                    before = cpu_snapshot()
                     rate = run_round(
                         Target(cluster, single, token), seconds, ocsp_paths, tallies[name]
                     )
+                    cpu[name].append(cpu_between(before, cpu_snapshot()))
                     rates[name].append(rate)
-                    log(f"round {round_ + 1}/{rounds} {name}: {rate:,.0f} operations/s")
+                    log(f"round {round_ + 1}/{rounds} {name}: {rate:,.0f} operations/s, "
+                        f"cores busy {cpu[name][-1]}")  # fmt: skip
             sampling.set()
             sampler.join()
         finally:
@@ -218,6 +287,7 @@ def main() -> int:
             )
         for kind, n in sorted(tally.errors.items()):
             print(f"    error {kind}: {n}")
+        print(f"    cores busy (median of rounds): {median_cores(cpu[name])}")
     for node, samples in rss.items():
         print(f"  {node} RSS MB over time: {samples}")
     vouch_rate = statistics.median(rates["3 nodes"])
@@ -251,6 +321,7 @@ def main() -> int:
             },
             "errors": {name: dict(t.errors) for name, t in tallies.items()},
             "rss_mb": rss,
+            "cores_busy": {name: median_cores(rounds_) for name, rounds_ in cpu.items()},
         },
     }
     print(json.dumps(result))
