@@ -12,6 +12,7 @@ import shutil
 from collections.abc import Callable, Collection
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -21,8 +22,6 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 )
 from sqlalchemy.engine import make_url
 
-from vouch.acme.caa import CaaChecker
-from vouch.acme.challenges import ValidationSettings
 from vouch.audit.entries import canonical_json
 from vouch.clock import Clock, SystemClock
 from vouch.config import CONFIG_NAME, VouchConfig, load_config, render_initial_config
@@ -41,8 +40,6 @@ from vouch.keys.base import KeyRef, PassphraseSource, new_key_ref
 from vouch.keys.file import FileKeyBackend
 from vouch.keys.pkcs11 import PinSource, Pkcs11KeyBackend, Pkcs11Ref
 from vouch.keys.registry import KeyRegistry
-from vouch.services.acme import AcmeService, AcmeSettings, RateLimit
-from vouch.services.admins import AdminTokens, FailureLimiter, LoginGuard
 from vouch.services.audit import AuditLog
 from vouch.services.authority import (
     Authority,
@@ -53,23 +50,14 @@ from vouch.services.authority import (
 )
 from vouch.services.ca_admin import CAAdmin, CreatedCA, UrlScheme
 from vouch.services.ceremony import Ceremony, CeremonyDirectory
-from vouch.services.ceremony_import import CeremonyImporter
 from vouch.services.crls import CRLProducer, CRLSettings
-from vouch.services.enrollment import Enrollment
-from vouch.services.incident import IncidentService
-from vouch.services.key_health import check_key, testable
-from vouch.services.monitor import KeyHealth, Monitor, Thresholds
 from vouch.services.ocsp import OcspProducer, OcspSettings
-from vouch.services.provisioners import Provisioners, build_provisioners
 from vouch.services.revocation import Revoker
-from vouch.store.acme import AcmeStore
-from vouch.store.api import ApiStore
 from vouch.store.audit import AuditStore
 from vouch.store.custody import CustodyStore
 from vouch.store.engine import Database
 from vouch.store.incident import NOT_ISSUING, IncidentStore
 from vouch.store.leases import Leases
-from vouch.store.monitor import MonitorStore
 from vouch.store.ocsp import OcspStore
 from vouch.store.records import AuthorityRecord, CertificateRecord, NewEvent
 from vouch.store.repository import Store
@@ -79,6 +67,17 @@ from vouch.x509.keytypes import KeyType
 from vouch.x509.lint import LintMode, PkilintLinter, ProcessLinter
 from vouch.x509.policy import NamePolicy
 from vouch.x509.profiles import load_profiles
+
+if TYPE_CHECKING:  # imported where used: one-shot commands need few of them (start-up time)
+    from vouch.acme.challenges import ValidationSettings
+    from vouch.services.acme import AcmeService
+    from vouch.services.admins import AdminTokens, LoginGuard
+    from vouch.services.ceremony_import import CeremonyImporter
+    from vouch.services.enrollment import Enrollment
+    from vouch.services.incident import IncidentService
+    from vouch.services.monitor import KeyHealth, Monitor, Thresholds
+    from vouch.services.provisioners import Provisioners
+    from vouch.store.api import ApiStore
 
 ROOT_KEY_FILE = "root.key.pem"
 AUDIT_KEY_FILE = "audit-key.pem"
@@ -334,6 +333,7 @@ class Vouch:
 
     @cached_property
     def provisioners(self) -> Provisioners:
+        from vouch.services.provisioners import build_provisioners
         def read(path_text: str) -> bytes:
             path = Path(path_text) if Path(path_text).is_absolute() else self.home / path_text
             try:
@@ -345,12 +345,15 @@ class Vouch:
 
     @cached_property
     def api_store(self) -> ApiStore:
+        from vouch.store.api import ApiStore
         return ApiStore(self.db)
 
     def admin_tokens(self) -> AdminTokens:
+        from vouch.services.admins import AdminTokens
         return AdminTokens(store=self.api_store, clock=self.clock)
 
     def login_guard(self) -> LoginGuard:
+        from vouch.services.admins import FailureLimiter, LoginGuard
         settings = self.config.api
         limiter = FailureLimiter(
             limit=settings.max_failures,
@@ -360,6 +363,7 @@ class Vouch:
         return LoginGuard(limiter=limiter, store=self.api_store, clock=self.clock)
 
     def enrollment(self) -> Enrollment:
+        from vouch.services.enrollment import Enrollment
         def authority_for(name: str | None, extra: tuple[NamePolicy, ...]) -> Authority:
             base = self.authority(name)
             if not extra:
@@ -389,6 +393,7 @@ class Vouch:
         )
 
     def ceremony_importer(self) -> CeremonyImporter:
+        from vouch.services.ceremony_import import CeremonyImporter
         return CeremonyImporter(
             store=self.store, custody=self.custody, keys=self.keys, clock=self.clock
         )
@@ -396,6 +401,8 @@ class Vouch:
     # -- incidents (docs/incident-runbook.md) --------------------------------------------------
 
     def incident_service(self) -> IncidentService:
+        from vouch.services.incident import IncidentService
+        from vouch.services.key_health import check_key
         def keys_check(record: AuthorityRecord) -> None:
             check = check_key(record, self.keys)
             if check.error is not None:
@@ -576,6 +583,8 @@ class Vouch:
 
     @cached_property
     def monitor(self) -> Monitor:
+        from vouch.services.monitor import Monitor
+        from vouch.store.monitor import MonitorStore
         def latest_head_at() -> dt.datetime | None:
             head = self.audit.store.latest_tree_head()
             return None if head is None else head.timestamp
@@ -589,6 +598,7 @@ class Vouch:
         )
 
     def monitor_thresholds(self) -> Thresholds:
+        from vouch.services.monitor import Thresholds
         return Thresholds(
             expiry_warning=parse_duration(self.config.monitor.expiry_warning),
             crl_validity=parse_duration(self.config.revocation.crl_validity),
@@ -602,6 +612,8 @@ class Vouch:
     ) -> list[KeyHealth]:
         """Sign and verify once with every CA key this vouch holds (with ``loaded``: the key
         objects a running server already holds, where it has them)."""
+        from vouch.services.key_health import check_key, testable
+        from vouch.services.monitor import KeyHealth
         checks = []
         for record in self.store.list_authorities():
             if not testable(record):
@@ -615,6 +627,9 @@ class Vouch:
 
     @cached_property
     def acme(self) -> AcmeService:
+        from vouch.acme.caa import CaaChecker
+        from vouch.services.acme import AcmeService, AcmeSettings, RateLimit
+        from vouch.store.acme import AcmeStore
         config = self.config.acme
         return AcmeService(
             store=AcmeStore(self.db),
@@ -664,6 +679,7 @@ class Vouch:
         return data
 
     def acme_validation(self) -> ValidationSettings:
+        from vouch.acme.challenges import ValidationSettings
         config = self.config.acme
         resolver_text = os.environ.get("VOUCH_ACME_RESOLVER", config.resolver)
         resolver = None
