@@ -775,7 +775,13 @@ def lint_worker_count(configured: int | None) -> int:
     own process and at most two for linting (0: lint in the server process)."""
     if configured is not None:
         return configured
-    return max(0, min(2, (os.cpu_count() or 1) - 1))
+    # The cores this process may run on (taskset, cgroup cpusets), not the machine's: workers
+    # sharing the server's only core would add their overhead and take nothing off it.
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(0, min(2, cores - 1))
 
 
 def open_ceremony(
