@@ -22,7 +22,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import update
 from tests.acme_client import Client, Responder, http01_responder
-from tests.cluster import FaultyServer
+from tests.cluster import ACME_CONFIG, FaultyServer
 from tests.conftest import PASSPHRASE, make_home
 from tests.servers import VouchServer, free_port
 
@@ -35,13 +35,6 @@ from vouch.store.tables import acme_challenges
 from vouch.wiring import DEFAULT_LINT_ALLOW, Vouch
 
 IP = "127.0.0.1"  # http-01 for an IP identifier needs no DNS
-ACME_CONFIG = """
-[acme]
-caa = false
-orders_per_account = 0
-certificates_per_domain = 0
-http01_port = {http01}
-"""
 
 
 class CountingTokens(dict[str, str]):

@@ -637,6 +637,18 @@ def outside_key(softhsm: SoftHsm, token: str, label: str, key_id: str) -> None:
     )
 
 
+def token_with_outside_key(
+    softhsm: SoftHsm, token: str, key_id: str, tmp_path: Path
+) -> tuple[set[tuple[str, str, str]], Path]:
+    """A fresh token holding one key made by another tool ("keep"), its objects, and a PIN file."""
+    softhsm.init_token(token)
+    outside_key(softhsm, token, "keep", key_id)
+    pin_file = tmp_path / "pin"
+    pin_file.write_text(USER_PIN + "\n")
+    pin_file.chmod(0o600)
+    return token_objects(softhsm, token), pin_file
+
+
 def outside_key_signs(softhsm: SoftHsm, token: str, label: str, tmp_path: Path) -> bool:
     data = tmp_path / "to-sign"
     data.write_bytes(b"still here")
@@ -672,13 +684,8 @@ def test_failed_init_and_new_intermediate_leave_no_key_in_the_token(
     from tests.servers import run_vouch
 
     token = "vouch-undo"
-    softhsm.init_token(token)
-    outside_key(softhsm, token, "keep", "0a")
-    before = token_objects(softhsm, token)
+    before, pin_file = token_with_outside_key(softhsm, token, "0a", tmp_path)
     assert {label for _, label, _ in before} == {"keep"}
-    pin_file = tmp_path / "pin"
-    pin_file.write_text(USER_PIN + "\n")
-    pin_file.chmod(0o600)
     backend_arg = f"pkcs11:token={token}"
     pkcs11_args = ("--key-backend", backend_arg, "--pkcs11-pin-file", str(pin_file))
     home = tmp_path / "home"
@@ -798,12 +805,7 @@ def test_failed_ceremony_create_root_leaves_no_key_in_the_token(
     from tests.servers import VOUCH, vouch_env
 
     token = "vouch-ceremony"
-    softhsm.init_token(token)
-    outside_key(softhsm, token, "keep", "0b")
-    before = token_objects(softhsm, token)
-    pin_file = tmp_path / "pin"
-    pin_file.write_text(USER_PIN + "\n")
-    pin_file.chmod(0o600)
+    before, pin_file = token_with_outside_key(softhsm, token, "0b", tmp_path)
 
     def create_root(validity: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
