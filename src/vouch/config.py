@@ -145,11 +145,24 @@ class AuditSettings(_Strict):
 class MonitorSettings(_Strict):
     # How often `vouch serve` recomputes the lifecycle KPIs on /metrics (a scan of the inventory).
     interval: str = "60s"
+    # How often `vouch serve` signs and verifies once with each CA key it holds (at its next
+    # `interval` tick): a lost HSM token shows on /healthz and /metrics within about this long.
+    key_check_interval: str = "5m"
     # A valid certificate expiring within this window with no successor raises an alert.
     expiry_warning: str = "14d"
     # Alerts of `vouch monitor`: a webhook gets a JSON POST; a command gets the JSON on stdin.
     webhook_url: str | None = None
     command: str | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> MonitorSettings:
+        from vouch.durations import parse_duration
+
+        # Each check is a signature per CA key: seconds apart is cheap even on a network HSM.
+        check = parse_duration(self.key_check_interval)
+        if not dt.timedelta(seconds=1) <= check <= dt.timedelta(hours=1):
+            raise ValueError("key_check_interval must be between 1 s and 1 h")
+        return self
 
 
 class CASettings(_Strict):

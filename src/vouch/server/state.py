@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 SYNC_INTERVAL = 2.0
 LEASE = "revocation-producer"
 MAX_SIGNING = 64  # on-demand OCSP signatures waiting at once; beyond: tryLater
-KEY_CHECK_INTERVAL = 300.0  # seconds between sign-and-verify checks of the CA keys
 
 
 @dataclass
@@ -259,10 +258,13 @@ class ServerState:
 
     async def run_monitor(self, stop: asyncio.Event) -> None:
         # Read-only work outside the store lock: a big inventory must not delay revocation data.
-        interval = parse_duration(self.vouch.config.monitor.interval).total_seconds()
-        keys_checked = -KEY_CHECK_INTERVAL
+        settings = self.vouch.config.monitor
+        interval = parse_duration(settings.interval).total_seconds()
+        # Sign-and-verify with every CA key at most this often (monitor.key_check_interval).
+        key_interval = parse_duration(settings.key_check_interval).total_seconds()
+        keys_checked = -key_interval
         while not stop.is_set():
-            check_keys = time.monotonic() - keys_checked >= KEY_CHECK_INTERVAL
+            check_keys = time.monotonic() - keys_checked >= key_interval
             try:
                 await asyncio.to_thread(self.refresh_lifecycle, check_keys)
                 if check_keys:
