@@ -615,12 +615,11 @@ class AcmeService:
                 self._store.set_order(item.order.id, status="ready")
                 outcomes.append(result)
             else:
-                record = self._certificates.certificates(
-                    CertificateQuery(serial=result.serial, authority=authority.ca.record.name)
-                )[0]
-                completed.append((item.order.id, record.id, item.domains))
+                # The certificate's own record: after an incident moved issuance to the standby
+                # during this batch, the CA that signed is not the one this service asked.
+                completed.append((item.order.id, result.record_id, item.domains))
                 outcomes.append(
-                    dataclasses.replace(item.order, status="valid", certificate_id=record.id)
+                    dataclasses.replace(item.order, status="valid", certificate_id=result.record_id)
                 )
         if completed:
             self._store.complete_orders(completed, self._clock.now())

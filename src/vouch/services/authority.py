@@ -126,6 +126,10 @@ class IssuedCertificate:
     der: bytes
     chain: tuple[x509.Certificate, ...]
     profile: str
+    # Where it is recorded: the CA that signed it (after an incident or a rollover, not
+    # necessarily the one asked) and its row in the store.
+    ca: str
+    record_id: int
 
     def pem_chain(self) -> bytes:
         """Leaf, then the intermediates, as servers want it."""
@@ -237,6 +241,8 @@ class Authority:
                 der=der,
                 chain=self._chain,
                 profile=plan.request.profile,
+                ca=self._ca.record.name,
+                record_id=cert_id,
             )
         return results
 
