@@ -46,6 +46,11 @@ def test_batch_issue_records_everything(store_home: Vouch) -> None:
     assert len(records) == 10
     assert len({r.serial for r in records}) == 10
     assert all(r.der is not None and r.state == "issued" for r in records)
+    # Each result names its own record (ACME finalize takes the certificate from it).
+    for result in results:
+        assert isinstance(result, IssuedCertificate)
+        record = store_home.store.certificate(result.record_id)
+        assert (record.serial, record.der, result.ca) == (result.serial, result.der, "issuing")
 
 
 def test_batch_with_bad_request_issues_the_rest(store_home: Vouch) -> None:

@@ -234,7 +234,7 @@ class Authority:
             [self._issued_event(plan, der) for _, _, plan, _, der in signed],
         )
         checkpoint("issue.after-commit")
-        for index, _, plan, certificate, der in signed:
+        for index, cert_id, plan, certificate, der in signed:
             results[index] = IssuedCertificate(
                 serial=plan.intent.serial,
                 certificate=certificate,
