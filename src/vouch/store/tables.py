@@ -97,6 +97,8 @@ certificates = Table(
     Column("crl_shard", Integer, nullable=True),
     UniqueConstraint("authority_id", "serial", name="uq_certificates_issuer_serial"),
     Index("ix_certificates_not_after", "not_after"),
+    # Lookups by serial without the issuer (renewalInfo, replaces, OCSP, cert show): 0009.
+    Index("ix_certificates_serial", "serial"),
     Index("ix_certificates_spki", "spki_sha256"),
     Index("ix_certificates_revoked", "authority_id", "revoked_at"),
 )
