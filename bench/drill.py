@@ -615,8 +615,11 @@ def drill(sizes: Sizes, work: Path, vouch: str) -> Drill:
             ocsp_revoked_sampled=revoked,
         )
     finally:
-        for process in reversed(processes):
-            process.stop()
+        for process in reversed(processes):  # every one, even if stopping another failed
+            try:
+                process.stop()
+            except Exception as exc:  # cleanup must go on
+                log(f"stopping {process.name}: {exc!r}")
         responder.stop()
 
 

@@ -114,6 +114,7 @@ async def serve(
 
     def shutdown() -> None:
         stop.set()
+        state.stopping.set()
         for server in servers:
             server.should_exit = True
 

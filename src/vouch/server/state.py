@@ -61,6 +61,8 @@ class ServerState:
     # Periodic work failing now, by job (cleared when the job next succeeds); shown by /healthz:
     # a node that cannot write (a read-only disk) still reads, and says so here.
     job_problems: dict[str, str] = field(default_factory=dict)
+    # Set when the server stops: long periodic work ends at its next batch.
+    stopping: threading.Event = field(default_factory=threading.Event)
     _keys: dict[int, CertificateIssuerPrivateKeyTypes] = field(default_factory=dict)
     _counted_at: dt.datetime | None = None
     _signing: int = 0
@@ -131,7 +133,12 @@ class ServerState:
             try:
                 responder = producer.responder(record, ca_key=key)
                 if responder is not None:
-                    while producer.presign(issuer, responder, limit=2000) == 2000:
+                    # In batches, so a shutdown does not wait for a whole backlog (after an
+                    # incident, or a first start on a large inventory) to be signed.
+                    while (
+                        not self.stopping.is_set()
+                        and producer.presign(issuer, responder, limit=2000) == 2000
+                    ):
                         pass
                 vouch.crl_producer.produce(record, key, vouch.issuer_urls(record))
                 self._job_ok(f"revocation {record.name}")
