@@ -4,11 +4,12 @@
 A fleet of ACME clients holds certificates from the CA ``issuing`` (one name each, one ACME
 account per worker process, like teams). Then the operator runs the runbook
 (docs/incident-runbook.md): ``vouch incident declare --ca issuing`` (issuance moves to the
-standby ``issuing-2``, prepared before), restarts ``vouch serve`` so its own HTTPS certificate
-comes from the new CA, watches ``vouch incident status`` until nothing is left, and runs
+standby ``issuing-2``, prepared before; ``vouch serve`` replaces its own HTTPS certificate on its
+own, without a restart), watches ``vouch incident status`` until nothing is left, and runs
 ``vouch incident finish``. The clock stops when every client holds a certificate that chains to
-the new intermediate AND the served CRL lists every old certificate AND OCSP answers revoked for
-a sample of them: MTTR = that moment - the declaration.
+the new intermediate AND the server's own HTTPS certificate does AND the served CRL lists every
+old certificate AND OCSP answers revoked for a sample of them: MTTR = that moment - the
+declaration.
 
 - Clients: a real process pool (``--workers`` processes, async httpx inside, JWS with
   cryptography). Each checks renewalInfo (RFC 9773) every ``poll`` seconds, from a random
@@ -78,7 +79,7 @@ class Sizes:
     clients: int
     runs: int
     workers: int = 4  # client processes
-    concurrency: int = 24  # requests in flight per process
+    concurrency: int = 48  # orders in flight per process
     poll: float = 10.0  # seconds between a client's renewalInfo checks
 
 
@@ -178,14 +179,18 @@ class Account:
         self.kid = reply.headers["location"]
 
     async def poll(self, url: str, done: tuple[str, ...]) -> dict[str, Any]:
+        """Poll an order until it is ``done``, waiting between polls as the server's
+        Retry-After asks (RFC 8555 7.4: clients should), at most a second, 0.2 s without."""
         deadline = time.monotonic() + 120
         while True:
-            body: dict[str, Any] = (await self.post(url, None)).json()
+            reply = await self.post(url, None)
+            body: dict[str, Any] = reply.json()
             if body.get("status") in done:
                 return body
             if time.monotonic() > deadline:
                 raise BenchError(f"{url} still {body.get('status')} after 120 s")
-            await asyncio.sleep(0.05)
+            retry_after = reply.headers.get("retry-after", "")
+            await asyncio.sleep(min(float(retry_after), 1.0) if retry_after.isdigit() else 0.2)
 
     async def certificate(self, name: str, replaces: str | None = None) -> bytes:
         """A whole http-01 order for one name; the PEM chain."""
@@ -338,6 +343,18 @@ async def _renew(job: Job) -> list[tuple[int, bytes, float, int]]:
             return index, chain, time.time(), checks
 
         return list(await asyncio.gather(*(client(i, p) for i, p in job.held)))
+
+
+def _tls_issued_by(port: int, issuer_der: bytes) -> bool:
+    """Whether the server's own HTTPS certificate on ``port`` is signed by ``issuer_der``."""
+    served = ssl.get_server_certificate(("127.0.0.1", port), timeout=10)
+    try:
+        x509.load_pem_x509_certificate(served.encode()).verify_directly_issued_by(
+            x509.load_der_x509_certificate(issuer_der)
+        )
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def dt_parse(text: str) -> float:
@@ -536,12 +553,7 @@ def drill(sizes: Sizes, work: Path, vouch: str) -> Drill:
             run_vouch(vouch, env, home, "incident", "declare", "--ca", "issuing",
                       "--reason", "keyCompromise")  # fmt: skip
             log(f"incident declared; issuance moved to {new_issuer['name']}")
-            # Runbook: the server's own HTTPS certificate comes from the new CA at its start.
-            (home / "serve" / "tls.pem").unlink()
-            server.stop()
-            server = Process("vouch serve", work / "vouch-2.log").spawn(serve, server_env)
-            processes.append(server)
-            server.wait_for("vouch serving on")
+            # Runbook: no restart; the server replaces its own HTTPS certificate (checked below).
             while not pending.ready():
                 status = json.loads(run_vouch(vouch, env, home, "incident", "status", "--json"))
                 log(f"t+{time.time() - t0:5.0f} s: replaced {status['replaced']:,}, "
@@ -549,7 +561,13 @@ def drill(sizes: Sizes, work: Path, vouch: str) -> Drill:
                 pending.wait(15)  # an operator watching; each status is one more process
             renewed = pending.get()
         replaced_after = max(when for _, _, when, _ in (r for got in renewed for r in got)) - t0
-        status = json.loads(run_vouch(vouch, env, home, "incident", "status", "--json"))
+        # The server's own HTTPS certificate is replaced by the server itself, within a minute.
+        deadline = time.time() + 120
+        while True:
+            status = json.loads(run_vouch(vouch, env, home, "incident", "status", "--json"))
+            if not status["remaining"] or time.time() > deadline:
+                break
+            time.sleep(2)
         if status["remaining"]:
             raise BenchError(
                 f"{status['remaining']} certificates not replaced: {status['outstanding'][:5]}"
@@ -575,7 +593,8 @@ def drill(sizes: Sizes, work: Path, vouch: str) -> Drill:
                 _ocsp_revoked(plain, f"http://127.0.0.1:{http_port}/ocsp/issuing", p, issuer)
                 for p in sample
             )
-            if listed == len(old_serials) and revoked == len(sample):
+            served_by_new_ca = _tls_issued_by(https_port, new_issuer_der)
+            if listed == len(old_serials) and revoked == len(sample) and served_by_new_ca:
                 break
             if time.time() > deadline:
                 break
