@@ -211,6 +211,16 @@ def ip_csr_pem() -> str:
     return f"-----BEGIN CERTIFICATE REQUEST-----\n{body}-----END CERTIFICATE REQUEST-----\n"
 
 
+def api_issue(base_url: str, token: str, *, timeout: float = 60) -> httpx.Response:
+    """One API issuance (POST /api/v1/certificates) of an IP certificate with ``token``."""
+    return httpx.post(
+        f"{base_url}/api/v1/certificates",
+        json={"csr": ip_csr_pem()},
+        headers={"authorization": f"Bearer {token}"},
+        timeout=timeout,
+    )
+
+
 class ApiWorker:
     """POST /api/v1/certificates with an operator's API token, in a loop until ``stop``."""
 

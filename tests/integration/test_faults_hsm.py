@@ -24,7 +24,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
-from tests.acme_load import ip_csr_pem
+from tests.acme_load import api_issue
 from tests.integration.test_faults_node import der_of
 from tests.integration.test_pkcs11 import USER_PIN, SoftHsm, softhsm  # noqa: F401 (fixture)
 from tests.servers import VouchServer, run_vouch
@@ -35,15 +35,6 @@ pytestmark = pytest.mark.slow
 TOKEN = "vouch-serve"
 FAIL_FAST = 10.0  # seconds an issuance may take to refuse while the token is gone
 HEALTH_WITHIN = 30.0  # seconds for /healthz to name the key problem (checks run every second)
-
-
-def issue(server: VouchServer, token: str) -> httpx.Response:
-    return httpx.post(
-        f"{server.url}/api/v1/certificates",
-        json={"csr": ip_csr_pem()},
-        headers={"authorization": f"Bearer {token}"},
-        timeout=60,
-    )
 
 
 def ocsp_get(server: VouchServer, der: bytes) -> bytes:
@@ -105,7 +96,7 @@ def test_token_removed_under_a_running_server(softhsm: SoftHsm, tmp_path: Path) 
 
     server = VouchServer(home, https=False)
     with server:
-        first = issue(server, api_token)
+        first = api_issue(server.url, api_token)
         assert first.status_code == 201, first.text
         der = der_of(first)
         # Wait until the node serves a pre-signed response from memory: two answers are then
@@ -124,7 +115,7 @@ def test_token_removed_under_a_running_server(softhsm: SoftHsm, tmp_path: Path) 
         try:
             for attempt in range(3):
                 started = time.monotonic()
-                reply = issue(server, api_token)
+                reply = api_issue(server.url, api_token)
                 assert time.monotonic() - started < FAIL_FAST, attempt
                 assert reply.status_code == 503, reply.text
                 problem = reply.json()
@@ -153,7 +144,7 @@ def test_token_removed_under_a_running_server(softhsm: SoftHsm, tmp_path: Path) 
 
         # Back without a restart: the backend reconnects on the next use.
         deadline = time.monotonic() + 30
-        while (reply := issue(server, api_token)).status_code != 201:
+        while (reply := api_issue(server.url, api_token)).status_code != 201:
             assert reply.status_code == 503, reply.text
             assert time.monotonic() < deadline, reply.text
             time.sleep(0.5)

@@ -33,7 +33,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
-from tests.acme_load import ip_csr_pem
+from tests.acme_load import api_issue
 from tests.conftest import make_home, require_tool
 from tests.integration.test_faults_node import _unavailable, der_of
 from tests.servers import VouchServer, run_vouch
@@ -123,15 +123,6 @@ def ext4_disk(base: Path) -> Iterator[Disk]:
         _run("losetup", "-d", disk.device)
 
 
-def issue(server: VouchServer, token: str) -> httpx.Response:
-    return httpx.post(
-        f"{server.url}/api/v1/certificates",
-        json={"csr": ip_csr_pem()},
-        headers={"authorization": f"Bearer {token}"},
-        timeout=30,
-    )
-
-
 def ocsp_get_bytes(server: VouchServer, der: bytes) -> bytes:
     cert = x509.load_der_x509_certificate(der)
     issuer = x509.load_der_x509_certificate(
@@ -165,7 +156,7 @@ def test_file_system_turns_read_only_under_a_running_node(tmp_path: Path) -> Non
 
         server = VouchServer(home, https=False)
         with server:
-            first = issue(server, token)
+            first = api_issue(server.url, token)
             assert first.status_code == 201, first.text
             der = der_of(first)
             run_vouch(home, "cert", "new", "before.example.com", "--out-dir", str(out))
@@ -184,7 +175,7 @@ def test_file_system_turns_read_only_under_a_running_node(tmp_path: Path) -> Non
 
             for _ in range(3):
                 started = time.monotonic()
-                reply = issue(server, token)
+                reply = api_issue(server.url, token)
                 assert time.monotonic() - started < 5
                 assert reply.status_code == 503, reply.text
                 assert reply.headers["retry-after"] == "5"
@@ -234,7 +225,7 @@ def test_file_system_turns_read_only_under_a_running_node(tmp_path: Path) -> Non
         assert not any("during.example.com" in c["names"] for c in after.values())
 
         with VouchServer(home, https=False) as restarted:
-            reply = issue(restarted, token)
+            reply = api_issue(restarted.url, token)
             assert reply.status_code == 201, reply.text
             run_vouch(home, "cert", "new", "after.example.com", "--out-dir", str(out))
         assert "Traceback" not in restarted.output(), restarted.output()[-4000:]

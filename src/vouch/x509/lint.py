@@ -440,11 +440,15 @@ class ProcessLinter:
         with self._lock:
             if self._pool is pool:
                 self._pool = None
+        killed = []
         if kill:
             # A stuck worker would never take the shutdown message.
-            for process in list((pool._processes or {}).values()):
+            killed = list((pool._processes or {}).values())
+            for process in killed:
                 process.kill()
         pool.shutdown(wait=False, cancel_futures=True)
+        for process in killed:
+            process.join(timeout=5)  # reaped: no zombie, and gone when this returns
 
     def _give_up(self, pool: ProcessPoolExecutor, why: str) -> None:
         with self._lock:
