@@ -164,11 +164,7 @@ class VouchApp:
             (b"content-length", str(len(der)).encode()),
         ]
         if get and expires:
-            # RFC 5019 6.2: let caches keep a GET answer until (well before) its nextUpdate.
-            max_age = max(0, int(expires - time.time()) // 2)
-            headers.append(
-                (b"cache-control", b"max-age=%d, public, no-transform, must-revalidate" % max_age)
-            )
+            headers.append((b"cache-control", ocsp_cache_control(expires)))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": der})
 
@@ -292,6 +288,12 @@ class VouchApp:
 def _problem(exc: VouchError) -> Response:
     status = {"not-found": 404, "bad-input": 400}.get(exc.category, 503)
     return JSONResponse({"error": exc.message}, status_code=status)
+
+
+def ocsp_cache_control(expires: float) -> bytes:
+    """RFC 5019 6.2: caches may keep a GET answer until (well before) its nextUpdate."""
+    max_age = max(0, int(expires - time.time()) // 2)
+    return b"max-age=%d, public, no-transform, must-revalidate" % max_age
 
 
 def b64_request(text: str) -> bytes | None:

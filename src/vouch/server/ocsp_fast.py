@@ -11,10 +11,9 @@ and counters are the same either way: only the cost differs.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
-from vouch.server.app import OCSP_TYPE, VouchApp, b64_request
+from vouch.server.app import OCSP_TYPE, VouchApp, b64_request, ocsp_cache_control
 from vouch.server.http_guard import GuardedHttpToolsProtocol
 
 _PREFIX = b"/ocsp/"
@@ -68,15 +67,12 @@ def fast_ocsp_protocol(app: VouchApp) -> type[GuardedHttpToolsProtocol]:
             keep_alive = (
                 self.parser.get_http_version() == "1.1" and self.parser.should_keep_alive()
             )
-            # RFC 5019 6.2: caches may keep a GET answer until (well before) its nextUpdate.
-            max_age = max(0, int(cached.expires - time.time()) // 2)
             self.transport.write(
-                b"%s%d\r\ncache-control: max-age=%d, public, no-transform, must-revalidate\r\n"
-                b"%s\r\n%s"
+                b"%s%d\r\ncache-control: %s\r\n%s\r\n%s"
                 % (
                     _STATUS,
                     len(cached.der),
-                    max_age,
+                    ocsp_cache_control(cached.expires),
                     b"" if keep_alive else b"connection: close\r\n",
                     cached.der,
                 )

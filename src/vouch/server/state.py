@@ -143,7 +143,7 @@ class ServerState:
                 vouch.crl_producer.produce(record, key, vouch.issuer_urls(record))
                 self._job_ok(f"revocation {record.name}")
             except VouchError as exc:
-                self._job_failed(f"revocation {record.name}", "revocation", exc.message)
+                self._job_failed(f"revocation {record.name}", exc.message, metric="revocation")
                 log.error("revocation data for CA %s: %s", record.name, exc.message)
         try:
             # Single-use nonces and responses past nextUpdate would otherwise pile up forever.
@@ -154,14 +154,14 @@ class ServerState:
             vouch.api_store.drop_expired_redemptions(now - SPENT_KEPT)
             self._job_ok("cleanup")
         except VouchError as exc:
-            self._job_failed("cleanup", "cleanup", exc.message)
+            self._job_failed("cleanup", exc.message)
             log.error("dropping expired nonces, OCSP responses, spent tokens: %s", exc.message)
         try:
             interval = parse_duration(vouch.config.audit.head_interval)
             vouch.audit.sign_head(if_older_than=interval)
             self._job_ok("tree-head")
         except VouchError as exc:
-            self._job_failed("tree-head", "tree-head", exc.message)
+            self._job_failed("tree-head", exc.message)
             log.error("signing a tree head: %s", exc.message)
         root = next((r for r in self.authorities.values() if r.role == "root"), None)
         if root is not None and root.key_ref != "none:":
@@ -171,11 +171,11 @@ class ServerState:
                     vouch.crl_producer.produce(root, key, vouch.issuer_urls(root))
                     self._job_ok("root-crl")
                 except VouchError as exc:
-                    self._job_failed("root-crl", "root-crl", exc.message)
+                    self._job_failed("root-crl", exc.message)
                     log.error("root CRL: %s", exc.message)
 
-    def _job_failed(self, job: str, metric: str, message: str) -> None:
-        self.metrics.job_errors.labels(job=metric).inc()
+    def _job_failed(self, job: str, message: str, *, metric: str | None = None) -> None:
+        self.metrics.job_errors.labels(job=metric or job).inc()
         self.job_problems[job] = message
 
     def _job_ok(self, job: str) -> None:
@@ -236,7 +236,7 @@ class ServerState:
                     await asyncio.to_thread(self._locked, self.sync)
                 self._job_ok("produce")
             except VouchError as exc:
-                self._job_failed("produce", "produce", exc.message)
+                self._job_failed("produce", exc.message)
                 log.warning("periodic revocation work failed: %s", exc.message)
             await _sleep(stop, interval)
 
