@@ -9,6 +9,7 @@ import hashlib
 import os
 import secrets
 import shutil
+import threading
 from collections.abc import Callable, Collection
 from functools import cached_property
 from pathlib import Path
@@ -24,7 +25,13 @@ from sqlalchemy.engine import make_url
 
 from vouch.audit.entries import canonical_json
 from vouch.clock import Clock, SystemClock
-from vouch.config import CONFIG_NAME, VouchConfig, load_config, render_initial_config
+from vouch.config import (
+    CONFIG_NAME,
+    KeySettings,
+    VouchConfig,
+    load_config,
+    render_initial_config,
+)
 from vouch.durations import parse_duration
 from vouch.errors import (
     AuthenticationFailed,
@@ -38,9 +45,7 @@ from vouch.errors import (
 from vouch.fsutil import atomic_write
 from vouch.keys.base import KeyRef, PassphraseSource, new_key_ref
 from vouch.keys.file import FileKeyBackend
-from vouch.keys.pkcs11 import PinSource, Pkcs11KeyBackend, Pkcs11Ref
 from vouch.keys.registry import KeyRegistry
-from vouch.services.audit import AuditLog
 from vouch.services.authority import (
     Authority,
     Blocklists,
@@ -49,11 +54,6 @@ from vouch.services.authority import (
     KeyBlocklist,
 )
 from vouch.services.ca_admin import CAAdmin, CreatedCA, UrlScheme
-from vouch.services.ceremony import Ceremony, CeremonyDirectory
-from vouch.services.crls import CRLProducer, CRLSettings
-from vouch.services.ocsp import OcspProducer, OcspSettings
-from vouch.services.revocation import Revoker
-from vouch.store.audit import AuditStore
 from vouch.store.custody import CustodyStore
 from vouch.store.engine import Database
 from vouch.store.incident import NOT_ISSUING, IncidentStore
@@ -70,13 +70,19 @@ from vouch.x509.profiles import load_profiles
 
 if TYPE_CHECKING:  # imported where used: one-shot commands need few of them (start-up time)
     from vouch.acme.challenges import ValidationSettings
+    from vouch.keys.pkcs11 import PinSource, Pkcs11KeyBackend
     from vouch.services.acme import AcmeService
     from vouch.services.admins import AdminTokens, LoginGuard
+    from vouch.services.audit import AuditLog
+    from vouch.services.ceremony import Ceremony
     from vouch.services.ceremony_import import CeremonyImporter
+    from vouch.services.crls import CRLProducer
     from vouch.services.enrollment import Enrollment
     from vouch.services.incident import IncidentService
     from vouch.services.monitor import KeyHealth, Monitor, Thresholds
+    from vouch.services.ocsp import OcspProducer
     from vouch.services.provisioners import Provisioners
+    from vouch.services.revocation import Revoker
     from vouch.store.api import ApiStore
 
 ROOT_KEY_FILE = "root.key.pem"
@@ -135,6 +141,29 @@ def pkcs11_pin_source(home: Path, pin_file: str | None) -> PinSource:
     return pin
 
 
+class _Pkcs11Slot:
+    """A home's PKCS#11 backend, built on first use: importing python-pkcs11 is a cost that
+    one-shot commands with file keys need not pay. (Holds no reference to the Vouch.)"""
+
+    def __init__(self, home: Path, settings: KeySettings) -> None:
+        self._home = home
+        self._settings = settings
+        self._lock = threading.Lock()
+        self.backend: Pkcs11KeyBackend | None = None
+
+    def get(self) -> Pkcs11KeyBackend:
+        with self._lock:
+            if self.backend is None:
+                from vouch.keys.pkcs11 import Pkcs11KeyBackend
+
+                self.backend = Pkcs11KeyBackend(  # loads no library until a pkcs11: key is used
+                    self._settings.pkcs11_module,
+                    pkcs11_pin_source(self._home, self._settings.pkcs11_pin_file),
+                    pool_size=self._settings.pkcs11_sessions,
+                )
+            return self.backend
+
+
 class Vouch:
     """A vouch home, opened: config, store, keys, and the services built from them."""
 
@@ -164,13 +193,10 @@ class Vouch:
         self.revocations = RevocationStore(self.db)
         self.ocsp_store = OcspStore(self.db)
         self.leases = Leases(self.db)
-        settings = self.config.keys
-        self.pkcs11 = Pkcs11KeyBackend(  # loads no library until a pkcs11: key is used
-            settings.pkcs11_module,
-            pkcs11_pin_source(home, settings.pkcs11_pin_file),
-            pool_size=settings.pkcs11_sessions,
+        self._pkcs11 = _Pkcs11Slot(home, self.config.keys)
+        self.keys = KeyRegistry(
+            [FileKeyBackend(home, passphrase)], lazy={"pkcs11": self._pkcs11.get}
         )
-        self.keys = KeyRegistry([FileKeyBackend(home, passphrase), self.pkcs11])
         self.urls = UrlScheme(self.config.serve.public_url)
         self.publish_notes: list[str] = []
         self._policy_logged: str | None = None
@@ -179,8 +205,13 @@ class Vouch:
         linter = self.__dict__.get("linter")  # only if built
         if isinstance(linter, ProcessLinter):
             linter.close()
-        self.pkcs11.close()
+        if self._pkcs11.backend is not None:  # only if built
+            self._pkcs11.backend.close()
         self.db.dispose()
+
+    @property
+    def pkcs11(self) -> Pkcs11KeyBackend:
+        return self._pkcs11.get()
 
     @cached_property
     def linter(self) -> PkilintLinter | ProcessLinter | None:
@@ -448,6 +479,8 @@ class Vouch:
 
     @cached_property
     def crl_producer(self) -> CRLProducer:
+        from vouch.services.crls import CRLProducer, CRLSettings
+
         settings = self.config.revocation
         return CRLProducer(
             revocations=self.revocations,
@@ -463,6 +496,8 @@ class Vouch:
 
     @cached_property
     def ocsp_producer(self) -> OcspProducer:
+        from vouch.services.ocsp import OcspProducer, OcspSettings
+
         settings = self.config.revocation
         return OcspProducer(
             store=self.store,
@@ -496,6 +531,8 @@ class Vouch:
         return self.keys.load(KeyRef.parse(record.key_ref))
 
     def revoker(self, *, publish: bool = True) -> Revoker:
+        from vouch.services.revocation import Revoker
+
         return Revoker(
             store=self.store,
             revocations=self.revocations,
@@ -541,6 +578,9 @@ class Vouch:
 
     @cached_property
     def audit(self) -> AuditLog:
+        from vouch.services.audit import AuditLog
+        from vouch.store.audit import AuditStore
+
         return AuditLog(
             store=AuditStore(self.db),
             clock=self.clock,
@@ -796,6 +836,9 @@ def open_ceremony(
 ) -> tuple[Ceremony, Pkcs11KeyBackend]:
     """A ceremony on the offline machine: the directory's key file, or keys in an HSM (PIN from
     ``pkcs11_pin_file`` or VOUCH_PKCS11_PIN); close the returned backend when done."""
+    from vouch.keys.pkcs11 import Pkcs11KeyBackend
+    from vouch.services.ceremony import Ceremony, CeremonyDirectory
+
     pkcs11 = Pkcs11KeyBackend(pkcs11_module, pkcs11_pin_source(directory, pkcs11_pin_file))
     ceremony = Ceremony(
         directory=CeremonyDirectory(directory),
@@ -895,6 +938,8 @@ def init_home(
 
 def _check_token(backend: Pkcs11KeyBackend, refs: list[KeyRef]) -> None:
     """Before any key is made: the token answers, the PIN works, the key labels are free."""
+    from vouch.keys.pkcs11 import Pkcs11Ref
+
     for ref in map(Pkcs11Ref.parse, refs):
         if ref.label in {info.label for info in backend.list_keys(ref.token)}:
             raise Conflict(
@@ -972,7 +1017,8 @@ def _make_cas(
     new_refs = [r for r in (root_ref, issuing_ref) if r.scheme == "pkcs11"]
     if offline_root is not None:
         new_refs = [r for r in new_refs if r is not root_ref]
-    _check_token(vouch.pkcs11, new_refs)
+    if new_refs:  # (file keys: python-pkcs11 stays unloaded)
+        _check_token(vouch.pkcs11, new_refs)
     admin = vouch.ca_admin()
     if offline_root is not None:
         root_ref = KeyRef("file", str((offline_root / ROOT_KEY_FILE).resolve()))

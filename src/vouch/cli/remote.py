@@ -14,7 +14,6 @@ import datetime as dt
 import hashlib
 import ipaddress
 import os
-import ssl
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,9 @@ from vouch.errors import (
     VouchError,
 )
 
-if TYPE_CHECKING:  # imported when used: every command starts without loading httpx
+if TYPE_CHECKING:  # imported when used: every command starts without loading httpx (or ssl)
+    import ssl
+
     import httpx
 
 META = "vouch.remote"
@@ -213,6 +214,8 @@ def _loopback(host: str) -> bool:
 
 
 def tls_context(root: Path) -> ssl.SSLContext:
+    import ssl
+
     try:
         return ssl.create_default_context(cafile=str(root))
     except (OSError, ssl.SSLError) as exc:
@@ -260,6 +263,8 @@ class RemoteVouch:
 
 
 def describe_transport_error(exc: httpx.HTTPError, url: str) -> VouchError:
+    import ssl
+
     import httpx
 
     if _caused_by(exc, ssl.SSLCertVerificationError):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable, Mapping
 
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
@@ -12,8 +13,19 @@ from vouch.x509.keytypes import KeyType
 
 
 class KeyRegistry:
-    def __init__(self, backends: Iterable[KeyBackend]) -> None:
+    def __init__(
+        self,
+        backends: Iterable[KeyBackend],
+        *,
+        lazy: Mapping[str, Callable[[], KeyBackend]] | None = None,
+    ) -> None:
+        """``lazy``: backends built on first use, by scheme (one whose library is slow to load
+        costs nothing to a process that never uses it)."""
         self._backends = {backend.scheme: backend for backend in backends}
+        self._lazy = {
+            scheme: build for scheme, build in (lazy or {}).items() if scheme not in self._backends
+        }
+        self._lock = threading.Lock()  # threads of a server: one backend per scheme
 
     def backend(self, ref: KeyRef) -> KeyBackend:
         if ref.scheme == "none":
@@ -21,13 +33,19 @@ class KeyRegistry:
                 "this CA's private key is not held by this vouch (offline or external)",
                 hint="for an offline root pass --root-key DIR",
             )
-        try:
-            return self._backends[ref.scheme]
-        except KeyError:
+        backend = self._backends.get(ref.scheme)
+        if backend is not None:
+            return backend
+        if ref.scheme not in self._lazy:
             raise ConfigError(
                 f"no key backend for scheme {ref.scheme!r}",
-                hint=f"known: {', '.join(sorted(self._backends))}",
-            ) from None
+                hint=f"known: {', '.join(sorted({*self._backends, *self._lazy}))}",
+            )
+        with self._lock:
+            backend = self._backends.get(ref.scheme)
+            if backend is None:
+                backend = self._backends[ref.scheme] = self._lazy[ref.scheme]()
+            return backend
 
     def load(self, ref: KeyRef) -> CertificateIssuerPrivateKeyTypes:
         return self.backend(ref).load(ref)

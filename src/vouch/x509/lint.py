@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import importlib.util
 import logging
-import multiprocessing
 import os
 import signal
 import sys
@@ -19,13 +18,15 @@ import threading
 import time
 import types
 from collections.abc import Collection, Iterator, Sequence
-from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import CancelledError, Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from types import SimpleNamespace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:  # imported by ProcessLinter: one-shot commands start without multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
 log = logging.getLogger(__name__)
 
@@ -358,6 +359,8 @@ class ProcessLinter:
         pool = self._current()
         if pool is None:
             return self._local_linter().lint_many(items)
+        from concurrent.futures.process import BrokenProcessPool
+
         futures: list[Future[list[Finding]] | None] = []
         for der, profile in items:
             try:
@@ -392,6 +395,8 @@ class ProcessLinter:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Finding]:
+        from concurrent.futures.process import BrokenProcessPool
+
         for attempt in range(2):
             pool = self._current()
             if pool is None:
@@ -428,6 +433,9 @@ class ProcessLinter:
             if self._closed or self._in_process:
                 return None
             if self._pool is None:
+                import multiprocessing
+                from concurrent.futures import ProcessPoolExecutor
+
                 self._pool = ProcessPoolExecutor(
                     max_workers=self._workers,
                     mp_context=multiprocessing.get_context("spawn"),
