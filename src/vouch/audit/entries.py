@@ -22,8 +22,12 @@ ENTRY_PREFIX = b"vouch-audit-entry-v1\n"
 HEAD_PREFIX = b"vouch-tree-head-v1\n"
 
 
+# One encoder for every call: json.dumps with these options builds a new one each time.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
 def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return _CANONICAL.encode(value)
 
 
 def format_time(at: dt.datetime) -> str:
@@ -46,9 +50,15 @@ def entry_bytes_with_data(
 ) -> bytes:
     """``entry_bytes`` for data already in canonical JSON (the form the store keeps), without
     encoding it twice: the body's keys are sorted, so ``data`` sits between ``at`` and ``kind``."""
+    return entry_bytes_at(seq, format_time(at), kind, subject, canonical_data)
+
+
+def entry_bytes_at(seq: int, at_text: str, kind: str, subject: str, canonical_data: str) -> bytes:
+    """``entry_bytes_with_data`` with the time already formatted by ``format_time`` (a batch of
+    entries shares one time)."""
     dumps = json.dumps
     text = (
-        f'{{"at":"{format_time(at)}","data":{canonical_data},"kind":{dumps(kind)},'
+        f'{{"at":"{at_text}","data":{canonical_data},"kind":{dumps(kind)},'
         f'"seq":{int(seq)},"subject":{dumps(subject)}}}'
     )
     return ENTRY_PREFIX + text.encode("ascii")

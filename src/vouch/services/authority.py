@@ -38,7 +38,7 @@ from vouch.x509.names import SubjectName
 from vouch.x509.policy import NamePolicy, check_name_constraints, check_name_types
 from vouch.x509.profiles import Profile
 from vouch.x509.serials import format_serial, new_serial
-from vouch.x509.signing import finish_certificate, template_certificate
+from vouch.x509.signing import CertificateSigner, Template
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class IssuedCertificate:
 @dataclass(frozen=True)
 class _Plan:
     request: IssuanceRequest
-    template: x509.Certificate
+    template: Template
     intent: NewCertificate
     tbs_sha256: str
     profile: Profile
@@ -163,6 +163,10 @@ class Authority:
         self._clock = clock
         self._chain = (ca.certificate, *ca.chain)
         self._leaves = LeafFactory(ca.certificate, ca.urls)
+        # Per CA, not per certificate: the signing choices, and whether names are constrained.
+        self._signer = CertificateSigner(ca.key)
+        self._name_constrained = _has_name_constraints(ca.certificate)
+        self._ed25519_issuer: bool | None = None  # asked of the key when a profile needs it
         # Asked before each batch whether the CA still issues: None if so, else the authority
         # issuance moved to (a rollover, an incident), or it raises. Callers that keep an
         # Authority for a while (ACME, the API) so stop and switch at once.
@@ -221,11 +225,10 @@ class Authority:
         for (index, plan), cert_id in zip(plans, ids, strict=True):
             try:
                 # Signs exactly the recorded TBS: the template's bytes, not a rebuilt certificate.
-                certificate = finish_certificate(plan.template, self._ca.key)
+                certificate, der = self._signer.finish(plan.template)
             except VouchError as exc:
                 results[index] = exc
                 continue
-            der = certificate.public_bytes(serialization.Encoding.DER)
             signed.append((index, cert_id, plan, certificate, der))
         checkpoint("issue.after-sign")
         self._store.record_issued(
@@ -266,7 +269,7 @@ class Authority:
                 f"no profile named {request.profile!r}",
                 hint=f"profiles: {', '.join(sorted(policy.profiles))}",
             )
-        if profile.cabf_server and isinstance(self._ca.key.public_key(), ed25519.Ed25519PublicKey):
+        if profile.cabf_server and self._issuer_is_ed25519():
             raise PolicyViolation(
                 f"profile.{profile.name}.issuer_key",
                 "TLS server certificates must be signed with RSA or ECDSA (CA/B BR 7.1.3.2); "
@@ -290,7 +293,8 @@ class Authority:
         profile_policy = policy.profile_policies.get(profile.name)
         if profile_policy is not None:
             profile_policy.check_names(names)
-        check_name_constraints(names, self._ca.certificate)
+        if self._name_constrained:
+            check_name_constraints(names, self._ca.certificate)
 
         common_name = self._common_name(request, profile)
         lifetime = request.lifetime or profile.default_lifetime
@@ -330,9 +334,9 @@ class Authority:
         builder = self._leaves.builder(spec)
         # The template carries the TBS under a throwaway key's signature: what is linted and
         # recorded is exactly what the CA key will sign.
-        template = template_certificate(builder, self._ca.key)
-        tbs = template.tbs_certificate_bytes
-        subject = template.subject.rfc4514_string()
+        template = self._signer.template(builder)
+        tbs = template.tbs
+        subject = template.certificate.subject.rfc4514_string()
         intent = NewCertificate(
             authority_id=self._ca.record.id,
             serial=format_serial(serial),
@@ -347,6 +351,14 @@ class Authority:
             crl_shard=self._ca.urls.shard_of(serial),
         )
         return _Plan(request, template, intent, hashlib.sha256(tbs).hexdigest(), profile)
+
+    def _issuer_is_ed25519(self) -> bool:
+        found = self._ed25519_issuer
+        if found is None:
+            found = self._ed25519_issuer = isinstance(
+                self._ca.key.public_key(), ed25519.Ed25519PublicKey
+            )
+        return found
 
     @staticmethod
     def _common_name(request: IssuanceRequest, profile: Profile) -> str | None:
@@ -372,7 +384,7 @@ class Authority:
             return plans
         items = [
             (
-                plan.template.public_bytes(serialization.Encoding.DER),
+                plan.template.der,
                 LintProfile.CABF_SERVERAUTH if plan.profile.cabf_server else LintProfile.RFC5280,
             )
             for _, plan in plans
@@ -427,6 +439,16 @@ class Authority:
 
 
 _PENDING = VouchError("pending")
+
+
+def _has_name_constraints(certificate: x509.Certificate) -> bool:
+    try:
+        certificate.extensions.get_extension_for_class(x509.NameConstraints)
+    except x509.ExtensionNotFound:
+        return False
+    except ValueError:
+        return True  # unreadable: check_name_constraints reports it for each request, as ever
+    return True
 
 
 def _spki_or_none(public_key: CertificatePublicKeyTypes) -> str | None:

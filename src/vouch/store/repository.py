@@ -8,19 +8,121 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, bindparam, case, func, insert, select, update
-from sqlalchemy.engine import Connection
+from sqlalchemy import Row, Table, bindparam, case, func, insert, select, update
+from sqlalchemy.engine import Connection, Dialect
 
-from vouch.audit.entries import canonical_json, entry_bytes_with_data
+from vouch.audit.entries import canonical_json, entry_bytes_at, format_time
 from vouch.audit.merkle import CompactRange, leaf_hash
 from vouch.errors import Conflict, NotFound, StoreError
 from vouch.store.engine import Database
 from vouch.store.records import AuthorityRecord, CertificateRecord, NewCertificate, NewEvent
 from vouch.store.tables import audit_head, authorities, certificates, events
+
+_INTENT_COLUMNS = (
+    "authority_id",
+    "serial",
+    "state",
+    "profile",
+    "names",
+    "subject",
+    "key_type",
+    "spki_sha256",
+    "not_before",
+    "not_after",
+    "tbs",
+    "crl_shard",
+    "created_at",
+)
+
+
+# -- hot writes straight to the driver ----------------------------------------------------------
+# Issuance writes a few rows per certificate in each transaction, and SQLAlchemy's per-row work
+# (compiled-parameter processing) cost more than the database did. These inserts and updates go
+# to the DB-API cursor through ``exec_driver_sql`` (driver errors still become SQLAlchemy's, so
+# a duplicate serial is still a Conflict), each value passed through its column type's own bind
+# processor on this dialect: what is stored is what SQLAlchemy would have stored.
+
+_Processor = Callable[[Any], Any]
+# SQL placeholders for a positional parameter, by DB-API paramstyle (psycopg takes %s with a
+# tuple whatever its declared style). Other styles take the SQLAlchemy Core path.
+_PARAM_MARKERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
+_INSERT_CHUNK = 64  # rows per multi-row INSERT: 64 x 13 parameters stays under SQLite's 999
+_processor_cache: weakref.WeakKeyDictionary[
+    Dialect, dict[tuple[str, tuple[str, ...]], tuple[_Processor | None, ...]]
+] = weakref.WeakKeyDictionary()
+
+
+class _DriverRows:
+    """Statements on some columns of one table, and rows for them bound as SQLAlchemy binds
+    them on ``dialect``.
+
+    Times repeat across a batch (one ``at`` for every row), so each distinct one is processed
+    once per instance."""
+
+    def __init__(self, dialect: Dialect, table: Table, names: tuple[str, ...]) -> None:
+        self._marker = _PARAM_MARKERS[dialect.paramstyle]
+        self._quote = dialect.identifier_preparer.quote
+        self._table = self._quote(table.name)
+        self._names = names
+        cache = _processor_cache.setdefault(dialect, {})
+        processors = cache.get((table.name, names))
+        if processors is None:
+            processors = cache[(table.name, names)] = tuple(
+                table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names
+            )
+        self._processors = processors
+        self._times: dict[tuple[int, dt.datetime], Any] = {}
+
+    @staticmethod
+    def available(dialect: Dialect) -> bool:
+        return dialect.paramstyle in _PARAM_MARKERS
+
+    # Only the schema's own (quoted) names go into the SQL text; every value is a parameter.
+
+    def insert_sql(self, rows: int, returning: tuple[str, ...] = ()) -> str:
+        columns = ", ".join(self._quote(name) for name in self._names)
+        one = "(" + ", ".join([self._marker] * len(self._names)) + ")"
+        sql = f"INSERT INTO {self._table} ({columns}) VALUES {', '.join([one] * rows)}"  # noqa: S608
+        if returning:
+            sql += " RETURNING " + ", ".join(self._quote(name) for name in returning)
+        return sql
+
+    def update_sql(self, assigned: int) -> str:
+        """UPDATE setting the first ``assigned`` columns where the others equal their values."""
+        terms = [f"{self._quote(name)} = {self._marker}" for name in self._names]
+        return (
+            f"UPDATE {self._table} SET {', '.join(terms[:assigned])} "  # noqa: S608
+            f"WHERE {' AND '.join(terms[assigned:])}"
+        )
+
+    def bind(self, values: Sequence[Any]) -> tuple[Any, ...]:
+        bound: list[Any] = []
+        times = self._times
+        for index, (processor, value) in enumerate(zip(self._processors, values, strict=True)):
+            if processor is None:
+                bound.append(value)
+            elif isinstance(value, dt.datetime):
+                key = (index, value)
+                if key not in times:
+                    times[key] = processor(value)
+                bound.append(times[key])
+            else:
+                bound.append(processor(value))
+        return tuple(bound)
+
+
+_EVENT_COLUMNS = ("at", "kind", "subject", "data", "seq", "leaf_hash")
+_HEAD_FOR_UPDATE = select(audit_head).where(audit_head.c.id == 1).with_for_update()
+_HEAD_UPDATE = (
+    update(audit_head)
+    .where(audit_head.c.id == 1)
+    .values(size=bindparam("_size"), frontier=bindparam("_frontier"))
+)
 
 
 def append_events(conn: Connection, at: dt.datetime, new: Sequence[NewEvent]) -> None:
@@ -29,32 +131,69 @@ def append_events(conn: Connection, at: dt.datetime, new: Sequence[NewEvent]) ->
     densely in commit order on every database (PostgreSQL: FOR UPDATE; SQLite: one writer)."""
     if not new:
         return
-    head = conn.execute(select(audit_head).where(audit_head.c.id == 1).with_for_update()).first()
+    head = conn.execute(_HEAD_FOR_UPDATE).first()
     if head is None:
         raise StoreError("the audit log head is missing: the database was altered outside vouch")
     compact = CompactRange.from_bytes(int(head.size), bytes(head.frontier))
-    rows = []
+    entry_time = format_time(at)
+    rows: list[tuple[Any, ...]] = []
     for event in new:
         seq = compact.size
         data = canonical_json(event.data)
-        leaf = leaf_hash(entry_bytes_with_data(seq, at, event.kind, event.subject, data))
+        leaf = leaf_hash(entry_bytes_at(seq, entry_time, event.kind, event.subject, data))
         compact.append(leaf)
-        rows.append(
-            {
-                "at": at,
-                "kind": event.kind,
-                "subject": event.subject,
-                "data": data,
-                "seq": seq,
-                "leaf_hash": leaf,
-            }
+        rows.append((at, event.kind, event.subject, data, seq, leaf))
+    _insert_events(conn, rows)
+    dialect = conn.dialect
+    if _DriverRows.available(dialect):
+        driver = _DriverRows(dialect, audit_head, ("size", "frontier", "id"))
+        conn.exec_driver_sql(
+            driver.update_sql(2), driver.bind((compact.size, compact.to_bytes(), 1))
         )
-    conn.execute(insert(events), rows)
-    conn.execute(
-        update(audit_head)
-        .where(audit_head.c.id == 1)
-        .values(size=compact.size, frontier=compact.to_bytes())
-    )
+    else:
+        conn.execute(_HEAD_UPDATE, {"_size": compact.size, "_frontier": compact.to_bytes()})
+
+
+def _insert_events(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+    dialect = conn.dialect
+    if not _DriverRows.available(dialect):
+        conn.execute(insert(events), [dict(zip(_EVENT_COLUMNS, row, strict=True)) for row in rows])
+        return
+    driver = _DriverRows(dialect, events, _EVENT_COLUMNS)
+    conn.exec_driver_sql(driver.insert_sql(1), [driver.bind(row) for row in rows])
+
+
+# SET der, state, issued_at WHERE id AND state (the intent's, so a completed one is not redone).
+_MARK_ISSUED_COLUMNS = ("der", "state", "issued_at", "id", "state")
+_MARK_ISSUED = (
+    update(certificates)
+    .where(certificates.c.id == bindparam("_id"), certificates.c.state == "intent")
+    .values(der=bindparam("_der"), state="issued", issued_at=bindparam("_at"))
+)
+
+
+def _insert_intents(conn: Connection, rows: list[tuple[Any, ...]]) -> list[int]:
+    """Insert certificate rows; their ids, in the rows' order."""
+    dialect = conn.dialect
+    if not _DriverRows.available(dialect):
+        result = conn.execute(
+            insert(certificates).returning(certificates.c.id, sort_by_parameter_order=True),
+            [dict(zip(_INTENT_COLUMNS, row, strict=True)) for row in rows],
+        )
+        return [int(r[0]) for r in result]
+    driver = _DriverRows(dialect, certificates, _INTENT_COLUMNS)
+    # RETURNING gives no row order (SQLite says so): ids are matched back by issuer and serial,
+    # which the unique constraint makes one row each.
+    ids: dict[tuple[int, str], int] = {}
+    for first in range(0, len(rows), _INSERT_CHUNK):
+        chunk = rows[first : first + _INSERT_CHUNK]
+        parameters = tuple(value for row in chunk for value in driver.bind(row))
+        result = conn.exec_driver_sql(
+            driver.insert_sql(len(chunk), returning=("id", "authority_id", "serial")), parameters
+        )
+        for cert_id, authority_id, serial in result:
+            ids[(int(authority_id), str(serial))] = int(cert_id)
+    return [ids[(int(row[0]), str(row[1]))] for row in rows]
 
 
 @dataclass(frozen=True)
@@ -183,29 +322,25 @@ class Store:
         if not intents:
             return []
         rows = [
-            {
-                "authority_id": i.authority_id,
-                "serial": i.serial,
-                "state": "intent",
-                "profile": i.profile,
-                "names": json.dumps([list(n) for n in i.names]),
-                "subject": i.subject,
-                "key_type": i.key_type,
-                "spki_sha256": i.spki_sha256,
-                "not_before": i.not_before,
-                "not_after": i.not_after,
-                "tbs": i.tbs,
-                "crl_shard": i.crl_shard,
-                "created_at": at,
-            }
+            (
+                i.authority_id,
+                i.serial,
+                "intent",
+                i.profile,
+                json.dumps([list(n) for n in i.names]),
+                i.subject,
+                i.key_type,
+                i.spki_sha256,
+                i.not_before,
+                i.not_after,
+                i.tbs,
+                i.crl_shard,
+                at,
+            )
             for i in intents
         ]
         with self.db.begin() as conn:
-            result = conn.execute(
-                insert(certificates).returning(certificates.c.id, sort_by_parameter_order=True),
-                rows,
-            )
-            ids = [int(r[0]) for r in result]
+            ids = _insert_intents(conn, rows)
             self._append_events(conn, at, new_events)
         return ids
 
@@ -223,14 +358,18 @@ class Store:
     def _mark_issued(
         conn: Connection, issued: Sequence[tuple[int, bytes]], at: dt.datetime
     ) -> None:
-        statement = (
-            update(certificates)
-            .where(certificates.c.id == bindparam("_id"), certificates.c.state == "intent")
-            .values(der=bindparam("_der"), state="issued", issued_at=bindparam("_at"))
-        )
-        result = conn.execute(
-            statement, [{"_id": cert_id, "_der": der, "_at": at} for cert_id, der in issued]
-        )
+        dialect = conn.dialect
+        if _DriverRows.available(dialect):
+            driver = _DriverRows(dialect, certificates, _MARK_ISSUED_COLUMNS)
+            result = conn.exec_driver_sql(
+                driver.update_sql(3),
+                [driver.bind((der, "issued", at, cert_id, "intent")) for cert_id, der in issued],
+            )
+        else:
+            result = conn.execute(
+                _MARK_ISSUED,
+                [{"_id": cert_id, "_der": der, "_at": at} for cert_id, der in issued],
+            )
         if result.rowcount not in (-1, len(issued)):
             raise StoreError(
                 "an issuance intent was missing or already completed; nothing recorded"

@@ -167,9 +167,10 @@ def _requested_names(
     if cn_attributes:
         raw = cn_attributes[0].value
         cn = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-        common_name = parse_name(cn).value
+        parsed = parse_name(cn)
+        common_name = parsed.value
         # certbot and openssl put the first name in the CN too; it is one of the names asked for.
-        names.insert(0, parse_name(cn))
+        names.insert(0, parsed)
     unique = dedupe(names)
     if not unique:
         raise BadInput(
