@@ -561,6 +561,7 @@ def drill(sizes: Sizes, work: Path, vouch: str) -> Drill:
                 pending.wait(15)  # an operator watching; each status is one more process
             renewed = pending.get()
         replaced_after = max(when for _, _, when, _ in (r for got in renewed for r in got)) - t0
+        log(f"t+{time.time() - t0:5.1f} s: every client renewed (the last after {replaced_after:.1f} s)")
         # The server's own HTTPS certificate is replaced by the server itself, within a minute.
         deadline = time.time() + 120
         while True:
@@ -573,9 +574,11 @@ def drill(sizes: Sizes, work: Path, vouch: str) -> Drill:
                 f"{status['remaining']} certificates not replaced: {status['outstanding'][:5]}"
             )
         finish_started = time.time()
+        log(f"t+{finish_started - t0:5.1f} s: nothing remaining; finishing the incident")
         finished = json.loads(run_vouch(vouch, env, home, "incident", "finish", "--json"))
         finish_seconds = time.time() - finish_started
 
+        log(f"t+{time.time() - t0:5.1f} s: incident finished ({finish_seconds:.1f} s)")
         # Published: the served CRL lists every old certificate, OCSP says revoked.
         old_serials = {x509.load_pem_x509_certificates(p)[0].serial_number for p in old.values()}
         sample = random.sample(sorted(old.values()), min(OCSP_SAMPLE, len(old)))
@@ -596,6 +599,8 @@ def drill(sizes: Sizes, work: Path, vouch: str) -> Drill:
             served_by_new_ca = _tls_issued_by(https_port, new_issuer_der)
             if listed == len(old_serials) and revoked == len(sample) and served_by_new_ca:
                 break
+            log(f"t+{time.time() - t0:5.1f} s: CRL {listed}/{len(old_serials)}, OCSP "
+                f"{revoked}/{len(sample)}, HTTPS on the new CA: {served_by_new_ca}")
             if time.time() > deadline:
                 break
             time.sleep(0.2)

@@ -50,6 +50,62 @@ _AUTHZ_CHALLENGES = (
     .order_by(acme_challenges.c.id)
 )
 _CHALLENGE = select(acme_challenges).where(acme_challenges.c.id == bindparam("id"))
+_INSERT_ORDER = (
+    insert(acme_orders)
+    .values(
+        account_id=bindparam("account"),
+        status="pending",
+        identifiers=bindparam("identifiers"),
+        expires=bindparam("expires"),
+        replaces=bindparam("replaces"),
+        created_at=bindparam("at"),
+    )
+    .returning(acme_orders.c.id)
+)
+_INSERT_AUTHZ = (
+    insert(acme_authzs)
+    .values(
+        order_id=bindparam("order"),
+        type=bindparam("kind"),
+        value=bindparam("name"),
+        wildcard=bindparam("wildcard"),
+        status="pending",
+        expires=bindparam("expires"),
+    )
+    .returning(acme_authzs.c.id)
+)
+_INSERT_CHALLENGE = insert(acme_challenges).values(
+    authz_id=bindparam("authz"), type=bindparam("kind"), token=bindparam("token"), status="pending"
+)
+_COMPLETE_ORDER = (
+    update(acme_orders)
+    .where(acme_orders.c.id == bindparam("order"))
+    .values(status="valid", certificate_id=bindparam("certificate"))
+)
+_FINISH_AUTHZ = (
+    update(acme_authzs)
+    .where(acme_authzs.c.id == bindparam("authz"), acme_authzs.c.status == "pending")
+    .values(status=bindparam("outcome"), validated_at=bindparam("at"))
+)
+_ORDER_INVALID_IF_PENDING = (
+    update(acme_orders)
+    .where(acme_orders.c.id == bindparam("order"), acme_orders.c.status == "pending")
+    .values(status="invalid", error=bindparam("problem"))
+)
+_OTHER_AUTHZ_NOT_VALID = (
+    select(acme_authzs.c.id)
+    .where(acme_authzs.c.order_id == acme_orders.c.id, acme_authzs.c.status != "valid")
+    .exists()
+)
+_ORDER_READY_IF_ALL_VALID = (
+    update(acme_orders)
+    .where(
+        acme_orders.c.id == bindparam("order"),
+        acme_orders.c.status == "pending",
+        ~_OTHER_AUTHZ_NOT_VALID,
+    )
+    .values(status="ready")
+)
 
 
 @dataclass(frozen=True)
@@ -303,43 +359,45 @@ class AcmeStore:
         tokens: list[list[str]],
     ) -> Order:
         # A power loss may forget a new order (the client makes another), so no disk wait.
+        expires, at = expires.astimezone(dt.UTC), at.astimezone(dt.UTC)
+        authz_ids: list[int] = []
         with self.db.begin(durable=False) as conn:
             order_id = conn.execute(
-                insert(acme_orders)
-                .values(
-                    account_id=account_id,
-                    status="pending",
-                    identifiers=json.dumps(identifiers),
-                    expires=expires,
-                    replaces=replaces,
-                    created_at=at,
-                )
-                .returning(acme_orders.c.id)
-            ).scalar_one()
+                _INSERT_ORDER,
+                {"account": account_id, "identifiers": json.dumps(identifiers),
+                 "expires": expires, "replaces": replaces, "at": at},
+            ).scalar_one()  # fmt: skip
+            challenges: list[dict[str, Any]] = []
             for identifier, authz_tokens in zip(identifiers, tokens, strict=True):
                 value = identifier["value"]
                 wildcard = value.startswith("*.")
                 authz_id = conn.execute(
-                    insert(acme_authzs)
-                    .values(
-                        order_id=order_id,
-                        type=identifier["type"],
-                        value=value.removeprefix("*."),
-                        wildcard=int(wildcard),
-                        status="pending",
-                        expires=expires,
-                    )
-                    .returning(acme_authzs.c.id)
-                ).scalar_one()
+                    _INSERT_AUTHZ,
+                    {"order": order_id, "kind": identifier["type"],
+                     "name": value.removeprefix("*."), "wildcard": int(wildcard),
+                     "expires": expires},
+                ).scalar_one()  # fmt: skip
+                authz_ids.append(int(authz_id))
                 # A wildcard is proven by DNS only (RFC 8555 8.4).
                 kinds = ["dns-01"] if wildcard else challenge_types
-                for kind, token in zip(kinds, authz_tokens, strict=False):
-                    conn.execute(
-                        insert(acme_challenges).values(
-                            authz_id=authz_id, type=kind, token=token, status="pending"
-                        )
-                    )
-        return self.order(int(order_id))
+                challenges.extend(
+                    {"authz": authz_id, "kind": kind, "token": token}
+                    for kind, token in zip(kinds, authz_tokens, strict=False)
+                )
+            conn.execute(_INSERT_CHALLENGE, challenges)
+        # What was just written, without reading it back.
+        return Order(
+            id=int(order_id),
+            account_id=account_id,
+            status="pending",
+            identifiers=identifiers,
+            expires=expires,
+            certificate_id=None,
+            error=None,
+            replaces=replaces,
+            created_at=at,
+            authz_ids=tuple(authz_ids),
+        )
 
     def order(self, order_id: int) -> Order:
         with self.db.read() as conn:
@@ -468,19 +526,19 @@ class AcmeStore:
         """Record a validation: the challenge, its authorization, and the order's readiness.
         Only for the claim made at ``started`` (None: a claim from before claims were stamped):
         False, and nothing recorded, if the challenge was claimed again since (this validation
-        outlived its bound and another node took over) or is no longer processing."""
+        outlived its bound and another node took over) or is no longer processing.
+
+        The commit does not wait for the disk: a validation a power loss forgets leaves the
+        challenge to be asked again, and nothing is issued on it before a durable commit (the
+        certificate's), which, the log being sequential, makes this one durable too."""
         claim = (
             acme_challenges.c.validated_at.is_(None)
             if started is None
             else acme_challenges.c.validated_at == started
         )
-        with self.db.begin() as conn:
+        document = None if error is None else json.dumps(error)
+        with self.db.begin(durable=False) as conn:
             challenge = conn.execute(
-                select(acme_challenges).where(acme_challenges.c.id == challenge_id)
-            ).first()
-            if challenge is None:
-                return False
-            recorded = conn.execute(
                 update(acme_challenges)
                 .where(
                     acme_challenges.c.id == challenge_id,
@@ -490,38 +548,27 @@ class AcmeStore:
                 .values(
                     status="valid" if ok else "invalid",
                     validated_at=at if ok else None,
-                    error=None if error is None else json.dumps(error),
+                    error=document,
                 )
-            ).rowcount
-            if recorded != 1:
-                return False
-            authz = conn.execute(
-                select(acme_authzs).where(acme_authzs.c.id == challenge.authz_id)
+                .returning(acme_challenges.c.authz_id, acme_challenges.c.type)
             ).first()
+            if challenge is None:
+                return False
+            authz = conn.execute(_AUTHZ, {"id": challenge.authz_id}).first()
             assert authz is not None
-            conn.execute(
-                update(acme_authzs)
-                .where(acme_authzs.c.id == authz.id, acme_authzs.c.status == "pending")
-                .values(status="valid" if ok else "invalid", validated_at=at if ok else None)
-            )
-            statuses = [
-                r[0]
-                for r in conn.execute(
-                    select(acme_authzs.c.status).where(acme_authzs.c.order_id == authz.order_id)
-                )
-            ]
+            if authz.status == "pending":
+                conn.execute(
+                    _FINISH_AUTHZ,
+                    {"authz": authz.id, "outcome": "valid" if ok else "invalid",
+                     "at": at if ok else None},
+                )  # fmt: skip
             if not ok:
                 conn.execute(
-                    update(acme_orders)
-                    .where(acme_orders.c.id == authz.order_id, acme_orders.c.status == "pending")
-                    .values(status="invalid", error=json.dumps(error) if error else None)
+                    _ORDER_INVALID_IF_PENDING, {"order": authz.order_id, "problem": document}
                 )
-            elif all(s == "valid" for s in statuses):
-                conn.execute(
-                    update(acme_orders)
-                    .where(acme_orders.c.id == authz.order_id, acme_orders.c.status == "pending")
-                    .values(status="ready")
-                )
+            else:
+                # Ready once no other authorization of the order is left unvalidated.
+                conn.execute(_ORDER_READY_IF_ALL_VALID, {"order": authz.order_id})
             append_events(
                 conn,
                 at,
@@ -650,13 +697,13 @@ class AcmeStore:
         self, completed: list[tuple[int, int, set[str]]], at: dt.datetime
     ) -> None:
         """``complete_order`` for many (order id, certificate id, domains) in one transaction."""
+        if not completed:
+            return
         with self.db.begin() as conn:
-            for order_id, certificate_id, _ in completed:
-                conn.execute(
-                    update(acme_orders)
-                    .where(acme_orders.c.id == order_id)
-                    .values(status="valid", certificate_id=certificate_id)
-                )
+            conn.execute(
+                _COMPLETE_ORDER,
+                [{"order": o, "certificate": c} for o, c, _ in completed],
+            )
             counted = [
                 {"domain": d, "certificate_id": certificate_id, "at": at}
                 for _, certificate_id, domains in completed
