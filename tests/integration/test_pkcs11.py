@@ -747,6 +747,107 @@ def test_failed_init_and_new_intermediate_leave_no_key_in_the_token(
     assert outside_key_signs(softhsm, token, "keep", tmp_path)
 
 
+def test_failed_new_intermediate_leaves_no_key_file(tmp_path: Path) -> None:
+    """The same undo with file keys (no token needed): a failed ``ca new-intermediate`` or
+    ``ca rollover`` removes the key file it wrote; key files it did not write stay, and work."""
+    from tests.servers import run_vouch
+
+    home = tmp_path / "home"
+    run_vouch(home, "init")
+    keys = home / "keys"
+    before = {path.name: path.read_bytes() for path in keys.iterdir()}
+    assert {"root.key.pem", "issuing.key.pem"} <= before.keys()
+
+    # The key file is written, then policy refuses the CA (it would outlive the root).
+    refused = run_vouch(home, "ca", "new-intermediate", "team-b", "--validity", "30y", check=False)
+    assert refused.returncode == 4 and "outlive" in refused.stderr, refused.stderr
+    assert "removed the new key file" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (keys / "team-b.key.pem").exists()
+    # With --csr-out, a CSR that cannot be written: the key file nobody could certify goes too.
+    no_csr = run_vouch(
+        home,
+        "ca",
+        "new-intermediate",
+        "team-b",
+        "--csr-out",
+        str(tmp_path / "no-such-dir" / "team-b.csr"),
+        check=False,
+    )
+    assert no_csr.returncode != 0 and "Traceback" not in no_csr.stderr
+    assert not (keys / "team-b.key.pem").exists()
+    # A rollover whose new CA is refused: its new key file goes, the old CA stays active.
+    rolled = run_vouch(
+        home,
+        "ca",
+        "rollover",
+        "issuing",
+        "--new-name",
+        "issuing-2",
+        "--validity",
+        "30y",
+        check=False,
+    )
+    assert rolled.returncode == 4 and "outlive" in rolled.stderr, rolled.stderr
+    assert not (keys / "issuing-2.key.pem").exists()
+
+    # A key file that was there before the command is never removed, even when it blocks it.
+    (keys / "team-c.key.pem").write_bytes(before["issuing.key.pem"])
+    (keys / "team-c.key.pem").chmod(0o600)
+    blocked = run_vouch(home, "ca", "new-intermediate", "team-c", check=False)
+    assert blocked.returncode == 6 and "already exists" in blocked.stderr, blocked.stderr
+    assert (keys / "team-c.key.pem").read_bytes() == before["issuing.key.pem"]
+    (keys / "team-c.key.pem").unlink()
+
+    assert {path.name: path.read_bytes() for path in keys.iterdir()} == before
+    cas = {ca["name"]: ca for ca in json.loads(run_vouch(home, "ca", "list", "--json").stdout)}
+    assert set(cas) == {"root", "issuing"} and cas["issuing"]["status"] == "active"
+    tested = json.loads(run_vouch(home, "keys", "test", "--json").stdout)
+    assert {t["ca"] for t in tested} == {"root", "issuing"} and all(t["ok"] for t in tested)
+    # Nothing was left to block the name: the same command, with a sane validity, succeeds.
+    run_vouch(home, "ca", "new-intermediate", "team-b")
+    assert (keys / "team-b.key.pem").is_file()
+    tested = json.loads(run_vouch(home, "keys", "test", "--ca", "team-b", "--json").stdout)
+    assert [t["ok"] for t in tested] == [True]
+
+
+def test_failed_ceremony_create_root_leaves_no_key_file(tmp_path: Path) -> None:
+    from tests.servers import VOUCH, vouch_env
+
+    ceremony = tmp_path / "ceremony"
+
+    def create_root(validity: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                VOUCH,
+                "ceremony",
+                "create-root",
+                "--dir",
+                str(ceremony),
+                "--operator",
+                "alice",
+                "--organization",
+                "Test Corp",
+                "--public-url",
+                "http://pki.example.com",
+                "--validity",
+                validity,
+            ],
+            capture_output=True,
+            text=True,
+            env=vouch_env(),
+            timeout=120,
+            check=False,
+        )
+
+    # The root key file is written, then the linter refuses a root valid for one year.
+    refused = create_root("1y")
+    assert refused.returncode == 4 and "root_validity_period_too_short" in refused.stderr
+    assert not (ceremony / "root.key.pem").exists()
+    made = create_root("20y")
+    assert made.returncode == 0, made.stderr
+    assert (ceremony / "root.key.pem").is_file()
+
+
 class _Interrupted:
     """A linter that is interrupted (Ctrl-C) while it checks the new CA certificate."""
 
