@@ -222,6 +222,11 @@ class Account:
             # orderNotReady: a retried finalize (the first answer lost to a dropped connection,
             # e.g. the server restarting) finds the order processing; a finalization that died
             # with its node is released to "ready" after a while, and is finalized again.
+            # A finalize answered with the valid order needs no poll (as certbot and lego do).
+            answered = reply.json() if reply.status_code == 200 else {}
+            if answered.get("status") == "valid" and answered.get("certificate"):
+                order = answered
+                break
             order = await self.poll(order_url, ("valid", "invalid", "ready"))
             if order["status"] != "ready":
                 break

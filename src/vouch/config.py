@@ -61,6 +61,10 @@ class ServeSettings(_Strict):
     # Proxies (IPs or CIDR networks) whose X-Forwarded-For is believed: behind nginx, the client
     # address (failed-login limits, audit) is then the real client's, not the proxy's.
     trusted_proxies: list[str] = Field(default_factory=list)
+    # Threads that run requests' blocking work (database, signing). Many of them wait (for the
+    # single SQLite writer, a batch being issued, a DNS answer) rather than compute: with 40
+    # (anyio's default) a busy ACME server left requests queued while its CPU idled.
+    worker_threads: int = Field(default=64, ge=4, le=1024)
 
     @model_validator(mode="after")
     def _bounds(self) -> ServeSettings:

@@ -184,7 +184,9 @@ class Vouch:
         self.clock: Clock = clock or SystemClock()
         self.passphrase = passphrase
         self.db = Database(
-            store_url(home, self.config), synchronous=self.config.store.sqlite_synchronous
+            store_url(home, self.config),
+            synchronous=self.config.store.sqlite_synchronous,
+            pool_size=self.config.serve.worker_threads,
         )
         self.db.migrate()
         self.store = Store(self.db)

@@ -11,6 +11,7 @@ import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import anyio.to_thread
 import uvicorn
 from cryptography import x509
 
@@ -91,6 +92,10 @@ def _config(app: VouchApp, listen: Listen, context: ssl.SSLContext | None) -> uv
 async def serve(
     vouch: Vouch, *, http: Listen, https: Listen | None, ready: asyncio.Event | None = None
 ) -> None:
+    # Requests' blocking work runs in this loop's worker threads (Starlette: anyio's limiter).
+    anyio.to_thread.current_default_thread_limiter().total_tokens = (
+        vouch.config.serve.worker_threads
+    )
     state = ServerState(vouch)
     # The first sync happens before listening: a node never answers from an empty cache.
     await asyncio.to_thread(state.sync)

@@ -17,8 +17,8 @@ from vouch.errors import Conflict, StoreError
 from vouch.store.migrations import HEAD
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
-SQLITE_POOL_SIZE = 40  # the worker threads of one server (anyio's default limit)
-SQLITE_POOL_OVERFLOW = 20  # background loops on top of them
+SQLITE_POOL_SIZE = 64  # a server's worker threads (serve.worker_threads), by default
+SQLITE_POOL_OVERFLOW = 16  # background loops on top of them
 SQLITE_POOL_TIMEOUT = 30  # seconds
 PG_CONNECT_TIMEOUT = 5  # seconds
 PG_POOL_TIMEOUT = 10  # seconds a request waits for a pooled connection
@@ -102,7 +102,11 @@ def _sqlite_pragma(conn: Connection, pragma: str) -> None:
 class Database:
     """One database: an engine, its migrations, and transactions with translated errors."""
 
-    def __init__(self, url: str, *, synchronous: str = "FULL") -> None:
+    def __init__(
+        self, url: str, *, synchronous: str = "FULL", pool_size: int = SQLITE_POOL_SIZE
+    ) -> None:
+        """``pool_size``: SQLite connections kept open for reuse (opened as needed, so a
+        one-shot command opens one or two): as many as threads may use the store at once."""
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
         self.where = self._describe(parsed)
@@ -118,7 +122,7 @@ class Database:
                 # load was ~10% of a server's CPU when the default pool of 5 overflowed.
                 self.engine = create_engine(
                     url,
-                    pool_size=SQLITE_POOL_SIZE,
+                    pool_size=pool_size,
                     max_overflow=SQLITE_POOL_OVERFLOW,
                     pool_timeout=SQLITE_POOL_TIMEOUT,
                 )
