@@ -54,6 +54,8 @@ class ServerState:
     ca_certs: dict[str, bytes] = field(default_factory=dict)
     authorities: dict[int, AuthorityRecord] = field(default_factory=dict)
     last_version: int = 0
+    # (CA id, serial) -> version of the OCSP rows read within the poll overlap window.
+    _recent_versions: dict[tuple[int, str], int] = field(default_factory=dict)
     ready: bool = False
     leader: bool = False
     # Why the last refresh from the store failed (None: it worked); shown by /healthz.
@@ -82,7 +84,7 @@ class ServerState:
             producer.reload_issuers()
         self.cache.set_issuers({i.record.id: i.sha1 for i in producer.issuers()})
         newest = self.last_version
-        changed = list(vouch.ocsp_store.changed_since(self.last_version))
+        changed = vouch.ocsp_store.changes(self.last_version, self._recent_versions)
         for row in changed:
             newest = max(newest, row.version)
         self.cache.load(changed)

@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, insert, or_, select, tuple_, update
 from sqlalchemy.engine import Connection
 
 from vouch.store.engine import Database
@@ -17,6 +17,16 @@ from vouch.store.tables import authorities, certificates, ocsp_responders, ocsp_
 # Pollers re-read this much behind the newest version they saw: versions are wall-clock
 # microseconds from several writers, so a row may commit with a version a little in the past.
 POLL_OVERLAP_US = 30_000_000
+_CHANGED_AFTER = (
+    select(ocsp_responses)
+    .where(ocsp_responses.c.version > bindparam("after"))
+    .order_by(ocsp_responses.c.version)
+)
+_VERSIONS_BETWEEN = select(
+    ocsp_responses.c.authority_id, ocsp_responses.c.serial, ocsp_responses.c.version
+).where(
+    ocsp_responses.c.version > bindparam("low"), ocsp_responses.c.version <= bindparam("high")
+)
 
 
 class OcspStore:
@@ -132,6 +142,42 @@ class OcspStore:
         ) as result:  # closed even when the caller stops early: no open server-side cursor
             for row in result:
                 yield _row(row)
+
+    def changes(self, after: int, recent: dict[tuple[int, str], int]) -> list[OcspRow]:
+        """``changed_since(after)`` for a poller that keeps ``recent``, the (CA, serial) and
+        version of each row it read in the overlap window: rows newer than ``after`` are read
+        whole, and of the window only the keys and versions, whole rows then only for what it
+        has not seen (a late commit). A busy CA writes thousands of rows in a window, which
+        were all read and decoded again on every poll. ``recent`` is updated, and pruned to
+        the window behind the newest version read."""
+        window = after - POLL_OVERLAP_US
+        with self.db.read() as conn:
+            rows = [_row(r) for r in conn.execute(_CHANGED_AFTER, {"after": after})]
+            late = [
+                (int(a), str(s))
+                for a, s, v in conn.execute(_VERSIONS_BETWEEN, {"low": window, "high": after})
+                if recent.get((int(a), str(s))) != int(v)
+            ]
+            for chunk in range(0, len(late), 500):
+                keys = late[chunk : chunk + 500]
+                rows += [
+                    _row(r)
+                    for r in conn.execute(
+                        select(ocsp_responses).where(
+                            tuple_(ocsp_responses.c.authority_id, ocsp_responses.c.serial).in_(
+                                keys
+                            )
+                        )
+                    )
+                ]
+        newest = max([after, *(r.version for r in rows)])
+        for row in rows:
+            recent[(row.authority_id, row.serial)] = row.version
+        floor = newest - POLL_OVERLAP_US
+        for key in [k for k, v in recent.items() if v <= floor]:
+            del recent[key]
+        rows.sort(key=lambda r: r.version)
+        return rows
 
     def get(self, authority_id: int, serial: str) -> OcspRow | None:
         with self.db.read() as conn:
