@@ -5,14 +5,13 @@ the same values, the same SQLite storage classes, the same audit leaf hashes and
 from __future__ import annotations
 
 import datetime as dt
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import text
-from tests.conftest import PG_URL
+from tests.conftest import pg_schema
 
 import vouch.store.repository as repository
 from vouch.errors import StoreError
@@ -102,18 +101,9 @@ def test_sqlite_rows_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 @pytest.fixture
-def second_pg_schema_url(pg_schema_url: str) -> Iterator[str]:
-    import psycopg
-
-    schema = f"vouch_test_{secrets.token_hex(6)}"
-    plain = PG_URL.replace("postgresql+psycopg", "postgresql")
-    with psycopg.connect(plain, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with psycopg.connect(plain, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+def second_pg_schema_url() -> Iterator[str]:
+    with pg_schema() as url:
+        yield url
 
 
 def test_postgres_rows_identical(

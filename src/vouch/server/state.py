@@ -141,7 +141,9 @@ class ServerState:
                         not self.stopping.is_set()
                         and producer.presign(issuer, responder, limit=2000) == 2000
                     ):
-                        pass
+                        # Serve what is new meanwhile (this holds the lock sync takes): after an
+                        # incident's 10,000 revocations, the new CRL and the first answers.
+                        self.sync()
                 vouch.crl_producer.produce(record, key, vouch.issuer_urls(record))
                 self._job_ok(f"revocation {record.name}")
             except VouchError as exc:
