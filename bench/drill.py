@@ -596,7 +596,8 @@ def drill(sizes: Sizes, work: Path, vouch: str) -> Drill:
             crl = x509.load_der_x509_crl(
                 plain.get(f"http://127.0.0.1:{http_port}/crl/issuing.crl").content
             )
-            listed = sum(1 for s in old_serials if crl.get_revoked_certificate_by_serial_number(s))
+            # One pass over the CRL (a lookup per serial scans it: seconds for 10,000).
+            listed = len(old_serials & {entry.serial_number for entry in crl})
             revoked = sum(
                 _ocsp_revoked(plain, f"http://127.0.0.1:{http_port}/ocsp/issuing", p, issuer)
                 for p in sample
