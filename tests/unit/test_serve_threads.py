@@ -16,6 +16,7 @@ from tests.conftest import make_home, passphrase
 
 from vouch.config import ServeSettings
 from vouch.server.run import Listen, serve
+from vouch.store.engine import SQLITE_DEFERRED_AUTOCHECKPOINT
 from vouch.wiring import Vouch
 
 
@@ -47,12 +48,18 @@ def test_server_runs_on_the_configured_threads(tmp_path: Path) -> None:
         )
         await asyncio.wait_for(ready.wait(), 30)
         seen["threads"] = int(anyio.to_thread.current_default_thread_limiter().total_tokens)
+        await asyncio.sleep(0.2)  # the background checkpointer has started
+        with vouch.db.engine.connect() as conn:
+            seen["autocheckpoint"] = int(
+                conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one()
+            )
         os.kill(os.getpid(), signal.SIGTERM)  # the server's own handler stops it
         await asyncio.wait_for(task, 30)
 
     try:
         asyncio.run(main())
         assert seen["threads"] == 7
+        assert seen["autocheckpoint"] == SQLITE_DEFERRED_AUTOCHECKPOINT
         assert vouch.db.engine.pool.size() == 7  # type: ignore[attr-defined]
     finally:
         vouch.close()

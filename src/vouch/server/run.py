@@ -154,6 +154,7 @@ async def serve(
         asyncio.create_task(state.run_sync(stop)),
         asyncio.create_task(state.run_produce(stop)),
         asyncio.create_task(state.run_monitor(stop)),
+        asyncio.create_task(state.run_checkpoints(stop)),
         asyncio.create_task(renew_tls()),
         asyncio.create_task(announce()),
     ]

@@ -32,6 +32,7 @@ from vouch.x509.ocsp import INTERNAL_ERROR, TRY_LATER, ParsedRequest
 log = logging.getLogger(__name__)
 
 SYNC_INTERVAL = 2.0
+CHECKPOINT_INTERVAL = 1.0  # seconds between background WAL checkpoints (SQLite)
 LEASE = "revocation-producer"
 MAX_SIGNING = 64  # on-demand OCSP signatures waiting at once; beyond: tryLater
 
@@ -266,6 +267,23 @@ class ServerState:
             ca = found.incident.authority
             self.metrics.incident_remaining.labels(ca=ca).set(len(found.remaining))
             self.metrics.incident_replaced.labels(ca=ca).set(found.replaced)
+
+    async def run_checkpoints(self, stop: asyncio.Event) -> None:
+        """SQLite: checkpoint the WAL in the background, so that commits need not (see
+        ``Database.defer_checkpoints``). Nothing to do on PostgreSQL."""
+        db = self.vouch.db
+        if db.dialect != "sqlite":
+            return
+        db.defer_checkpoints()
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(db.checkpoint)
+            except VouchError as exc:
+                self._job_failed("checkpoint", exc.message)
+                log.warning("checkpointing the database failed: %s", exc.message)
+            else:
+                self._job_ok("checkpoint")
+            await _sleep(stop, CHECKPOINT_INTERVAL)
 
     async def run_monitor(self, stop: asyncio.Event) -> None:
         # Read-only work outside the store lock: a big inventory must not delay revocation data.

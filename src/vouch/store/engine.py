@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +20,16 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000
 SQLITE_POOL_SIZE = 64  # a server's worker threads (serve.worker_threads), by default
 SQLITE_POOL_OVERFLOW = 16  # background loops on top of them
 SQLITE_POOL_TIMEOUT = 30  # seconds
+SQLITE_AUTOCHECKPOINT = 1000  # WAL pages (SQLite's default): a commit past it checkpoints
+# With a background checkpointer (vouch serve), commits checkpoint only past this backstop.
+SQLITE_DEFERRED_AUTOCHECKPOINT = 20_000
 PG_CONNECT_TIMEOUT = 5  # seconds
 PG_POOL_TIMEOUT = 10  # seconds a request waits for a pooled connection
 
 
-def _sqlite_hooks(engine: Engine, *, synchronous: str) -> None:
+def _sqlite_hooks(
+    engine: Engine, *, synchronous: str, autocheckpoint: Callable[[], int]
+) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy, not pysqlite, decide when transactions begin (so BEGIN IMMEDIATE works).
@@ -34,6 +39,7 @@ def _sqlite_hooks(engine: Engine, *, synchronous: str) -> None:
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute(f"PRAGMA synchronous = {synchronous}")
         cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute(f"PRAGMA wal_autocheckpoint = {int(autocheckpoint())}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -126,7 +132,9 @@ class Database:
                     max_overflow=SQLITE_POOL_OVERFLOW,
                     pool_timeout=SQLITE_POOL_TIMEOUT,
                 )
-            _sqlite_hooks(self.engine, synchronous=synchronous)
+            _sqlite_hooks(
+                self.engine, synchronous=synchronous, autocheckpoint=lambda: self._autocheckpoint
+            )
         else:
             connect_args: dict[str, Any] = {}
             if "connect_timeout" not in parsed.query:
@@ -143,6 +151,7 @@ class Database:
                 pool_timeout=PG_POOL_TIMEOUT,
                 connect_args=connect_args,
             )
+        self._autocheckpoint = SQLITE_AUTOCHECKPOINT
         self._writer = self.engine.execution_options(vouch_write=True)
         self._synchronous = synchronous
         # SQLite has one writer: threads of this process queue here for it, in turn, instead of
@@ -219,6 +228,29 @@ class Database:
                 command.upgrade(config, "head")
         except SQLAlchemyError as exc:
             raise describe_store_error(exc, self.where) from exc
+
+    def defer_checkpoints(self) -> None:
+        """SQLite: leave WAL checkpoints to ``checkpoint()``, called often from a background
+        loop, instead of the commit that crosses SQLite's threshold (which then copies pages to
+        the database file and syncs it while holding the write lock: a busy server's slowest
+        commits). Durability is unchanged: a commit is durable once in the synced WAL."""
+        if self.dialect == "sqlite":
+            self._autocheckpoint = SQLITE_DEFERRED_AUTOCHECKPOINT
+            self.engine.dispose()  # pooled connections reopen with the new threshold
+
+    def checkpoint(self) -> tuple[int, int] | None:
+        """SQLite: copy what the WAL holds into the database file without blocking readers or
+        writers (PASSIVE); (frames in the WAL, frames copied). None elsewhere."""
+        if self.dialect != "sqlite":
+            return None
+        try:
+            with self.engine.connect() as conn:
+                dbapi = conn.connection.dbapi_connection
+                assert dbapi is not None
+                row = dbapi.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except (OperationalError, DBAPIError) as exc:
+            raise describe_store_error(exc, self.where) from exc
+        return None if row is None else (int(row[1]), int(row[2]))
 
     def dispose(self) -> None:
         self.engine.dispose()
