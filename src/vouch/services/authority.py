@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import hashlib
 import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -166,7 +167,6 @@ class Authority:
         # Per CA, not per certificate: the signing choices, and whether names are constrained.
         self._signer = CertificateSigner(ca.key)
         self._name_constrained = _has_name_constraints(ca.certificate)
-        self._ed25519_issuer: bool | None = None  # asked of the key when a profile needs it
         # Asked before each batch whether the CA still issues: None if so, else the authority
         # issuance moved to (a rollover, an incident), or it raises. Callers that keep an
         # Authority for a while (ACME, the API) so stop and switch at once.
@@ -269,7 +269,7 @@ class Authority:
                 f"no profile named {request.profile!r}",
                 hint=f"profiles: {', '.join(sorted(policy.profiles))}",
             )
-        if profile.cabf_server and self._issuer_is_ed25519():
+        if profile.cabf_server and self._issuer_is_ed25519:
             raise PolicyViolation(
                 f"profile.{profile.name}.issuer_key",
                 "TLS server certificates must be signed with RSA or ECDSA (CA/B BR 7.1.3.2); "
@@ -352,13 +352,10 @@ class Authority:
         )
         return _Plan(request, template, intent, hashlib.sha256(tbs).hexdigest(), profile)
 
+    @functools.cached_property
     def _issuer_is_ed25519(self) -> bool:
-        found = self._ed25519_issuer
-        if found is None:
-            found = self._ed25519_issuer = isinstance(
-                self._ca.key.public_key(), ed25519.Ed25519PublicKey
-            )
-        return found
+        # Asked of the key once, when a profile needs it (an HSM key answers over PKCS#11).
+        return isinstance(self._ca.key.public_key(), ed25519.Ed25519PublicKey)
 
     @staticmethod
     def _common_name(request: IssuanceRequest, profile: Profile) -> str | None:

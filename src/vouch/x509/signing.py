@@ -11,9 +11,11 @@ construction. The CA key is a ``cryptography`` private-key object, whatever hold
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Self
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -91,7 +93,33 @@ _templates_lock = threading.Lock()
 _PLACEHOLDER_MESSAGE = b"vouch template: this signature is a placeholder and signs nothing"
 
 
-class _PlaceholderECKey(ec.EllipticCurvePrivateKey):
+class _Placeholder:
+    """What both placeholder keys share: a real key for everything but ``sign``, and one
+    signature made once that ``sign`` returns. Never copied (the builder may ask)."""
+
+    _key: Any
+    _signature: bytes
+
+    @property
+    def key_size(self) -> int:
+        return int(self._key.key_size)
+
+    def private_bytes(
+        self,
+        encoding: serialization.Encoding,
+        format: serialization.PrivateFormat,
+        encryption_algorithm: serialization.KeySerializationEncryption,
+    ) -> bytes:
+        return bytes(self._key.private_bytes(encoding, format, encryption_algorithm))
+
+    def __copy__(self) -> Self:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Self:
+        return self
+
+
+class _PlaceholderECKey(_Placeholder, ec.EllipticCurvePrivateKey):
     """A P-256 key whose ``sign`` returns a fixed placeholder signature."""
 
     def __init__(self) -> None:
@@ -107,37 +135,19 @@ class _PlaceholderECKey(ec.EllipticCurvePrivateKey):
 
     @property
     def curve(self) -> ec.EllipticCurve:
-        return self._key.curve
-
-    @property
-    def key_size(self) -> int:
-        return self._key.key_size
+        return self._key.curve  # type: ignore[no-any-return]
 
     def public_key(self) -> ec.EllipticCurvePublicKey:
-        return self._key.public_key()
+        return self._key.public_key()  # type: ignore[no-any-return]
 
     def private_numbers(self) -> ec.EllipticCurvePrivateNumbers:
-        return self._key.private_numbers()
-
-    def private_bytes(
-        self,
-        encoding: serialization.Encoding,
-        format: serialization.PrivateFormat,
-        encryption_algorithm: serialization.KeySerializationEncryption,
-    ) -> bytes:
-        return self._key.private_bytes(encoding, format, encryption_algorithm)
+        return self._key.private_numbers()  # type: ignore[no-any-return]
 
     def exchange(self, algorithm: ec.ECDH, peer_public_key: ec.EllipticCurvePublicKey) -> bytes:
-        return self._key.exchange(algorithm, peer_public_key)
-
-    def __copy__(self) -> _PlaceholderECKey:
-        return self
-
-    def __deepcopy__(self, memo: dict[int, object]) -> _PlaceholderECKey:
-        return self
+        return bytes(self._key.exchange(algorithm, peer_public_key))
 
 
-class _PlaceholderRSAKey(rsa.RSAPrivateKey):
+class _PlaceholderRSAKey(_Placeholder, rsa.RSAPrivateKey):
     """A 1024-bit RSA key whose ``sign`` returns a fixed placeholder signature."""
 
     def __init__(self) -> None:
@@ -152,32 +162,14 @@ class _PlaceholderRSAKey(rsa.RSAPrivateKey):
     ) -> bytes:
         return self._signature
 
-    @property
-    def key_size(self) -> int:
-        return self._key.key_size
-
     def public_key(self) -> rsa.RSAPublicKey:
-        return self._key.public_key()
+        return self._key.public_key()  # type: ignore[no-any-return]
 
     def private_numbers(self) -> rsa.RSAPrivateNumbers:
-        return self._key.private_numbers()
-
-    def private_bytes(
-        self,
-        encoding: serialization.Encoding,
-        format: serialization.PrivateFormat,
-        encryption_algorithm: serialization.KeySerializationEncryption,
-    ) -> bytes:
-        return self._key.private_bytes(encoding, format, encryption_algorithm)
+        return self._key.private_numbers()  # type: ignore[no-any-return]
 
     def decrypt(self, ciphertext: bytes, padding: AsymmetricPadding) -> bytes:
-        return self._key.decrypt(ciphertext, padding)
-
-    def __copy__(self) -> _PlaceholderRSAKey:
-        return self
-
-    def __deepcopy__(self, memo: dict[int, object]) -> _PlaceholderRSAKey:
-        return self
+        return bytes(self._key.decrypt(ciphertext, padding))
 
 
 def _kind(public_key: CertificateIssuerPublicKeyTypes) -> str:
@@ -239,35 +231,27 @@ def sign_certificate(
 
 class CertificateSigner:
     """``template_certificate`` and ``finish_certificate`` for one CA key, for issuing many:
-    what depends only on the key (template key, hash, signing call) is worked out once."""
+    what depends only on the key (template key, hash, signing call) is worked out once, on
+    first use (an HSM key is not asked anything before it is needed)."""
 
     def __init__(self, key: CertificateIssuerPrivateKeyTypes) -> None:
         self._key = key
-        # Filled on first use (an HSM key is not asked anything before it is needed).
-        self._parts: (
-            tuple[
-                CertificateIssuerPrivateKeyTypes,
-                hashes.HashAlgorithm | None,
-                Callable[[Buffer], bytes],
-            ]
-            | None
-        ) = None
 
-    def _resolved(
-        self,
-    ) -> tuple[
-        CertificateIssuerPrivateKeyTypes, hashes.HashAlgorithm | None, Callable[[Buffer], bytes]
-    ]:
-        parts = self._parts
-        if parts is None:
-            key = self._key
-            parts = self._parts = (template_key(key), signature_hash_for(key), signer(key))
-        return parts
+    @functools.cached_property
+    def _template_key(self) -> CertificateIssuerPrivateKeyTypes:
+        return template_key(self._key)
+
+    @functools.cached_property
+    def _hash(self) -> hashes.HashAlgorithm | None:
+        return signature_hash_for(self._key)
+
+    @functools.cached_property
+    def _sign(self) -> Callable[[Buffer], bytes]:
+        return signer(self._key)
 
     def template(self, builder: x509.CertificateBuilder) -> Template:
         """As ``template_certificate``, with the template's DER and TBS."""
-        template_key_, hash_algorithm, _ = self._resolved()
-        certificate = builder.sign(template_key_, hash_algorithm)  # type: ignore[arg-type]
+        certificate = builder.sign(self._template_key, self._hash)  # type: ignore[arg-type]
         # Encoded once: the TBS recorded, the DER linted and the bytes signed are all cut from it.
         der = certificate.public_bytes(serialization.Encoding.DER)
         start, tbs_end, _ = _outline(der)
@@ -275,7 +259,7 @@ class CertificateSigner:
 
     def finish(self, template: Template) -> tuple[x509.Certificate, bytes]:
         """As ``finish_certificate``, with the certificate's DER."""
-        der = _assemble(template.der, self._resolved()[2])
+        der = _assemble(template.der, self._sign)
         return x509.load_der_x509_certificate(der), der
 
 
