@@ -144,3 +144,78 @@ def test_server_tls_certificate_renews_on_its_own(tmp_path: Path) -> None:
         assert needs_renewal(files, names, clock.now())
     finally:
         vouch.close()
+
+
+def test_first_responses_can_wait_but_revocations_cannot(tmp_path: Path) -> None:
+    vouch, _ = _vouch(tmp_path)
+    try:
+        producer = vouch.ocsp_producer
+        authority = vouch.store.get_authority("issuing")
+        responder = producer.responder(authority, ca_key=vouch.ca_key(authority))
+        assert responder is not None
+        [issuer] = producer.issuers()
+        while producer.presign(issuer, responder) == 2000:  # what make_home issued
+            pass
+        issued = [_issue(vouch, f"n{i}.example.com") for i in range(3)]
+        assert producer.presign(issuer, responder, first_limit=0) == 0
+        assert producer.presign(issuer, responder, first_limit=1) == 1
+        assert vouch.ocsp_store.get(authority.id, issued[0].serial) is not None  # oldest first
+        assert producer.presign(issuer, responder) == 2
+        vouch.revoker(publish=False).revoke(issued[1].serial, "keyCompromise")
+        newer = _issue(vouch, "n3.example.com")
+        # The revocation is signed even while first responses wait; the new one waits.
+        assert producer.presign(issuer, responder, first_limit=0) == 1
+        row = vouch.ocsp_store.get(authority.id, issued[1].serial)
+        assert row is not None and row.status == "revoked"
+        assert vouch.ocsp_store.get(authority.id, newer.serial) is None
+        # Until it is pre-signed, the new certificate is answered on demand, and kept.
+        parsed = parse_request(_request(newer, hashes.SHA1()))
+        assert parsed is not None
+        answer = ocsp.load_der_ocsp_response(producer.answer(parsed))
+        assert answer.certificate_status == ocsp.OCSPCertStatus.GOOD
+        assert vouch.ocsp_store.get(authority.id, newer.serial) is not None
+        # Not past the limit: a stale and a missing one in one pass of limit 1 take the stale.
+        vouch.revoker(publish=False).revoke(issued[2].serial, "superseded")
+        last = _issue(vouch, "n4.example.com")
+        assert producer.presign(issuer, responder, limit=1) == 1
+        assert vouch.ocsp_store.get(authority.id, last.serial) is None
+        assert producer.presign(issuer, responder, limit=1) == 1
+        assert vouch.ocsp_store.get(authority.id, last.serial) is not None
+    finally:
+        vouch.close()
+
+
+def test_a_busy_server_presigns_a_bounded_share_of_new_certificates(tmp_path: Path) -> None:
+    from vouch.server import state as server_state
+
+    vouch, _ = _vouch(tmp_path)
+    try:
+        authority = vouch.store.get_authority("issuing")
+        responder = vouch.ocsp_producer.responder(authority, ca_key=vouch.ca_key(authority))
+        assert responder is not None
+        [issuer] = vouch.ocsp_producer.issuers()
+        vouch.ocsp_producer.presign(issuer, responder)  # what make_home issued
+        key = ec.generate_private_key(ec.SECP256R1()).public_key()
+        wanted = server_state.FIRST_WHILE_ISSUING + 40
+        requests = [
+            IssuanceRequest(key, (parse_name(f"b{i}.example.com"),), "tls-server")
+            for i in range(wanted)
+        ]
+        issued = vouch.authority().issue_batch(requests)
+        serials = [r.serial for r in issued if isinstance(r, IssuedCertificate)]
+        assert len(serials) == wanted
+        state = server_state.ServerState(vouch)
+
+        def signed() -> int:
+            return sum(vouch.ocsp_store.get(authority.id, s) is not None for s in serials)
+
+        state.note_issuance()
+        assert state.issuing()
+        state.produce()
+        assert signed() == server_state.FIRST_WHILE_ISSUING
+        state._issued_at -= server_state.ISSUING_QUIET  # quiet again: the rest at once
+        assert not state.issuing()
+        state.produce()
+        assert signed() == wanted
+    finally:
+        vouch.close()

@@ -326,6 +326,7 @@ class AcmeFace:
     ) -> Response:
         assert account is not None
         order = self.service.finalize(account, request.path_params["id"], jws.json_payload())
+        self.state.note_issuance()
         return self.reply(
             request, self._order_body(request, order),
             headers={"Location": f"{self.base(request)}/order/{order.id}"},

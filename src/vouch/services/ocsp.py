@@ -245,14 +245,24 @@ class OcspProducer:
         # A response never outlives the responder certificate that vouches for it.
         return now, min(now + self._settings.validity, responder.not_after)
 
-    def presign(self, issuer: KnownIssuer, responder: Responder, *, limit: int = 2000) -> int:
-        """Sign responses for certificates that have none, a stale one, or one past half-life."""
+    def presign(
+        self,
+        issuer: KnownIssuer,
+        responder: Responder,
+        *,
+        limit: int = 2000,
+        first_limit: int | None = None,
+    ) -> int:
+        """Sign responses for certificates with a stale one (revoked since) or one past
+        half-life, then for those that have none; ``first_limit`` caps the latter (a busy
+        issuer's new certificates: until signed here, they are answered on demand)."""
         now = self._clock.now()
         records = self._ocsp.needing_response(
             issuer.record.id,
             now=now,
             refresh_before=now + self._settings.validity / 2,
             limit=limit,
+            missing_limit=first_limit,
         )
         rows = [self._row(issuer, responder, record) for record in records]
         self._ocsp.put(rows)

@@ -190,36 +190,43 @@ class OcspStore:
         return None if row is None else _row(row)
 
     def needing_response(
-        self, authority_id: int, *, now: dt.datetime, refresh_before: dt.datetime, limit: int
+        self,
+        authority_id: int,
+        *,
+        now: dt.datetime,
+        refresh_before: dt.datetime,
+        limit: int,
+        missing_limit: int | None = None,
     ) -> list[CertificateRecord]:
-        """Unexpired issued certificates whose response is missing, stale, or due for refresh."""
-        joined = certificates.join(
-            authorities, certificates.c.authority_id == authorities.c.id
-        ).outerjoin(
-            ocsp_responses,
-            and_(
-                ocsp_responses.c.authority_id == certificates.c.authority_id,
-                ocsp_responses.c.serial == certificates.c.serial,
-            ),
-        )
-        statement = (
+        """Unexpired issued certificates whose response is stale (a revocation to publish) or
+        due for refresh, then those that have none yet; at most ``limit`` in all, and at most
+        ``missing_limit`` of the second kind."""
+        base = (
             select(certificates, authorities.c.name.label("authority_name"))
-            .select_from(joined)
+            .join(authorities, certificates.c.authority_id == authorities.c.id)
             .where(
                 certificates.c.authority_id == authority_id,
                 certificates.c.state == "issued",
                 certificates.c.not_after > now,
-                or_(
-                    ocsp_responses.c.serial.is_(None),
-                    ocsp_responses.c.status == "stale",
-                    ocsp_responses.c.next_update < refresh_before,
-                ),
             )
             .order_by(certificates.c.id)
-            .limit(limit)
         )
+        key = and_(
+            ocsp_responses.c.authority_id == certificates.c.authority_id,
+            ocsp_responses.c.serial == certificates.c.serial,
+        )
+        due = base.join(ocsp_responses, key).where(
+            or_(ocsp_responses.c.status == "stale", ocsp_responses.c.next_update < refresh_before)
+        )
+        missing = base.outerjoin(ocsp_responses, key).where(ocsp_responses.c.serial.is_(None))
         with self.db.read() as conn:
-            return [certificate_record(r) for r in conn.execute(statement)]
+            found = [certificate_record(r) for r in conn.execute(due.limit(limit))]
+            room = limit - len(found)
+            if missing_limit is not None:
+                room = min(room, missing_limit)
+            if room > 0:
+                found += [certificate_record(r) for r in conn.execute(missing.limit(room))]
+        return found
 
     def drop_expired(self, before: dt.datetime) -> int:
         with self.db.begin() as conn:

@@ -73,6 +73,7 @@ def register(app: FastAPI, context: ApiContext) -> None:
 
     async def finish(enroll: Enroll, source: str, credential: str) -> Response:
         result = await context.batcher.submit(enroll)
+        context.state.note_issuance()
         if isinstance(result, (TokenRefused, NamesRefused)):
             reason = getattr(result, "reason", "refused")
             await run_in_threadpool(
