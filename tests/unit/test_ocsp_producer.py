@@ -219,3 +219,29 @@ def test_a_busy_server_presigns_a_bounded_share_of_new_certificates(tmp_path: Pa
         assert signed() == wanted
     finally:
         vouch.close()
+
+
+def test_held_back_responses_are_caught_up_once_issuance_pauses(tmp_path: Path) -> None:
+    import asyncio
+    import time
+
+    from vouch.server import state as server_state
+
+    vouch, _ = _vouch(tmp_path)
+    try:
+        state = server_state.ServerState(vouch)
+
+        def waited(interval: float) -> float:
+            began = time.monotonic()
+            asyncio.run(state._until_next_pass(asyncio.Event(), interval))
+            return time.monotonic() - began
+
+        assert waited(0.3) >= 0.29  # nothing held back: the whole interval
+        state._held_back = True
+        state._issued_at = time.monotonic() - server_state.ISSUING_QUIET + 0.2
+        assert waited(30) < 2  # issuance paused within the interval: the pass comes then
+        state._held_back = False
+        state.note_issuance()
+        assert waited(0.5) >= 0.49
+    finally:
+        vouch.close()

@@ -78,6 +78,7 @@ class ServerState:
     _signing_lock: threading.Lock = field(default_factory=threading.Lock)
     _db_lock: threading.Lock = field(default_factory=threading.Lock)
     _issued_at: float = -1e9  # time.monotonic() of this node's last issuance
+    _held_back: bool = False  # the last pass capped first responses: catch up when quiet
 
     def note_issuance(self) -> None:
         """This node just issued (REST API or ACME): see ISSUING_QUIET."""
@@ -151,6 +152,7 @@ class ServerState:
                 responder = producer.responder(record, ca_key=key)
                 if responder is not None:
                     first = FIRST_WHILE_ISSUING if self.issuing() else None
+                    self._held_back = first is not None
                     # In batches, so a shutdown does not wait for a whole backlog (after an
                     # incident, or a first start on a large inventory) to be signed.
                     while (
@@ -259,7 +261,17 @@ class ServerState:
             except VouchError as exc:
                 self._job_failed("produce", exc.message)
                 log.warning("periodic revocation work failed: %s", exc.message)
-            await _sleep(stop, interval)
+            await self._until_next_pass(stop, interval)
+
+    async def _until_next_pass(self, stop: asyncio.Event, interval: float) -> None:
+        """``interval``, or less: first responses held back while issuing are caught up as
+        soon as issuance pauses (ISSUING_QUIET), not up to a whole interval later."""
+        deadline = time.monotonic() + interval
+        while not stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0 or (self._held_back and not self.issuing()):
+                return
+            await _sleep(stop, min(left, 0.25))
 
     def refresh_lifecycle(self, check_keys: bool) -> None:
         """Recompute the lifecycle KPIs served on /metrics (blocking; run in a thread)."""
