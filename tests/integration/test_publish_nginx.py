@@ -10,6 +10,7 @@ certificates as ``vouch serve``.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import http.client
 import os
 import signal
@@ -29,7 +30,7 @@ from cryptography.x509.oid import AuthorityInformationAccessOID
 from tests.conftest import make_home, require_tool
 from tests.servers import VouchServer, free_port, run_vouch, set_config
 
-from vouch.services.publishing import get_request_path
+from vouch.services.publishing import SLASH_INDEX, get_request_path
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "nginx-publish.conf"
 DOC_LISTEN = "listen 80;"
@@ -57,6 +58,7 @@ class Site:
     issuer: x509.Certificate
     good: x509.Certificate
     revoked: x509.Certificate
+    home: Path
 
 
 def fetch(url: str, *, method: str = "GET", timeout: float = 10.0) -> Reply:
@@ -238,7 +240,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, nginx: tuple[str, Path]) -> I
                 raise AssertionError(f"not pre-signed in time: {statuses} {result.stdout}")
             time.sleep(0.5)
         assert "OCSP responses" in result.stdout
-        yield Site(nginx_url, server.url, public, files, root, issuer, good, revoked)
+        yield Site(nginx_url, server.url, public, files, root, issuer, good, revoked, home)
     finally:
         returncode = server.stop()
     assert returncode == 0, server.output()
@@ -292,7 +294,7 @@ def test_every_published_response_is_served_both_ways(site: Site) -> None:
     published = [p for p in folder.rglob("*") if p.is_file()]
     assert len(published) >= 3
     for path in published:
-        encoded = path.relative_to(folder).as_posix()
+        encoded = path.relative_to(folder).as_posix().removesuffix(SLASH_INDEX)
         for sent in (encoded, quoted(encoded)):
             reply = fetch(f"{site.nginx}/ocsp/issuing/{sent}")
             assert reply.status == 200, sent
@@ -318,6 +320,44 @@ def test_plus_slash_and_equals_map_to_one_file(site: Site) -> None:
         assert reply.status == 200, sent
         assert reply.headers["content-type"] == OCSP_TYPE
         assert reply.body == source.read_bytes()
+
+
+def test_a_request_ending_in_slash_is_served(site: Site) -> None:
+    """A base64 request ending in "/" (about one serial in 130) names a directory, not a file:
+    vouch publish writes its response as that directory's index, which nginx serves."""
+    from tests.conftest import passphrase
+
+    from vouch.store.records import OcspRow
+    from vouch.wiring import Vouch
+
+    answered = ocsp.load_der_ocsp_response(
+        (site.public / "ocsp" / "issuing" / canonical_request(site.good, site.issuer)).read_bytes()
+    )
+    name_hash, key_hash = answered.issuer_name_hash, answered.issuer_key_hash
+    serial = next(
+        s
+        for bits in (64, 72, 80, 88, 120, 128)  # a DER length divisible by 3: no "=" padding
+        for s in range(1 << bits, (1 << bits) + 5000)
+        if get_request_path(name_hash, key_hash, s).endswith("/")
+    )
+    encoded = get_request_path(name_hash, key_hash, serial)
+    body = next((site.public / "ocsp-staple" / "issuing").iterdir()).read_bytes()
+    vouch = Vouch(site.home, passphrase=passphrase)
+    try:
+        authority = vouch.store.get_authority("issuing")
+        now = vouch.clock.now()
+        vouch.ocsp_store.put(
+            [OcspRow(authority.id, f"{serial:X}", "good", now, now + dt.timedelta(days=1), body)]
+        )
+    finally:
+        vouch.close()
+    run_vouch(site.home, "publish", "--to", str(site.public))
+    assert (site.public / "ocsp" / "issuing" / encoded / SLASH_INDEX).read_bytes() == body
+    for sent in (encoded, quoted(encoded)):
+        reply = fetch(f"{site.nginx}/ocsp/issuing/{sent}")
+        assert reply.status == 200, sent
+        assert reply.headers["content-type"] == OCSP_TYPE
+        assert reply.body == body
 
 
 def test_staple_files_are_served(site: Site) -> None:

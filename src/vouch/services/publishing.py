@@ -4,6 +4,8 @@
 - ``crl/NAME.crl`` and ``crl/NAME/SHARD.crl``: the newest CRLs (DER);
 - ``ocsp/NAME/<base64 request>``: each pre-signed response under the URL of the GET request a
   client sends for it (RFC 6960 A.1: SHA-1 CertID, no nonce), so a static server answers OCSP GET;
+  a base64 that ends in "/" names a directory, so that response is its ``index.der`` (the
+  ``index`` of docs/nginx-publish.conf);
 - ``ocsp-staple/NAME/SERIAL.der``: the same responses by serial, for OCSP stapling.
 """
 
@@ -22,6 +24,9 @@ from vouch.store.ocsp import OcspStore
 from vouch.store.repository import Store
 from vouch.store.revocations import RevocationStore
 from vouch.x509.ocsp import issuer_hashes
+
+# The file answering a request path that ends in "/" (no file name can): nginx's `index`.
+SLASH_INDEX = "index.der"
 
 
 @dataclass(frozen=True)
@@ -63,5 +68,7 @@ def published_files(
         name = authorities[row.authority_id].name
         hashes_ = sha1[row.authority_id]
         encoded = get_request_path(hashes_.name_hash, hashes_.key_hash, int(row.serial, 16))
+        if encoded.endswith("/"):
+            encoded += SLASH_INDEX
         yield PublishedFile(f"ocsp/{name}/{encoded}", row.der, "ocsp")
         yield PublishedFile(f"ocsp-staple/{name}/{row.serial}.der", row.der, "staple")
