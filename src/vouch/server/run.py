@@ -8,6 +8,7 @@ import gc
 import logging
 import signal
 import ssl
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ from vouch.wiring import Vouch
 
 log = logging.getLogger(__name__)
 TLS_CHECK_INTERVAL = 60.0
+TLS_WATCH_INTERVAL = 1.0  # how often the issuing CAs are compared (in memory) for a change
 
 
 @dataclass(frozen=True)
@@ -127,11 +129,19 @@ async def serve(
         loop.add_signal_handler(signum, shutdown)
 
     async def renew_tls() -> None:
+        # Checked every TLS_CHECK_INTERVAL, and at once when the issuing CAs change (an
+        # incident or a rollover): the server's own certificate then moves to the new CA
+        # within seconds of this node seeing it.
+        issuing, checked = _issuing_ids(state), time.monotonic()
         while not stop.is_set() and context is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=TLS_CHECK_INTERVAL)
+                await asyncio.wait_for(stop.wait(), timeout=TLS_WATCH_INTERVAL)
             if stop.is_set():
                 return
+            now_issuing = _issuing_ids(state)
+            if now_issuing == issuing and time.monotonic() - checked < TLS_CHECK_INTERVAL:
+                continue
+            issuing, checked = now_issuing, time.monotonic()
             try:
                 if needs_renewal(tls_files, names, vouch.clock.now(), _issuing(state)):
                     await asyncio.to_thread(issue_tls_certificate, vouch, names, tls_files)
@@ -172,6 +182,12 @@ def run(vouch: Vouch, *, http: Listen, https: Listen | None) -> None:
     import uvloop
 
     uvloop.run(serve(vouch, http=http, https=https))
+
+
+def _issuing_ids(state: ServerState) -> frozenset[int]:
+    return frozenset(
+        r.id for r in state.authorities.values() if r.role != "root" and r.status == "active"
+    )
 
 
 def _issuing(state: ServerState) -> list[x509.Certificate]:
