@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import gc
 import logging
+import os
 import signal
 import ssl
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +31,8 @@ from vouch.wiring import Vouch
 
 log = logging.getLogger(__name__)
 TLS_CHECK_INTERVAL = 60.0
+MALLOC_ARENAS = 2
+M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
 TLS_WATCH_INTERVAL = 1.0  # how often the issuing CAs are compared (in memory) for a change
 
 
@@ -181,7 +186,25 @@ async def serve(
 def run(vouch: Vouch, *, http: Listen, https: Listen | None) -> None:
     import uvloop
 
+    limit_malloc_arenas()
+
     uvloop.run(serve(vouch, http=http, https=https))
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas (as MALLOC_ARENA_MAX does) unless the operator set that.
+
+    glibc gives threads that contend for malloc arenas of their own, up to eight per core, and
+    memory freed in one stays there: with its worker threads, the server's RSS grew by tens of
+    MB over a few thousand ACME orders while the Python objects it kept did not grow. True if
+    the cap was set (Linux with glibc)."""
+    if sys.platform != "linux" or "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no arenas to cap)
+        return False
+    return bool(mallopt(M_ARENA_MAX, arenas))
 
 
 def _issuing_ids(state: ServerState) -> frozenset[int]:
