@@ -15,6 +15,8 @@ from tests.conftest import make_home, passphrase
 from vouch.clock import FixedClock
 from vouch.server.tls import TlsFiles, issue_tls_certificate, needs_renewal
 from vouch.services.authority import IssuanceRequest, IssuedCertificate
+from vouch.services.ocsp import KnownIssuer, Responder
+from vouch.store.records import AuthorityRecord
 from vouch.wiring import DEFAULT_LINT_ALLOW, Vouch
 from vouch.x509.names import parse_name
 from vouch.x509.ocsp import parse_request
@@ -146,16 +148,23 @@ def test_server_tls_certificate_renews_on_its_own(tmp_path: Path) -> None:
         vouch.close()
 
 
+def _presigned(vouch: Vouch) -> tuple[AuthorityRecord, KnownIssuer, Responder]:
+    """The issuing CA, its issuer entry and responder, with what make_home issued pre-signed."""
+    producer = vouch.ocsp_producer
+    authority = vouch.store.get_authority("issuing")
+    responder = producer.responder(authority, ca_key=vouch.ca_key(authority))
+    assert responder is not None
+    [issuer] = producer.issuers()
+    while producer.presign(issuer, responder) == 2000:
+        pass
+    return authority, issuer, responder
+
+
 def test_first_responses_can_wait_but_revocations_cannot(tmp_path: Path) -> None:
     vouch, _ = _vouch(tmp_path)
     try:
         producer = vouch.ocsp_producer
-        authority = vouch.store.get_authority("issuing")
-        responder = producer.responder(authority, ca_key=vouch.ca_key(authority))
-        assert responder is not None
-        [issuer] = producer.issuers()
-        while producer.presign(issuer, responder) == 2000:  # what make_home issued
-            pass
+        authority, issuer, responder = _presigned(vouch)
         issued = [_issue(vouch, f"n{i}.example.com") for i in range(3)]
         assert producer.presign(issuer, responder, first_limit=0) == 0
         assert producer.presign(issuer, responder, first_limit=1) == 1
@@ -190,11 +199,7 @@ def test_a_busy_server_presigns_a_bounded_share_of_new_certificates(tmp_path: Pa
 
     vouch, _ = _vouch(tmp_path)
     try:
-        authority = vouch.store.get_authority("issuing")
-        responder = vouch.ocsp_producer.responder(authority, ca_key=vouch.ca_key(authority))
-        assert responder is not None
-        [issuer] = vouch.ocsp_producer.issuers()
-        vouch.ocsp_producer.presign(issuer, responder)  # what make_home issued
+        authority, _, _ = _presigned(vouch)
         key = ec.generate_private_key(ec.SECP256R1()).public_key()
         wanted = server_state.FIRST_WHILE_ISSUING + 40
         requests = [

@@ -27,6 +27,7 @@ from vouch.server.http_guard import GuardedHttpToolsProtocol
 from vouch.server.ocsp_fast import fast_ocsp_protocol
 from vouch.server.state import ServerState
 from vouch.server.tls import TlsFiles, issue_tls_certificate, load_context, needs_renewal
+from vouch.store.records import AuthorityRecord
 from vouch.wiring import Vouch
 
 log = logging.getLogger(__name__)
@@ -207,16 +208,14 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
     return bool(mallopt(M_ARENA_MAX, arenas))
 
 
+def _issuing_records(state: ServerState) -> list[AuthorityRecord]:
+    """The CAs that issue now: a server certificate from any other is replaced."""
+    return [r for r in state.authorities.values() if r.role != "root" and r.status == "active"]
+
+
 def _issuing_ids(state: ServerState) -> frozenset[int]:
-    return frozenset(
-        r.id for r in state.authorities.values() if r.role != "root" and r.status == "active"
-    )
+    return frozenset(r.id for r in _issuing_records(state))
 
 
 def _issuing(state: ServerState) -> list[x509.Certificate]:
-    """The CAs that issue now: a server certificate from any other is replaced."""
-    return [
-        x509.load_der_x509_certificate(r.certificate)
-        for r in state.authorities.values()
-        if r.role != "root" and r.status == "active"
-    ]
+    return [x509.load_der_x509_certificate(r.certificate) for r in _issuing_records(state)]
