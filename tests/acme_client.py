@@ -168,10 +168,12 @@ def csr(names: list[str]) -> bytes:
 
 
 class Responder:
-    """http-01: answers /.well-known/acme-challenge/TOKEN from ``tokens``."""
+    """http-01: answers /.well-known/acme-challenge/TOKEN from ``tokens``, after ``delay``
+    seconds (a slow target)."""
 
     def __init__(self) -> None:
         self.tokens: dict[str, str] = {}
+        self.delay = 0.0
 
 
 @contextmanager
@@ -180,6 +182,7 @@ def http01_responder(port: int) -> Iterator[Responder]:
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            time.sleep(responder.delay)
             token = self.path.rsplit("/", 1)[-1]
             answer = responder.tokens.get(token)
             self.send_response(200 if answer else 404)

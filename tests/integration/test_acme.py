@@ -35,6 +35,7 @@ from tests.servers import VouchServer, free_port, run_vouch, set_config
 
 from vouch.acme.ari import cert_id_of
 from vouch.acme.jws import b64url, jwk_of
+from vouch.server.acme import CHALLENGE_WAIT
 from vouch.wiring import DEFAULT_LINT_ALLOW
 
 ACME_CONFIG = f"""
@@ -403,6 +404,41 @@ def test_requests_that_must_issue_nothing(acme: Acme) -> None:
             assert failed["status"] == "invalid" and failed["error"]["type"].endswith(":caa"), failed
             assert alice.finalize(order, [name]).problem == "orderNotReady"
     assert acme.issued_count() == before
+
+
+def test_the_answer_to_a_challenge_carries_a_prompt_outcome(acme: Acme) -> None:
+    """The answer to a challenge waits up to CHALLENGE_WAIT for the validation: one that is
+    met answers valid (the order is ready at the first read), one that fails answers invalid
+    with its problem; a slower target gets "processing", and is validated all the same."""
+    client = acme.client()
+    with http01_responder(acme.http01_port) as responder:
+        outcomes = {}
+        for name, answer in (("met.wait.test", True), ("failed.wait.test", False)):
+            reply = client.new_order([name])
+            order_url, order = reply.headers["location"], reply.json
+            [challenge] = client.challenges(order, "http-01")
+            token = challenge["token"]
+            responder.tokens[token] = client.key_authorization(token) if answer else "wrong"
+            outcomes[name] = (client.post(challenge["url"], {}), client.post(order_url, None))
+        met, order = outcomes["met.wait.test"]
+        assert met.status == 200 and met.json["status"] == "valid" and "validated" in met.json
+        assert "retry-after" not in met.headers and 'rel="up"' in met.headers["link"]
+        assert order.json["status"] == "ready"
+        failed, order = outcomes["failed.wait.test"]
+        assert failed.status == 200 and failed.json["status"] == "invalid"
+        assert failed.json["error"]["type"].endswith(":unauthorized")
+        assert order.json["status"] == "invalid"
+
+        responder.delay = CHALLENGE_WAIT + 1.0
+        reply = client.new_order(["slow.wait.test"])
+        order_url, order = reply.headers["location"], reply.json
+        [challenge] = client.challenges(order, "http-01")
+        responder.tokens[challenge["token"]] = client.key_authorization(challenge["token"])
+        began = time.monotonic()
+        slow = client.post(challenge["url"], {})
+        assert slow.json["status"] == "processing" and slow.headers["retry-after"] == "1"
+        assert time.monotonic() - began < CHALLENGE_WAIT + 0.9  # not held until it ended
+        assert client.poll(order_url, ("ready", "invalid"))["status"] == "ready"
 
 
 def test_caa_issuewild_and_dns01(acme: Acme) -> None:

@@ -537,18 +537,32 @@ class AcmeService:
         """Record a validation; a met challenge still fails if CAA forbids this CA."""
         if error is None and self._caa is not None:
             error = self.caa_refusal(self._store.authz(challenge.authz_id))
-        return self.record_validation(challenge, error)
+        return self.record_validation(challenge, error) is not None
 
-    def record_validation(self, challenge: Challenge, error: AcmeProblem | None) -> bool:
+    def record_validation(
+        self, challenge: Challenge, error: AcmeProblem | None
+    ) -> Challenge | None:
         """Record the validation of ``challenge`` as claimed (processing) by this caller, whose
-        CAA verdict the caller already folded into ``error``. False, recording nothing, when
-        the claim was lost: the validation outlived CHALLENGE_TIMEOUT and was claimed again."""
-        return self._store.finish_challenge(
+        CAA verdict the caller already folded into ``error``: the challenge as recorded. None,
+        recording nothing, when the claim was lost: the validation outlived CHALLENGE_TIMEOUT
+        and was claimed again."""
+        at = self._clock.now()
+        document = None if error is None else error.document()
+        recorded = self._store.finish_challenge(
             challenge.id,
             started=challenge.processing_started,
             ok=error is None,
-            at=self._clock.now(),
-            error=None if error is None else error.document(),
+            at=at,
+            error=document,
+        )
+        if not recorded:
+            return None
+        return dataclasses.replace(
+            challenge,
+            status="valid" if error is None else "invalid",
+            validated_at=at if error is None else None,
+            error=document,
+            processing_started=None,
         )
 
     def finalize(self, account: Account, order_id: int, payload: dict[str, Any]) -> Order:
