@@ -13,6 +13,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from tests.conftest import PASSPHRASE, make_home, passphrase, require_tool
+from tests.servers import run_vouch
 
 from vouch.store.repository import CertificateQuery
 from vouch.wiring import Vouch
@@ -136,3 +137,51 @@ def test_every_issued_certificate_has_events(tmp_path: Path) -> None:
         assert ("certificate.intent", record.serial) in events
         assert ("certificate.issued", record.serial) in events
     vouch.close()
+
+
+# A process that issues for a one-time token as the API does (Enrollment), with the token and
+# CSR given as arguments; run with VOUCH_FAULT it dies at that point of issuance.
+_ENROLL = """
+import sys
+from pathlib import Path
+from vouch.services.enrollment import Enroll, OneTimeToken
+from vouch.wiring import Vouch
+from vouch.x509.csr import load_csr
+
+home, token, csr = sys.argv[1], sys.argv[2], Path(sys.argv[3]).read_bytes()
+vouch = Vouch(Path(home), passphrase=lambda _: sys.argv[4].encode())
+parsed = load_csr(csr)
+[result] = vouch.enrollment().enroll(
+    [Enroll(public_key=parsed.public_key, names=parsed.names, credential=OneTimeToken(token))]
+)
+print(result)
+"""
+
+
+def test_a_token_issuance_killed_after_its_commit_keeps_who_asked(tmp_path: Path) -> None:
+    """Who asked (the provisioner, the token's jti) is recorded in the certificate's own
+    transaction: a process killed right after it still leaves both, never a certificate
+    whose requester the audit log lacks."""
+    home = make_home(tmp_path / "home").home
+    run_vouch(home, "admin", "provisioner", "add", "ci")
+    token = run_vouch(home, "token", "www.example.com", "--provisioner", "ci").stdout.strip()
+    csr = _csr(tmp_path, "www.example.com")
+    env = {**os.environ, "VOUCH_FAULT": "issue.after-commit"}
+    killed = subprocess.run(
+        [sys.executable, "-c", _ENROLL, str(home), token, str(csr), PASSPHRASE.decode()],
+        capture_output=True, text=True, env=env, check=False, timeout=60,
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+
+    vouch = Vouch(home, passphrase=passphrase)
+    try:
+        [record] = vouch.store.certificates(CertificateQuery(authority="issuing"))
+        assert record.state == "issued" and record.der is not None
+        asked = [
+            data
+            for _, kind, subject, data in vouch.store.list_events()
+            if kind == "api.issued" and subject == record.serial
+        ]
+        assert len(asked) == 1 and asked[0]["by"]["provisioner"] == "ci", asked
+    finally:
+        vouch.close()

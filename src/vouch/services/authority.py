@@ -68,6 +68,10 @@ class Blocklists:
         return found
 
 
+# A caller's own audit events for the request at an index of a batch, issued with a serial.
+IssuedEvents = Callable[[int, str], Sequence[NewEvent]]
+
+
 @dataclass(frozen=True)
 class IssuanceRequest:
     public_key: CertificatePublicKeyTypes
@@ -185,15 +189,16 @@ class Authority:
         return result
 
     def issue_batch(
-        self, requests: Sequence[IssuanceRequest]
+        self, requests: Sequence[IssuanceRequest], *, events: IssuedEvents | None = None
     ) -> list[IssuedCertificate | VouchError]:
         """Issue many at once with shared transactions; each request gets a certificate or the
-        error that refused it, in order."""
+        error that refused it, in order. ``events`` gives the caller's own audit events for the
+        request at an index, issued with a serial: recorded in the certificates' transaction."""
         moved = self._moved
         if moved is None and self._follow is not None:
             moved = self._moved = self._follow(self._ca.record)
         if moved is not None:
-            return moved.issue_batch(requests)
+            return moved.issue_batch(requests, events=events)
         now = self._clock.now().replace(microsecond=0)
         results: list[IssuedCertificate | VouchError] = []
         plans: list[tuple[int, _Plan]] = []
@@ -218,7 +223,7 @@ class Authority:
                 raise
             # A serial collided (or a concurrent writer raced us): retry one by one, fresh serials.
             for index, plan in plans:
-                results[index] = self._issue_one_safely(plan.request)
+                results[index] = self._issue_one_safely(index, plan.request, events)
             return results
         checkpoint("issue.after-intent")
         signed: list[tuple[int, int, _Plan, x509.Certificate, bytes]] = []
@@ -234,7 +239,12 @@ class Authority:
         self._store.record_issued(
             [(cert_id, der) for _, cert_id, _, _, der in signed],
             now,
-            [self._issued_event(plan, der) for _, _, plan, _, der in signed],
+            [self._issued_event(plan, der) for _, _, plan, _, der in signed]
+            + [
+                event
+                for index, _, plan, _, _ in signed
+                for event in (events(index, plan.intent.serial) if events else ())
+            ],
         )
         checkpoint("issue.after-commit")
         for index, cert_id, plan, certificate, der in signed:
@@ -249,9 +259,14 @@ class Authority:
             )
         return results
 
-    def _issue_one_safely(self, request: IssuanceRequest) -> IssuedCertificate | VouchError:
+    def _issue_one_safely(
+        self, index: int, request: IssuanceRequest, events: IssuedEvents | None
+    ) -> IssuedCertificate | VouchError:
+        def one(_: int, serial: str) -> Sequence[NewEvent]:
+            return events(index, serial) if events is not None else ()
+
         try:
-            return self.issue(request)
+            return self.issue_batch([request], events=one)[0]
         except VouchError as exc:
             return exc
 

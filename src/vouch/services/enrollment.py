@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from vouch.clock import Clock
 from vouch.errors import PolicyViolation, VouchError
 from vouch.services.admins import Admin
-from vouch.services.authority import Authority, IssuanceRequest, IssuedCertificate
+from vouch.services.authority import Authority, IssuanceRequest, IssuedCertificate, IssuedEvents
 from vouch.services.possession import PROOF_KIND, Proof
 from vouch.services.provisioners import Provisioner, Provisioners
 from vouch.services.tokens import (
@@ -69,6 +69,17 @@ class Enroll:
     profile: str | None = None
     lifetime: dt.timedelta | None = None
     ca: str | None = None
+
+
+def _issued_by(ca: str, plans: Sequence[_Planned]) -> IssuedEvents:
+    """Who asked for each certificate, recorded with the certificate (one transaction)."""
+
+    def events(index: int, serial: str) -> list[NewEvent]:
+        return [
+            NewEvent("api.issued", serial, {"serial": serial, "ca": ca, "by": plans[index].who})
+        ]
+
+    return events
 
 
 @dataclass(frozen=True)
@@ -195,27 +206,18 @@ class Enrollment:
         for plan in planned:
             key = (plan.ca or self._default_ca, plan.provisioner.name if plan.provisioner else "")
             groups.setdefault(key, []).append(plan)
-        issued_events: list[NewEvent] = []
         for key, plans in groups.items():
             try:
                 authority = self._authority(key, plans[0].provisioner)
-                issued = authority.issue_batch([p.request for p in plans])
+                issued = authority.issue_batch(
+                    [p.request for p in plans], events=_issued_by(key[0], plans)
+                )
             except VouchError as exc:
                 for plan in plans:
                     results[plan.index] = exc
                 continue
             for plan, result in zip(plans, issued, strict=True):
                 results[plan.index] = result
-                if isinstance(result, IssuedCertificate):
-                    issued_events.append(
-                        NewEvent(
-                            "api.issued",
-                            result.serial,
-                            {"serial": result.serial, "ca": key[0], "by": plan.who},
-                        )
-                    )
-        if issued_events:
-            self._store.record_events(issued_events, now.replace(microsecond=0))
         return [r if r is not None else VouchError("not issued") for r in results]
 
     def _plan(
