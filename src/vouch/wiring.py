@@ -60,9 +60,10 @@ from vouch.store.incident import NOT_ISSUING, IncidentStore
 from vouch.store.leases import Leases
 from vouch.store.ocsp import OcspStore
 from vouch.store.records import AuthorityRecord, CertificateRecord, NewEvent
-from vouch.store.repository import Store
+from vouch.store.repository import CertificateQuery, Store
 from vouch.store.revocations import RevocationStore
 from vouch.x509.build import IssuerUrls, NameConstraintsSpec
+from vouch.x509.keypolicy import spki_sha256
 from vouch.x509.keytypes import KeyType
 from vouch.x509.lint import LintMode, PkilintLinter, ProcessLinter
 from vouch.x509.policy import NamePolicy
@@ -270,6 +271,29 @@ class Vouch:
             chain.append(x509.load_der_x509_certificate(parent.certificate))
             parent_id = parent.parent_id
         return tuple(chain)
+
+    def leaf_chains(self, record: AuthorityRecord) -> list[tuple[x509.Certificate, ...]]:
+        """The certificates a leaf of ``record`` comes with: first ``record`` and the
+        intermediates above it, up to (not including) the root; then, for each valid
+        cross-certificate of that root (a root rollover's), the same followed by it, for
+        clients that trust only the other root (RFC 8555 7.4.2 alternate chains)."""
+        chain = (x509.load_der_x509_certificate(record.certificate), *self.chain_above(record))
+        root = record
+        while root.parent_id is not None:
+            root = self.store.authority_by_id(root.parent_id)
+        if root.role != "root":
+            return [chain]
+        spki = spki_sha256(x509.load_der_x509_certificate(root.certificate).public_key())
+        now = self.clock.now()
+        crosses = [
+            c
+            for c in self.store.certificates(
+                CertificateQuery(profile="cross-ca", spki_sha256=spki)
+            )
+            if c.der is not None and c.authority_id != root.id and c.status(now) == "valid"
+        ]
+        crosses.sort(key=lambda c: (c.not_before, c.serial))
+        return [chain] + [(*chain, x509.load_der_x509_certificate(c.der or b"")) for c in crosses]
 
     def issuing_ca(self, name: str | None = None) -> IssuingCA:
         record = self.store.get_authority(name or self.config.issuance.default_ca)

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from typing import Any
@@ -27,7 +28,7 @@ from starlette.routing import Route
 from vouch.acme.challenges import Validator
 from vouch.acme.jws import MAX_BODY, AccountKey, Jws, key_from_jwk, parse, verify
 from vouch.acme.problems import AcmeProblem, malformed, unauthorized
-from vouch.errors import VouchError
+from vouch.errors import NotFound, VouchError
 from vouch.faults import checkpoint
 from vouch.server.state import ServerState
 from vouch.services.acme import VALIDATION_TIMEOUT, AcmeService, key_authorization
@@ -40,6 +41,7 @@ Handler = Callable[[Request, Jws, Account | None, AccountKey], Response]
 # prompt one answers with the outcome, which the client's next poll then finds instead of
 # "processing" (about a request saved per order); a slower one answers "processing" as before.
 CHALLENGE_WAIT = 1.0
+CHAINS_KEPT = 300.0  # seconds a CA's certificate chains are kept in memory
 
 
 class _Validating(Response):
@@ -90,8 +92,8 @@ class AcmeFace:
         self._validator: Validator | None = None
         self._tasks: set[asyncio.Task[Challenge | None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        # PEM of the CAs above each issuer (they do not change while a CA issues).
-        self._chains: dict[int, bytes] = {}
+        # Per issuing CA: (the CA ids it was read with, kept until, PEM of each chain above).
+        self._chains: dict[int, tuple[frozenset[int], float, list[bytes]]] = {}
 
     @property
     def service(self) -> AcmeService:
@@ -118,6 +120,7 @@ class AcmeFace:
             Route("/acme/authz/{id:int}", self.wrap(self.authz), methods=post),
             Route("/acme/chall/{id:int}", self.wrap(self.challenge), methods=post),
             Route("/acme/cert/{id:int}", self.wrap(self.certificate), methods=post),
+            Route("/acme/cert/{id:int}/{alternate:int}", self.wrap(self.certificate), methods=post),
             Route("/acme/revoke-cert", self.wrap(self.revoke, jwk=True), methods=post),
             Route("/acme/renewal-info/{cert_id}", self.renewal_info, methods=["GET"]),
         ]
@@ -510,26 +513,40 @@ class AcmeFace:
     def certificate(
         self, request: Request, jws: Jws, account: Account | None, key: AccountKey
     ) -> Response:
-        # One chain per certificate (leaf, issuing CA, intermediates up to the root): vouch
-        # keeps no cross-signed alternative, so there is no Link rel="alternate" to send.
+        """The leaf and the CAs above it (not the root). After a root rollover there is one
+        alternate chain per cross-certificate of the root, at /cert/ID/N, for clients that trust
+        only the other root; each answer links the others (RFC 8555 7.4.2)."""
         assert account is not None
-        pem = self._chain_pem(account, request.path_params["id"])
-        headers = self._headers(request)
-        return Response(pem, media_type="application/pem-certificate-chain", headers=headers)
-
-    def _chain_pem(self, account: Account, certificate_id: int) -> bytes:
+        certificate_id = request.path_params["id"]
+        chosen = request.path_params.get("alternate", 0)
         record = self.service.certificate_chain(account, certificate_id)
         assert record.der is not None
+        chains = self._chains_above(record.authority_id)
+        if not 0 <= chosen < len(chains):
+            raise NotFound(f"certificate {certificate_id} has no alternate chain {chosen}")
         leaf = x509.load_der_x509_certificate(record.der).public_bytes(serialization.Encoding.PEM)
-        above = self._chains.get(record.authority_id)
-        if above is None:
-            vouch = self.state.vouch
-            issuer = vouch.store.authority_by_id(record.authority_id)
-            chain = [x509.load_der_x509_certificate(issuer.certificate)]
-            chain += list(vouch.chain_above(issuer))
-            above = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
-            self._chains[record.authority_id] = above
-        return leaf + above
+        headers = self._headers(request)
+        url = f"{self.base(request)}/cert/{certificate_id}"
+        for other in range(len(chains)):
+            if other != chosen:
+                headers["Link"] += f', <{url if other == 0 else f"{url}/{other}"}>;rel="alternate"'
+        return Response(
+            leaf + chains[chosen], media_type="application/pem-certificate-chain", headers=headers
+        )
+
+    def _chains_above(self, authority_id: int) -> list[bytes]:
+        """PEM of each chain above a leaf of this CA, the default first. Kept until the CAs
+        change (a rollover's import brings a root and its cross-certificates together) or for
+        CHAINS_KEPT at most, so that a cross-certificate that expired is no longer offered."""
+        known = frozenset(self.state.authorities)
+        kept = self._chains.get(authority_id)
+        if kept is not None and kept[0] == known and time.monotonic() < kept[1]:
+            return kept[2]
+        vouch = self.state.vouch
+        chains = vouch.leaf_chains(vouch.store.authority_by_id(authority_id))
+        pems = [b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain) for chain in chains]
+        self._chains[authority_id] = (known, time.monotonic() + CHAINS_KEPT, pems)
+        return pems
 
     # -- renewal information (RFC 9773) ---------------------------------------------------------
 

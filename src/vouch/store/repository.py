@@ -206,6 +206,7 @@ class CertificateQuery:
     not_after_before: dt.datetime | None = None
     not_after_after: dt.datetime | None = None
     revoked: bool | None = None
+    spki_sha256: str | None = None
     limit: int | None = None
 
 
@@ -387,6 +388,8 @@ class Store:
             statement = statement.where(certificates.c.profile == query.profile)
         if query.state is not None:
             statement = statement.where(certificates.c.state == query.state)
+        if query.spki_sha256 is not None:
+            statement = statement.where(certificates.c.spki_sha256 == query.spki_sha256)
         if query.name_contains is not None:
             statement = statement.where(certificates.c.names.contains(query.name_contains))
         if query.not_after_before is not None:
