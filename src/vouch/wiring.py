@@ -283,6 +283,11 @@ class Vouch:
             root = self.store.authority_by_id(root.parent_id)
         if root.role != "root":
             return [chain]
+        return [chain] + [(*chain, cross) for cross in self.cross_certificates(root)]
+
+    def cross_certificates(self, root: AuthorityRecord) -> list[x509.Certificate]:
+        """The valid certificates another root made for ``root``'s name and key (a root
+        rollover's cross-certificates), oldest first."""
         spki = spki_sha256(x509.load_der_x509_certificate(root.certificate).public_key())
         now = self.clock.now()
         crosses = [
@@ -293,7 +298,7 @@ class Vouch:
             if c.der is not None and c.authority_id != root.id and c.status(now) == "valid"
         ]
         crosses.sort(key=lambda c: (c.not_before, c.serial))
-        return [chain] + [(*chain, x509.load_der_x509_certificate(c.der or b"")) for c in crosses]
+        return [x509.load_der_x509_certificate(c.der or b"") for c in crosses]
 
     def issuing_ca(self, name: str | None = None) -> IssuingCA:
         record = self.store.get_authority(name or self.config.issuance.default_ca)

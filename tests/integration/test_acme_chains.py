@@ -14,6 +14,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -123,3 +124,18 @@ def test_lego_takes_the_alternate_chain_it_prefers(
     assert top.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == preferred
     checked = _verify(offline / "root-2.pem", chain, tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_the_api_lists_each_roots_cross_certificates(rolled: tuple[Acme, Path]) -> None:
+    acme, offline = rolled
+    roots = {n: _common_name(offline / f"{n}.pem") for n in ("root", "root-2")}
+    for name, other in (("root", "root-2"), ("root-2", "root")):
+        reply = httpx.get(f"{acme.server.url}/api/v1/cas/{name}", timeout=10)
+        assert reply.status_code == 200, reply.text
+        [pem] = reply.json()["cross_certificates"]
+        cross = x509.load_pem_x509_certificate(pem.encode())
+        own = x509.load_pem_x509_certificate((offline / f"{name}.pem").read_bytes())
+        assert cross.public_key() == own.public_key() and cross.subject == own.subject
+        assert cross.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == roots[other]
+    issuing = httpx.get(f"{acme.server.url}/api/v1/cas/issuing", timeout=10).json()
+    assert issuing["cross_certificates"] == []

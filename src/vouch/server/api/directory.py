@@ -6,6 +6,7 @@ and the audit log's latest signed tree head."""
 
 import ssl
 
+from cryptography.hazmat.primitives import serialization
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
@@ -37,6 +38,10 @@ def register(app: FastAPI, context: ApiContext) -> None:
             not_after=record.not_after,
             certificate=chain[0],
             chain=chain,
+            cross_certificates=[
+                c.public_bytes(serialization.Encoding.PEM).decode()
+                for c in (vouch.cross_certificates(record) if record.role == "root" else [])
+            ],
             links=models.Links(certificate=urls.ca_issuers, crl=urls.crl, ocsp=urls.ocsp),
         )
 

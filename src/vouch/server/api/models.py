@@ -136,6 +136,11 @@ class Authority(_Out):
     not_after: dt.datetime
     certificate: str = Field(description="PEM")
     chain: list[str] = Field(description="PEM certificates from this CA up to the root")
+    cross_certificates: list[str] = Field(
+        default_factory=list,
+        description="A root's valid cross-certificates from another root (after a rollover): "
+        "PEM, for clients that trust only the other root",
+    )
     links: Links
 
 
