@@ -177,8 +177,9 @@ class Vouch:
         config: VouchConfig | None = None,
         lint_pool: bool = False,
     ) -> None:
-        """``lint_pool``: lint in worker processes as ``issuance.lint_workers`` says (for
-        ``vouch serve``; one-shot commands lint in their own process)."""
+        """``lint_pool``: lint as a server does, in worker processes as
+        ``issuance.lint_workers`` says, else in this process with pkilint's validators built at
+        once (for ``vouch serve``; one-shot commands lint in their own process, on demand)."""
         self.home = home
         self._lint_pool = lint_pool
         self.config = config or load_config(home)
@@ -226,7 +227,13 @@ class Vouch:
             pool = ProcessLinter(workers, allow=settings.lint_allow)
             pool.start()  # workers load pkilint while the server starts
             return pool
-        return PkilintLinter(allow=settings.lint_allow)
+        linter = PkilintLinter(allow=settings.lint_allow)
+        if self._lint_pool:
+            # A server linting in its own process builds the validators while it starts: the
+            # first certificate does not wait for them, and they are among what start-up
+            # freezes out of the collector's passes (vouch serve: gc.freeze).
+            linter.prewarm()
+        return linter
 
     @cached_property
     def profiles(self) -> dict[str, object]:
