@@ -19,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -138,15 +139,11 @@ class Acme:
         return result.stdout + result.stderr
 
 
-@pytest.fixture(scope="module")
-def acme(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Acme]:
-    work = tmp_path_factory.mktemp("acme")
-    http01, tlsalpn01, port = free_port(), free_port(), free_port()
-    home = work / "home"
-    make_home(
-        home, public_url=f"http://127.0.0.1:{port}", lint_allow=list(DEFAULT_LINT_ALLOW)
-    ).close()
-    set_config(home, 'check_interval = "5s"', 'check_interval = "1s"')
+@contextmanager
+def served(home: Path, work: Path, port: int) -> Iterator[Acme]:
+    """``vouch serve`` of ``home`` on ``port`` with ACME_CONFIG, a BIND9 for the test zone as
+    its resolver and free ports for http-01 and tls-alpn-01."""
+    http01, tlsalpn01 = free_port(), free_port()
     with (home / "vouch.toml").open("a") as config:
         config.write(ACME_CONFIG)
     mp = pytest.MonkeyPatch()
@@ -159,6 +156,19 @@ def acme(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Acme]:
                 yield Acme(home, server, work, bind, http01, tlsalpn01)
     finally:
         mp.undo()
+
+
+@pytest.fixture(scope="module")
+def acme(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Acme]:
+    work = tmp_path_factory.mktemp("acme")
+    port = free_port()
+    home = work / "home"
+    make_home(
+        home, public_url=f"http://127.0.0.1:{port}", lint_allow=list(DEFAULT_LINT_ALLOW)
+    ).close()
+    set_config(home, 'check_interval = "5s"', 'check_interval = "1s"')
+    with served(home, work, port) as acme:
+        yield acme
 
 
 @pytest.fixture(autouse=True)

@@ -18,12 +18,11 @@ import httpx
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
-from tests.acme_bind import Bind
 from tests.acme_client import http01_responder
 from tests.conftest import require_tool
-from tests.integration.test_acme import ACME_CONFIG, Acme
+from tests.integration.test_acme import Acme, served
 from tests.integration.test_ceremony import ceremony, transcripts
-from tests.servers import VouchServer, free_port, run_vouch
+from tests.servers import free_port, run_vouch
 
 
 @pytest.fixture(scope="module")
@@ -32,28 +31,17 @@ def rolled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Acme, Pat
     directory (its root.pem and root-2.pem)."""
     work = tmp_path_factory.mktemp("chains")
     home, offline = work / "home", work / "offline"
-    http01, tlsalpn01, port = free_port(), free_port(), free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     run_vouch(home, "init", "--offline-root", str(offline), "--public-url", url)
     ceremony(offline, "adopt", "--operator", "alice", "--public-url", url)
     run_vouch(home, "ceremony", "import", str(transcripts(offline)[-1]))
     ceremony(offline, "rollover", "--operator", "alice", "--new-name", "root-2")
     run_vouch(home, "ceremony", "import", str(transcripts(offline)[-1]))
-    with (home / "vouch.toml").open("a") as config:
-        config.write(ACME_CONFIG)
-    mp = pytest.MonkeyPatch()
-    try:
-        with Bind(work / "bind") as bind:
-            mp.setenv("VOUCH_ACME_RESOLVER", bind.address)
-            mp.setenv("VOUCH_ACME_HTTP01_PORT", str(http01))
-            mp.setenv("VOUCH_ACME_TLSALPN01_PORT", str(tlsalpn01))
-            with VouchServer(home, http_port=port) as server:
-                acme = Acme(home, server, work, bind, http01, tlsalpn01)
-                yield acme, offline
-                while acme.clients:
-                    acme.clients.pop().close()
-    finally:
-        mp.undo()
+    with served(home, work, port) as acme:
+        yield acme, offline
+        while acme.clients:
+            acme.clients.pop().close()
 
 
 def _verify(anchor: Path, chain: bytes, work: Path) -> subprocess.CompletedProcess[str]:
