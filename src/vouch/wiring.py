@@ -269,26 +269,30 @@ class Vouch:
 
     def chain_above(self, record: AuthorityRecord) -> tuple[x509.Certificate, ...]:
         """Intermediates above ``record`` up to, not including, the root."""
+        return self._above(record)[0]
+
+    def _above(
+        self, record: AuthorityRecord
+    ) -> tuple[tuple[x509.Certificate, ...], AuthorityRecord | None]:
+        """The intermediates above ``record`` (not the root), and the root they end at."""
         chain: list[x509.Certificate] = []
         parent_id = record.parent_id
         while parent_id is not None:
             parent = self.store.authority_by_id(parent_id)
             if parent.role == "root":
-                break
+                return tuple(chain), parent
             chain.append(x509.load_der_x509_certificate(parent.certificate))
             parent_id = parent.parent_id
-        return tuple(chain)
+        return tuple(chain), None
 
     def leaf_chains(self, record: AuthorityRecord) -> list[tuple[x509.Certificate, ...]]:
         """The certificates a leaf of ``record`` comes with: first ``record`` and the
         intermediates above it, up to (not including) the root; then, for each valid
         cross-certificate of that root (a root rollover's), the same followed by it, for
         clients that trust only the other root (RFC 8555 7.4.2 alternate chains)."""
-        chain = (x509.load_der_x509_certificate(record.certificate), *self.chain_above(record))
-        root = record
-        while root.parent_id is not None:
-            root = self.store.authority_by_id(root.parent_id)
-        if root.role != "root":
+        above, root = self._above(record)
+        chain = (x509.load_der_x509_certificate(record.certificate), *above)
+        if root is None:
             return [chain]
         return [chain] + [(*chain, cross) for cross in self.cross_certificates(root)]
 

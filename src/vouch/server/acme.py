@@ -35,8 +35,6 @@ from vouch.services.acme import VALIDATION_TIMEOUT, AcmeService, key_authorizati
 from vouch.store.acme import Account, Authz, Challenge, Order
 
 log = logging.getLogger(__name__)
-# Handlers run in a worker thread, after the envelope and the signature were checked there.
-Handler = Callable[[Request, Jws, Account | None, AccountKey], Response]
 # How long the answer to a challenge waits for its validation (which goes on regardless): a
 # prompt one answers with the outcome, which the client's next poll then finds instead of
 # "processing" (about a request saved per order); a slower one answers "processing" as before.
@@ -44,8 +42,9 @@ CHALLENGE_WAIT = 1.0
 CHAINS_KEPT = 300.0  # seconds a CA's certificate chains are kept in memory
 
 
-class _Validating(Response):
-    """A challenge's answer that may wait, off the worker thread, for its validation."""
+class _Validating:
+    """A challenge's answer that may wait, off the worker thread, for its validation: what the
+    handler returns instead of a response; the endpoint turns it into one."""
 
     def __init__(
         self,
@@ -62,6 +61,10 @@ class _Validating(Response):
         except TimeoutError:
             return self._answer
         return self._answer if done is None else self._settled(done)
+
+
+# Handlers run in a worker thread, after the envelope and the signature were checked there.
+Handler = Callable[[Request, Jws, Account | None, AccountKey], Response | _Validating]
 
 # The HTTP status of each ACME error type, chosen here and nowhere else (400 otherwise).
 STATUS = {
@@ -201,7 +204,9 @@ class AcmeFace:
 
         return endpoint
 
-    def _serve(self, request: Request, body: bytes, handler: Handler, jwk: bool) -> Response:
+    def _serve(
+        self, request: Request, body: bytes, handler: Handler, jwk: bool
+    ) -> Response | _Validating:
         """Everything of one request after its body is read, in one worker thread."""
         try:
             jws = parse(body)
@@ -403,7 +408,7 @@ class AcmeFace:
 
     def challenge(
         self, request: Request, jws: Jws, account: Account | None, key: AccountKey
-    ) -> Response:
+    ) -> Response | _Validating:
         assert account is not None
         challenge_id = request.path_params["id"]
         outcome: Future[Challenge | None] | None = None
