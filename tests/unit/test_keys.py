@@ -63,6 +63,34 @@ def test_wrong_passphrase_and_safety(tmp_path: Path) -> None:
         FileKeyBackend(tmp_path, lambda _: b"x").load(KeyRef("file", "missing.pem"))
 
 
+def test_a_loaded_key_is_decrypted_again_only_when_its_file_changes(tmp_path: Path) -> None:
+    """A server reloads its CA key every few seconds; scrypt runs once per file content, while
+    the file's presence and mode are checked on every load."""
+    asked: list[str] = []
+
+    def passphrase(what: str) -> bytes:
+        asked.append(what)
+        return b"s3cret-passphrase"
+
+    backend = FileKeyBackend(tmp_path, passphrase)
+    ref = KeyRef("file", "ca.key.pem")
+    FileKeyBackend(tmp_path, lambda _: b"s3cret-passphrase").generate(ref, "ec-p256")
+    first = backend.load(ref)
+    assert backend.load(ref) is first and len(asked) == 1
+    # Another key in its place (as an operator restoring a backup would do): decrypted anew.
+    path = tmp_path / "ca.key.pem"
+    path.unlink()
+    other = FileKeyBackend(tmp_path, lambda _: b"s3cret-passphrase").generate(ref, "ec-p256")
+    again = backend.load(ref)
+    assert len(asked) == 2 and again.public_key() == other.public_key() != first.public_key()
+    path.chmod(0o644)
+    with pytest.raises(KeyUnavailable, match="readable by others"):
+        backend.load(ref)
+    path.unlink()
+    with pytest.raises(KeyUnavailable, match="does not exist"):
+        backend.load(ref)
+
+
 # -- discard: a failed step after generation takes back only the key file it just wrote --------
 
 PASS = b"s3cret-passphrase"

@@ -35,6 +35,10 @@ class FileKeyBackend:
         # Each key file this backend wrote, with its (device, inode, content hash): the only files
         # ``discard`` removes, and only while they are still the very file written.
         self._made: dict[Path, tuple[int, int, bytes]] = {}
+        # Keys already decrypted, by path, with the SHA-256 of the file they came from: a server
+        # reloads its CA's key every few seconds (to see a changed key), and scrypt is made to
+        # be slow. A file whose bytes changed is decrypted again.
+        self._loaded: dict[Path, tuple[bytes, CertificateIssuerPrivateKeyTypes]] = {}
 
     def path_of(self, ref: KeyRef) -> Path:
         path = Path(ref.location)
@@ -54,6 +58,11 @@ class FileKeyBackend:
                 f"key file {path} is readable by others (mode {stat.S_IMODE(mode):o})",
                 hint=f"chmod 600 {path}",
             )
+        digest = hashlib.sha256(data).digest()
+        with self._lock:
+            known = self._loaded.get(path)
+        if known is not None and known[0] == digest:
+            return known[1]
         passphrase = self._passphrase(f"key {path.name}")
         try:
             key = serialization.load_pem_private_key(data, passphrase)
@@ -66,6 +75,8 @@ class FileKeyBackend:
             raise KeyUnavailable(f"key file {path} is not an encrypted PEM private key") from exc
         if not _is_signing_key(key):
             raise KeyUnavailable(f"key file {path} holds a key type that cannot sign certificates")
+        with self._lock:
+            self._loaded[path] = (digest, key)  # type: ignore[assignment]
         return key  # type: ignore[return-value]
 
     def generate(self, ref: KeyRef, key_type: KeyType) -> CertificateIssuerPrivateKeyTypes:
