@@ -44,23 +44,21 @@ CHAINS_KEPT = 300.0  # seconds a CA's certificate chains are kept in memory
 
 class _Validating:
     """A challenge's answer that may wait, off the worker thread, for its validation: what the
-    handler returns instead of a response; the endpoint turns it into one."""
+    handler returns instead of a response; the endpoint turns it into one. ``answer`` makes
+    the response from the recorded challenge, or from None while it is still processing."""
 
     def __init__(
-        self,
-        answer: Response,
-        outcome: Future[Challenge | None],
-        settled: Callable[[Challenge], Response],
+        self, outcome: Future[Challenge | None], answer: Callable[[Challenge | None], Response]
     ) -> None:
-        self._answer, self._outcome, self._settled = answer, outcome, settled
+        self._outcome, self._answer = outcome, answer
 
     async def settled(self, wait: float) -> Response:
         # Shielded: a wait that runs out must not cancel the outcome.
         try:
             done = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self._outcome)), wait)
         except TimeoutError:
-            return self._answer
-        return self._answer if done is None else self._settled(done)
+            done = None
+        return self._answer(done)
 
 
 # Handlers run in a worker thread, after the envelope and the signature were checked there.
@@ -427,16 +425,14 @@ class AcmeFace:
                 )
         headers = self._headers(request)
         headers["Link"] += f', <{self.base(request)}/authz/{challenge.authz_id}>;rel="up"'
-        answer = JSONResponse(
-            self._challenge_body(request, challenge), headers={**headers, "Retry-After": "1"}
-        )
-        if outcome is None:
-            return answer
 
-        def settled(done: Challenge) -> Response:
+        def answer(done: Challenge | None) -> Response:
+            if done is None:  # still processing: the client polls again
+                body = self._challenge_body(request, challenge)
+                return JSONResponse(body, headers={**headers, "Retry-After": "1"})
             return JSONResponse(self._challenge_body(request, done), headers=headers)
 
-        return _Validating(answer, outcome, settled)
+        return answer(None) if outcome is None else _Validating(outcome, answer)
 
     def _resume_abandoned(self, authz: Authz, account: Account) -> Authz:
         """A read of the account's own authorization or challenge validates again what a dead

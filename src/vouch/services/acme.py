@@ -546,23 +546,12 @@ class AcmeService:
         CAA verdict the caller already folded into ``error``: the challenge as recorded. None,
         recording nothing, when the claim was lost: the validation outlived CHALLENGE_TIMEOUT
         and was claimed again."""
-        at = self._clock.now()
-        document = None if error is None else error.document()
-        recorded = self._store.finish_challenge(
+        return self._store.finish_challenge(
             challenge.id,
             started=challenge.processing_started,
             ok=error is None,
-            at=at,
-            error=document,
-        )
-        if not recorded:
-            return None
-        return dataclasses.replace(
-            challenge,
-            status="valid" if error is None else "invalid",
-            validated_at=at if error is None else None,
-            error=document,
-            processing_started=None,
+            at=self._clock.now(),
+            error=None if error is None else error.document(),
         )
 
     def finalize(self, account: Account, order_id: int, payload: dict[str, Any]) -> Order:

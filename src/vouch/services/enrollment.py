@@ -2,8 +2,8 @@
 current certificate), what they may have, and the authority that signs it.
 
 Requests come in batches (the API collects those that arrive together): the tokens of a batch
-are redeemed in one transaction, certificates are issued with the authority's group commit, and
-one more transaction records who asked for each certificate. A token is spent when it is
+are redeemed in one transaction, and certificates are issued with the authority's group commit,
+which records who asked for each certificate in the same transaction. A token is spent when it is
 redeemed, before issuance: a request refused by policy afterwards does not give it back.
 """
 

@@ -522,11 +522,12 @@ class AcmeStore:
         ok: bool,
         at: dt.datetime,
         error: dict[str, Any] | None,
-    ) -> bool:
-        """Record a validation: the challenge, its authorization, and the order's readiness.
-        Only for the claim made at ``started`` (None: a claim from before claims were stamped):
-        False, and nothing recorded, if the challenge was claimed again since (this validation
-        outlived its bound and another node took over) or is no longer processing.
+    ) -> Challenge | None:
+        """Record a validation: the challenge, its authorization, and the order's readiness;
+        return the challenge as recorded. Only for the claim made at ``started`` (None: a claim
+        from before claims were stamped): None, and nothing recorded, if the challenge was
+        claimed again since (this validation outlived its bound and another node took over) or
+        is no longer processing.
 
         The commit does not wait for the disk: a validation a power loss forgets leaves the
         challenge to be asked again, and nothing is issued on it before a durable commit (the
@@ -550,10 +551,10 @@ class AcmeStore:
                     validated_at=at if ok else None,
                     error=document,
                 )
-                .returning(acme_challenges.c.authz_id, acme_challenges.c.type)
+                .returning(*acme_challenges.c)
             ).first()
             if challenge is None:
-                return False
+                return None
             authz = conn.execute(_AUTHZ, {"id": challenge.authz_id}).first()
             assert authz is not None
             if authz.status == "pending":
@@ -585,7 +586,7 @@ class AcmeStore:
                     )
                 ],
             )
-        return True
+        return _challenge(challenge)
 
     def deactivate_authz(self, authz_id: int) -> None:
         with self.db.begin() as conn:
