@@ -185,7 +185,7 @@ def _certbot_round(acme: Acme, work: Path, names: list[str], method: list[str]) 
     kid, key = acme.eab(f"certbot {method[0]}")
     issued = acme.certbot(
         work, "certonly", *method, *[f"-d{n}" for n in names],
-        "--agree-tos", "--register-unsafely-without-email", "--eab-kid", kid, "--eab-hmac-key", key,
+        "--agree-tos", "--register-unsafely-without-email", f"--eab-kid={kid}", f"--eab-hmac-key={key}",
     )  # fmt: skip
     assert issued.returncode == 0, issued.stdout + issued.stderr
     live = work / "c" / "live" / names[0]
@@ -232,7 +232,8 @@ def test_lego(acme: Acme, challenge: str) -> None:
         method = ["--dns", "rfc2136", "--dns.resolvers", acme.bind.address, "--dns.disable-cp"]
         env = acme.bind.lego_env()
     kid, key = acme.eab(f"lego {challenge}")
-    method += ["--eab", "--kid", kid, "--hmac", key]  # lego wants them on every command
+    # As one argument each: a base64url HMAC key may begin with "-", which would read as an option.
+    method += ["--eab", f"--kid={kid}", f"--hmac={key}"]  # lego wants them on every command
     issued = acme.lego(work, names, *method, "run", env=env)
     assert issued.returncode == 0, issued.stdout + issued.stderr
     certificates = work / "certificates"

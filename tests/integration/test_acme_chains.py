@@ -104,7 +104,7 @@ def test_lego_takes_the_alternate_chain_it_prefers(
     names = ["lego.chains.test"]
     method = ["--http", "--http.port", f"127.0.0.1:{acme.http01_port}"]
     preferred = _common_name(offline / "root-2.pem")
-    issued = acme.lego(tmp_path, names, *method, "--eab", "--kid", kid, "--hmac", key,
+    issued = acme.lego(tmp_path, names, *method, "--eab", f"--kid={kid}", f"--hmac={key}",
                        "run", "--preferred-chain", preferred)  # fmt: skip
     assert issued.returncode == 0, issued.stdout + issued.stderr
     chain = (tmp_path / "certificates" / f"{names[0]}.crt").read_bytes()

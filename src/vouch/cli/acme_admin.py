@@ -41,9 +41,10 @@ def eab_new_command(
         return
     print(f"key id:   {made.key_id}")
     print(f"hmac key: {made.hmac_key}")
+    # With "=": a base64url key may begin with "-", which the clients would take for an option.
     print("The HMAC key is shown only now. Give both to the account holder, e.g.")
-    print(f"  certbot ... --eab-kid {made.key_id} --eab-hmac-key HMAC_KEY")
-    print(f"  lego ... --eab --kid {made.key_id} --hmac HMAC_KEY")
+    print(f"  certbot ... --eab-kid={made.key_id} --eab-hmac-key=HMAC_KEY")
+    print(f"  lego ... --eab --kid={made.key_id} --hmac=HMAC_KEY")
 
 
 @eab_app.command("list")
