@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -15,7 +17,34 @@ VOUCH = str(Path(sys.executable).with_name("vouch"))
 PASSPHRASE = "test-passphrase-1"
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_EPHEMERAL = _ephemeral_range()
+# Ports are handed out below the kernel's ephemeral range: a port the kernel picks for "port 0"
+# or for an outgoing connection (a database client, say) can never be one we just handed out,
+# which is how a probed-then-closed port used to be taken before the server bound it.
+_OWN = (20000, 32000) if _EPHEMERAL[0] > 32000 else None
+_next = itertools.count(random.Random(os.getpid()).randrange(0, 4000))
+
+
 def free_port() -> int:
+    """A port on 127.0.0.1 that is free now and that this test process has not handed out yet."""
+    if _OWN is not None:
+        low, high = _OWN
+        for _ in range(high - low):
+            port = low + next(_next) % (high - low)
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])

@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from tests.conftest import make_home, require_tool
 from tests.pkilint_check import cabf_findings, rfc5280_findings
+from tests.servers import free_port
 
 from vouch.errors import PolicyViolation
 from vouch.services.authority import IssuanceRequest
@@ -171,9 +172,7 @@ def test_rsa_server_leaf_without_key_encipherment_handshakes(tmp_path: Path) -> 
             serialization.NoEncryption(),
         )
     )
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen(
         [
             openssl,

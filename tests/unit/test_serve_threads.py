@@ -6,24 +6,18 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 from pathlib import Path
 
 import anyio.to_thread
 import pytest
 from pydantic import ValidationError
 from tests.conftest import make_home, passphrase
+from tests.servers import free_port
 
 from vouch.config import ServeSettings
 from vouch.server.run import Listen, serve
 from vouch.store.engine import SQLITE_DEFERRED_AUTOCHECKPOINT
 from vouch.wiring import Vouch
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_default_and_bounds() -> None:
@@ -44,7 +38,7 @@ def test_server_runs_on_the_configured_threads(tmp_path: Path) -> None:
     async def main() -> None:
         ready = asyncio.Event()
         task = asyncio.create_task(
-            serve(vouch, http=Listen("127.0.0.1", _free_port()), https=None, ready=ready)
+            serve(vouch, http=Listen("127.0.0.1", free_port()), https=None, ready=ready)
         )
         await asyncio.wait_for(ready.wait(), 30)
         seen["threads"] = int(anyio.to_thread.current_default_thread_limiter().total_tokens)
