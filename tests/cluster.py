@@ -1,8 +1,8 @@
 """Several ``vouch serve`` nodes on one PostgreSQL, behind a real nginx (docs/nginx-cluster.conf).
 
-The nodes have their own homes (``vouch.toml``, ``root.pem``, ``serve/``, a copy of the CA keys)
-and share ``keys/ocsp`` (a symlink to one directory, as shared storage would be), so the lease
-holder's new OCSP responder keys reach every node. nginx terminates TLS for ACME and re-encrypts to the nodes' HTTPS ports.
+The nodes have their own homes (``vouch.toml``, ``root.pem``, ``serve/``, a copy of the CA keys,
+and each its own ``keys/ocsp``: no shared storage; a node makes its own OCSP responder). nginx
+terminates TLS for ACME and re-encrypts to the nodes' HTTPS ports.
 """
 
 from __future__ import annotations
@@ -154,7 +154,6 @@ class Cluster:
         set_config(self.shared, 'check_interval = "5s"', 'check_interval = "1s"')
         with (self.shared / "vouch.toml").open("a", encoding="utf-8") as config:
             config.write(ACME_CONFIG.format(http01=self.http01_port))
-        (self.shared / "keys" / "ocsp").mkdir(mode=0o700)
         front = base / "front"
         front.mkdir()
         run_vouch(self.shared, "cert", "new", "localhost", "127.0.0.1", "--out-dir", str(front))
@@ -186,10 +185,9 @@ class Cluster:
         home.mkdir()
         for name in ("vouch.toml", "root.pem", "audit-key.pem"):
             shutil.copy2(self.shared / name, home / name)
-        # The CA keys are copied; keys/ocsp, where the lease holder writes new responder keys,
-        # is one directory for all (a symlink here, shared storage in a real deployment).
+        # The CA keys are copied; keys/ocsp is each node's own (no shared storage): a node makes
+        # its own OCSP responder key when it has none it can load.
         shutil.copytree(self.shared / "keys", home / "keys", ignore=shutil.ignore_patterns("ocsp"))
-        (home / "keys" / "ocsp").symlink_to(self.shared / "keys" / "ocsp")
         return home
 
     @property

@@ -555,6 +555,7 @@ class Vouch:
             ),
             linter=self.linter,
             lint_mode=self.config.issuance.lint,
+            ca_key_for=self.ca_key,
         )
 
     def issuer_urls(self, record: AuthorityRecord) -> IssuerUrls:

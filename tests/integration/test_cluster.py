@@ -18,6 +18,7 @@ import psycopg
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 from tests.acme_load import AcmeWorker, Outcome
 from tests.cluster import Cluster, acme_client, kill9, logs_without_tracebacks
@@ -75,6 +76,50 @@ def test_each_request_on_another_node(cluster: Cluster) -> None:
     cert = x509.load_der_x509_certificate(der)
     assert cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert ocsp_status(cluster, der) == "good"
+
+
+def test_every_node_signs_ocsp_on_demand_with_a_responder_of_its_own(cluster: Cluster) -> None:
+    """No shared storage: each node's keys/ocsp is its own, and a node that has no responder key
+    makes its own responder (recorded like any certificate) instead of answering tryLater."""
+    client, _ = acme_client(cluster, rotate=True)
+    try:
+        der = AcmeWorker(client, cluster.responder, Outcome()).order()
+    finally:
+        client.close()
+    cert = x509.load_der_x509_certificate(der)
+    issuer = x509.load_pem_x509_certificate(
+        httpx.get(f"{cluster.http}/ca/issuing.pem", timeout=10).content
+    )
+    responders = set()
+    for node in cluster.nodes:
+        nonce = node.url.encode().ljust(16, b"-")
+        request = (
+            ocsp.OCSPRequestBuilder()
+            .add_certificate(cert, issuer, hashes.SHA256())
+            .add_extension(x509.OCSPNonce(nonce), critical=False)
+            .build()
+        )
+        reply = httpx.post(
+            f"{node.url}/ocsp",
+            content=request.public_bytes(serialization.Encoding.DER),
+            headers={"Content-Type": "application/ocsp-request"},
+            timeout=30,
+        )
+        response = ocsp.load_der_ocsp_response(reply.content)
+        assert response.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL, node.output()
+        assert response.certificate_status == ocsp.OCSPCertStatus.GOOD
+        assert response.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce == nonce
+        [signer] = response.certificates
+        signer.verify_directly_issued_by(issuer)
+        public_key = signer.public_key()
+        assert isinstance(public_key, ec.EllipticCurvePublicKey)
+        public_key.verify(
+            response.signature, response.tbs_response_bytes, ec.ECDSA(hashes.SHA256())
+        )
+        responders.add(signer.serial_number)
+        own = sorted((node.home / "keys" / "ocsp").iterdir())
+        assert len(own) == 1, own
+    assert len(responders) == len(cluster.nodes)
 
 
 def test_parallel_orders_through_nginx(cluster: Cluster) -> None:

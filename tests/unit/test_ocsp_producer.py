@@ -4,6 +4,7 @@ them, pre-signing, and on-demand answers (unknown, nonce, SHA-256 CertID)."""
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 from pathlib import Path
 
 from cryptography import x509
@@ -20,6 +21,7 @@ from vouch.store.records import AuthorityRecord
 from vouch.wiring import DEFAULT_LINT_ALLOW, Vouch
 from vouch.x509.names import parse_name
 from vouch.x509.ocsp import parse_request
+from vouch.x509.serials import format_serial
 
 START = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC)
 
@@ -249,4 +251,55 @@ def test_held_back_responses_are_caught_up_once_issuance_pauses(tmp_path: Path) 
         state.note_issuance()
         assert waited(0.5) >= 0.49
     finally:
+        vouch.close()
+
+
+def _second_node(vouch: Vouch, home: Path, *, keys: bool = True) -> Vouch:
+    """Another node on the same store, with its own keys/ocsp (no shared storage); ``keys``:
+    with a copy of the CA keys, or none."""
+    ignore = shutil.ignore_patterns("ocsp", "*.db*", "serve") if keys else None
+    shutil.copytree(vouch.home, home, ignore=ignore or shutil.ignore_patterns("keys", "*.db*"))
+    if not keys:
+        (home / "keys").mkdir(mode=0o700)
+    config = home / "vouch.toml"
+    text = config.read_text(encoding="utf-8")
+    shared = f"sqlite:///{vouch.home / 'vouch.db'}"
+    assert 'url = "sqlite:///vouch.db"' in text
+    config.write_text(text.replace('url = "sqlite:///vouch.db"', f'url = "{shared}"'), "utf-8")
+    return Vouch(home, passphrase=passphrase, clock=vouch.clock)
+
+
+def test_a_node_without_the_responder_key_makes_its_own(tmp_path: Path) -> None:
+    vouch, _ = _vouch(tmp_path)
+    other = _second_node(vouch, tmp_path / "node2")
+    keyless = _second_node(vouch, tmp_path / "node3", keys=False)
+    try:
+        authority = vouch.store.get_authority("issuing")
+        first = vouch.ocsp_producer.responder(authority, ca_key=vouch.ca_key(authority))
+        assert first is not None
+        issued = _issue(vouch, "node.example.com")
+        parsed = parse_request(_request(issued, hashes.SHA256(), nonce=b"fedcba9876543210"))
+        assert parsed is not None
+        # Node 2 cannot load node 1's responder key: it makes and records a responder of its own.
+        answer = ocsp.load_der_ocsp_response(other.ocsp_producer.answer(parsed))
+        assert answer.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL
+        assert answer.certificate_status == ocsp.OCSPCertStatus.GOOD
+        [signer] = answer.certificates
+        assert signer.serial_number != first.certificate.serial_number
+        assert len(list((other.home / "keys" / "ocsp").iterdir())) == 1
+        assert len(list((vouch.home / "keys" / "ocsp").iterdir())) == 1
+        [recorded] = vouch.revocations.find_issued(format_serial(signer.serial_number), "issuing")
+        assert recorded.profile == "ocsp-responder"
+        # Node 1 keeps its own (it cannot load node 2's, which is newer), and node 2 its own.
+        again = vouch.ocsp_producer.responder(authority)
+        assert again is not None and again.certificate == first.certificate
+        again_other = other.ocsp_producer.responder(authority)
+        assert again_other is not None and again_other.certificate == signer
+        # A node that holds neither a responder key nor the CA key says "try later", and goes on.
+        refused = ocsp.load_der_ocsp_response(keyless.ocsp_producer.answer(parsed))
+        assert refused.response_status == ocsp.OCSPResponseStatus.TRY_LATER
+        assert not (keyless.home / "keys" / "ocsp").exists()
+    finally:
+        keyless.close()
+        other.close()
         vouch.close()

@@ -13,6 +13,7 @@ import base64
 import datetime as dt
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -20,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
 from vouch.clock import Clock
-from vouch.errors import LintFailure
+from vouch.errors import LintFailure, VouchError
 from vouch.keys.base import KeyRef
 from vouch.keys.registry import KeyRegistry
 from vouch.store.ocsp import OcspStore
@@ -87,7 +88,9 @@ class OcspProducer:
         settings: OcspSettings,
         linter: Linter | None = None,
         lint_mode: LintMode = LintMode.BLOCK,
+        ca_key_for: Callable[[AuthorityRecord], CertificateIssuerPrivateKeyTypes] | None = None,
     ) -> None:
+        """``ca_key_for``: the CA's key, to make this node's own responder when it has none."""
         self._store = store
         self._ocsp = ocsp
         self._revocations = revocations
@@ -96,6 +99,7 @@ class OcspProducer:
         self._settings = settings
         self._linter = linter
         self._lint_mode = lint_mode
+        self._ca_key_for = ca_key_for
         self._responders: dict[int, Responder] = {}
         self._lock = threading.Lock()
         self._issuers: dict[tuple[str, bytes, bytes], KnownIssuer] = {}
@@ -133,29 +137,54 @@ class OcspProducer:
         *,
         ca_key: CertificateIssuerPrivateKeyTypes | None = None,
     ) -> Responder | None:
-        """The CA's current responder; with ``ca_key``, a new one when it is past half-life."""
+        """This node's current responder for the CA; a new one when it has none or its own is
+        past half-life, signed with ``ca_key`` or, failing that, the key ``ca_key_for`` loads.
+
+        A responder's key stays on the node that made it: a node uses the newest valid responder
+        whose key it can load (all of them, with ``keys/ocsp`` on shared storage) and otherwise
+        makes its own, so nodes need no shared storage to sign OCSP."""
         now = self._clock.now()
         renew_at = self._settings.responder_validity / 2
         with self._lock:
             cached = self._responders.get(authority.id)
             if cached is not None and cached.not_after - now > renew_at:
                 return cached
-            record = self._ocsp.current_responder(authority.id, now)
-            if record is not None and (record.not_after - now > renew_at or ca_key is None):
-                if cached is None or cached.not_after < record.not_after:
-                    cached = Responder(
-                        authority.id,
-                        x509.load_der_x509_certificate(record.certificate),
-                        self._keys.load(KeyRef.parse(record.key_ref)),
-                        record.not_after,
+            usable = self._usable_responder(authority, now, cached)
+            if usable is not None:
+                self._responders[authority.id] = usable
+                if usable.not_after - now > renew_at:
+                    return usable
+            # As the lease holder does: no new responder for a revoked or expired CA.
+            makeable = authority.status != "revoked" and authority.not_after > now
+            if ca_key is None and self._ca_key_for is not None and makeable:
+                try:
+                    ca_key = self._ca_key_for(authority)
+                except VouchError as exc:
+                    log.warning(
+                        "no OCSP responder of CA %s can be made here: %s",
+                        authority.name,
+                        exc.message,
                     )
-                    self._responders[authority.id] = cached
-                return cached
             if ca_key is None:
-                return cached if cached is not None and cached.not_after > now else None
+                return usable
             created = self._create_responder(authority, ca_key)
             self._responders[authority.id] = created
             return created
+
+    def _usable_responder(
+        self, authority: AuthorityRecord, now: dt.datetime, cached: Responder | None
+    ) -> Responder | None:
+        """The newest valid responder of the CA whose key this node holds."""
+        for record in self._ocsp.valid_responders(authority.id, now):
+            certificate = x509.load_der_x509_certificate(record.certificate)
+            if cached is not None and cached.certificate == certificate:
+                return cached
+            try:
+                key = self._keys.load(KeyRef.parse(record.key_ref))
+            except VouchError:
+                continue  # made by another node, whose keys/ocsp is its own
+            return Responder(authority.id, certificate, key, record.not_after)
+        return None
 
     def _create_responder(
         self, authority: AuthorityRecord, ca_key: CertificateIssuerPrivateKeyTypes

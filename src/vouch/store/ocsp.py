@@ -258,8 +258,10 @@ class OcspStore:
                 )
             )
 
-    def current_responder(self, authority_id: int, now: dt.datetime) -> ResponderRecord | None:
-        """The newest responder of a CA that is valid now."""
+    def valid_responders(self, authority_id: int, now: dt.datetime) -> list[ResponderRecord]:
+        """A CA's responders that are valid now (certificate issued, not revoked), newest first.
+
+        Each node may have made its own (its key stays on that node), so there can be several."""
         statement = (
             select(ocsp_responders, certificates.c.der)
             .join(certificates, ocsp_responders.c.certificate_id == certificates.c.id)
@@ -270,22 +272,21 @@ class OcspStore:
                 certificates.c.state == "issued",
                 certificates.c.revoked_at.is_(None),
             )
-            .order_by(ocsp_responders.c.not_after.desc())
-            .limit(1)
+            .order_by(ocsp_responders.c.not_after.desc(), ocsp_responders.c.id.desc())
         )
         with self.db.read() as conn:
-            row = conn.execute(statement).first()
-        if row is None:
-            return None
-        m = row._mapping
-        return ResponderRecord(
-            id=m["id"],
-            authority_id=m["authority_id"],
-            certificate=m["der"],
-            key_ref=m["key_ref"],
-            not_before=m["not_before"],
-            not_after=m["not_after"],
-        )
+            rows = conn.execute(statement).all()
+        return [
+            ResponderRecord(
+                id=m["id"],
+                authority_id=m["authority_id"],
+                certificate=m["der"],
+                key_ref=m["key_ref"],
+                not_before=m["not_before"],
+                not_after=m["not_after"],
+            )
+            for m in (row._mapping for row in rows)
+        ]
 
 
 def _row(row: Any) -> OcspRow:
