@@ -4,14 +4,16 @@ them, pre-signing, and on-demand answers (unknown, nonce, SHA-256 CertID)."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import shutil
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
-from tests.conftest import make_home, passphrase
+from tests.conftest import PASSPHRASE, make_home, passphrase
 
 from vouch.clock import FixedClock
 from vouch.server.tls import TlsFiles, issue_tls_certificate, needs_renewal
@@ -269,7 +271,9 @@ def _second_node(vouch: Vouch, home: Path, *, keys: bool = True) -> Vouch:
     return Vouch(home, passphrase=passphrase, clock=vouch.clock)
 
 
-def test_a_node_without_the_responder_key_makes_its_own(tmp_path: Path) -> None:
+def test_a_node_without_the_responder_key_makes_its_own(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     vouch, _ = _vouch(tmp_path)
     other = _second_node(vouch, tmp_path / "node2")
     keyless = _second_node(vouch, tmp_path / "node3", keys=False)
@@ -296,8 +300,14 @@ def test_a_node_without_the_responder_key_makes_its_own(tmp_path: Path) -> None:
         again_other = other.ocsp_producer.responder(authority)
         assert again_other is not None and again_other.certificate == signer
         # A node that holds neither a responder key nor the CA key says "try later", and goes on.
-        refused = ocsp.load_der_ocsp_response(keyless.ocsp_producer.answer(parsed))
-        assert refused.response_status == ocsp.OCSPResponseStatus.TRY_LATER
+        with caplog.at_level(logging.WARNING, logger="vouch.services.ocsp"):
+            for _ in range(3):
+                refused = ocsp.load_der_ocsp_response(keyless.ocsp_producer.answer(parsed))
+                assert refused.response_status == ocsp.OCSPResponseStatus.TRY_LATER
+        # Said once, with the reason, not on every request; no secret in it.
+        [warning] = [r.getMessage() for r in caplog.records if "can be made here" in r.message]
+        assert "issuing" in warning and "does not exist" in warning, warning
+        assert PASSPHRASE.decode() not in warning
         assert not (keyless.home / "keys" / "ocsp").exists()
     finally:
         keyless.close()

@@ -13,6 +13,7 @@ import base64
 import datetime as dt
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -51,6 +52,7 @@ from vouch.x509.signing import finish_certificate, template_certificate
 
 log = logging.getLogger(__name__)
 RESPONDER_PROFILE = "ocsp-responder"
+CA_KEY_RETRY = 30.0  # seconds before a node that could not load a CA key tries again
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,7 @@ class OcspProducer:
         self._lint_mode = lint_mode
         self._ca_key_for = ca_key_for
         self._responders: dict[int, Responder] = {}
+        self._no_ca_key_until: dict[int, float] = {}  # monotonic time, by authority id
         self._lock = threading.Lock()
         self._issuers: dict[tuple[str, bytes, bytes], KnownIssuer] = {}
         self.reload_issuers()
@@ -154,12 +157,20 @@ class OcspProducer:
                 self._responders[authority.id] = usable
                 if usable.not_after - now > renew_at:
                     return usable
-            # As the lease holder does: no new responder for a revoked or expired CA.
+            # As the lease holder does: no new responder for a revoked or expired CA; and after
+            # a failed load of the CA key, not again for every request while it is out of reach.
             makeable = authority.status != "revoked" and authority.not_after > now
-            if ca_key is None and self._ca_key_for is not None and makeable:
+            retry_at = self._no_ca_key_until.get(authority.id, 0.0)
+            if (
+                ca_key is None
+                and self._ca_key_for is not None
+                and makeable
+                and time.monotonic() >= retry_at
+            ):
                 try:
                     ca_key = self._ca_key_for(authority)
                 except VouchError as exc:
+                    self._no_ca_key_until[authority.id] = time.monotonic() + CA_KEY_RETRY
                     log.warning(
                         "no OCSP responder of CA %s can be made here: %s",
                         authority.name,
