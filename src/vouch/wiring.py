@@ -407,14 +407,29 @@ class Vouch:
     @cached_property
     def provisioners(self) -> Provisioners:
         from vouch.services.provisioners import build_provisioners
-        def read(path_text: str) -> bytes:
-            path = Path(path_text) if Path(path_text).is_absolute() else self.home / path_text
-            try:
-                return path.read_bytes()
-            except OSError as exc:
-                raise ConfigError(f"cannot read the provisioner public key {path}") from exc
 
-        return build_provisioners(self.config.provisioners, read)
+        return build_provisioners(self.config.provisioners, self._read_public_key)
+
+    def _read_public_key(self, path_text: str) -> bytes:
+        path = Path(path_text) if Path(path_text).is_absolute() else self.home / path_text
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the provisioner public key {path}") from exc
+
+    def reload_provisioners(self) -> bool:
+        """Adopt the provisioners ``vouch.toml`` declares now (added, changed, removed), logging
+        them in force first; False when they are unchanged. A ConfigError leaves the old ones."""
+        from vouch.config import load_config
+        from vouch.services.provisioners import build_provisioners
+
+        current = self.provisioners
+        fresh = build_provisioners(load_config(self.home).provisioners, self._read_public_key)
+        if fresh.same_as(current):
+            return False
+        fresh.record_in_force(self.store, self.clock)
+        current.adopt(fresh)
+        return True
 
     @cached_property
     def api_store(self) -> ApiStore:

@@ -546,6 +546,89 @@ def test_failed_logins_are_rate_limited(tmp_path: Path) -> None:
     assert wrong not in json.dumps(failures) and good not in json.dumps(failures)
 
 
+def _until(check: Any, timeout: float = 15.0) -> Any:
+    """``check()``'s first truthy result, polled (the server re-reads vouch.toml on its sync)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(0.2)
+
+
+def test_a_running_server_adopts_provisioners_added_changed_or_removed(tmp_path: Path) -> None:
+    port = free_port()
+    home = tmp_path / "home"
+    make_home(
+        home, public_url=f"http://127.0.0.1:{port}", lint_allow=list(DEFAULT_LINT_ALLOW)
+    ).close()
+    config = home / "vouch.toml"
+    with config.open("a") as appended:
+        appended.write(API_CONFIG)  # the polls below fail logins on purpose
+    without = config.read_text(encoding="utf-8")
+    _, csr = _csr(tmp_path, "hot.example.com")
+
+    def issue(token: str) -> httpx.Response:
+        body = {"csr": csr.read_text(), "token": token}
+        return httpx.post(f"http://127.0.0.1:{port}/api/v1/certificates", json=body, timeout=30)
+
+    keys: list[Any] = []
+
+    def token(*names: str) -> str:
+        """Minted here, not by the CLI: it checks names against the policy it reads, and needs
+        a vouch.toml that loads."""
+        if not keys:
+            opened = Vouch(home, passphrase=passphrase)
+            try:
+                keys.append(opened.keys.load(KeyRef("file", "keys/provisioners/ci.key.pem")))
+            finally:
+                opened.close()
+        return mint_token(
+            keys[0],
+            provisioner="ci", audience=f"http://127.0.0.1:{port}/api/v1", names=names,
+            ttl=dt.timedelta(minutes=5), now=dt.datetime.now(dt.UTC),
+        )  # fmt: skip
+
+    def health() -> dict[str, Any]:
+        return dict(httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).json())
+
+    with VouchServer(home, http_port=port, https=False):
+        added = run_vouch(home, "admin", "provisioner", "add", "ci", "--allow-suffix", "example.com")
+        assert "running vouch serve" in added.stdout
+        first = token("hot.example.com")
+        assert _until(lambda: issue(first).status_code == 201), issue(first).text
+        assert [p["name"] for p in httpx.get(f"http://127.0.0.1:{port}/api/v1/provisioners").json()] == ["ci"]
+        with_ci = config.read_text(encoding="utf-8")
+
+        # A vouch.toml that does not load: said in /healthz; the provisioners in force stay.
+        config.write_text(with_ci + "\n[[provisioners]\n", encoding="utf-8")
+        problem = _until(lambda: [p for p in health()["problems"] if p.startswith("config:")])
+        assert problem and "not valid TOML" in problem[0], health()
+        assert health()["status"] == "degraded"
+        assert issue(token("hot.example.com")).status_code == 201
+
+        # A changed policy applies at once (no cached authority keeps the old one).
+        config.write_text(
+            with_ci.replace('allowed_dns_suffixes = ["example.com"]', 'allowed_dns_suffixes = ["example.net"]'),
+            encoding="utf-8",
+        )
+        assert _until(lambda: issue(token("hot.example.com")).status_code == 403)
+        assert health()["status"] == "ok", health()
+
+        # Removed (its key leaked, say): its tokens are refused from now on.
+        config.write_text(with_ci, encoding="utf-8")
+        assert _until(lambda: issue(token("hot.example.com")).status_code == 201)
+        config.write_text(without, encoding="utf-8")
+        refused = _until(
+            lambda: (answer := issue(token("hot.example.com"))).status_code == 401 and answer
+        )
+        assert refused and refused.json()["error"] == "unknown-provisioner", refused
+    # Each set in force is in the audit log, the empty one included.
+    in_force = _events(home, "provisioners.in-force")
+    policies = [[p["policy"]["allowed_dns_suffixes"] for p in e["provisioners"]] for e in in_force]
+    assert policies == [[["example.com"]], [["example.net"]], [["example.com"]], []], in_force
+
+
 # -- spent-token cleanup ---------------------------------------------------------------------------
 
 

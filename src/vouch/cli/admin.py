@@ -185,6 +185,7 @@ def provisioner_add(
             vouch.close()
     print(f"Provisioner {name} added to {CONFIG_NAME}; its public key is {public_path}")
     print(f"Mint a token: vouch token www.example.com --provisioner {name}")
+    print(f"A running vouch serve adopts it within seconds (it re-reads {CONFIG_NAME} when it changes).")
 
 
 @provisioners_app.command("list")

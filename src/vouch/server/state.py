@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
+from vouch.config import CONFIG_NAME
 from vouch.durations import parse_duration
 from vouch.errors import VouchError
 from vouch.server.metrics import Metrics
@@ -79,6 +80,7 @@ class ServerState:
     _db_lock: threading.Lock = field(default_factory=threading.Lock)
     _issued_at: float = -1e9  # time.monotonic() of this node's last issuance
     _held_back: bool = False  # the last pass capped first responses: catch up when quiet
+    _config_stamp: tuple[int, int, int] | None = None  # vouch.toml's (mtime_ns, size, inode)
 
     def note_issuance(self) -> None:
         """This node just issued (REST API or ACME): see ISSUING_QUIET."""
@@ -92,6 +94,7 @@ class ServerState:
     def sync(self) -> None:
         """Refresh CAs, CRLs and OCSP responses from the store (blocking; run in a thread)."""
         vouch = self.vouch
+        self._watch_config()
         records = vouch.store.list_authorities()
         self.authorities = {r.id: r for r in records}
         self.ca_certs = {r.name: r.certificate for r in records}
@@ -126,6 +129,31 @@ class ServerState:
                 self.metrics.certificates.labels(status=status).set(count)
             self._counted_at = now
         self.ready = True
+
+    def _watch_config(self) -> None:
+        """Provisioners added, changed or removed in vouch.toml take effect within a sync, with
+        no restart: removing a provisioner whose key leaked stops its tokens at once. Other
+        settings are read at start. A vouch.toml that does not load leaves the provisioners as
+        they were and says why in /healthz until it is fixed."""
+        path = self.vouch.home / CONFIG_NAME
+        try:
+            status = path.stat()
+        except OSError:
+            return  # load_config names the problem when the file is next changed and read
+        stamp = (status.st_mtime_ns, status.st_size, status.st_ino)
+        if stamp == self._config_stamp:
+            return
+        self._config_stamp = stamp
+        try:
+            changed = self.vouch.reload_provisioners()
+        except VouchError as exc:
+            self._job_failed("config", f"{exc.message}; the provisioners in force are unchanged")
+            log.error("vouch.toml changed but was not adopted: %s", exc.message)
+            return
+        self._job_ok("config")
+        if changed:
+            names = ", ".join(p.name for p in self.vouch.provisioners.all()) or "none"
+            log.info("provisioners now in force (from %s): %s", CONFIG_NAME, names)
 
     # -- the lease holder ----------------------------------------------------------------------
 

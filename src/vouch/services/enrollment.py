@@ -112,7 +112,10 @@ class Enrollment:
         self.audience = audience
         self._default_profile = default_profile
         self._default_ca = default_ca
-        self._authorities: dict[tuple[str, str], tuple[Authority, float]] = {}
+        # (CA, provisioner) -> the authority, when it was built, the provisioner it was built for
+        self._authorities: dict[
+            tuple[str, str], tuple[Authority, float, Provisioner | None]
+        ] = {}
         self._lock = threading.Lock()
 
     @property
@@ -277,12 +280,16 @@ class Enrollment:
     def _authority(self, key: tuple[str, str], provisioner: Provisioner | None) -> Authority:
         with self._lock:
             cached = self._authorities.get(key)
-            if cached is not None and time.monotonic() - cached[1] < AUTHORITY_CACHE_SECONDS:
+            if (
+                cached is not None
+                and time.monotonic() - cached[1] < AUTHORITY_CACHE_SECONDS
+                and cached[2] is provisioner  # a reloaded provisioner's policy applies at once
+            ):
                 return cached[0]
         extra = (provisioner.policy,) if provisioner is not None else ()
         authority = self._authority_for(key[0], extra)
         with self._lock:
-            self._authorities[key] = (authority, time.monotonic())
+            self._authorities[key] = (authority, time.monotonic(), provisioner)
         return authority
 
 

@@ -84,7 +84,8 @@ class UnknownProvisioner(VouchError):
 
 
 class Provisioners:
-    """The configured provisioners, by name (built once, in wiring)."""
+    """The configured provisioners, by name (built in wiring; a running server adopts a changed
+    ``vouch.toml``'s with ``adopt``)."""
 
     def __init__(self, provisioners: Iterable[Provisioner]) -> None:
         self._by_name: dict[str, Provisioner] = {}
@@ -104,6 +105,17 @@ class Provisioners:
     def all(self) -> list[Provisioner]:
         return list(self._by_name.values())
 
+    def adopt(self, other: Provisioners) -> None:
+        """Serve ``other``'s provisioners from now on (one reference swap: a request sees the
+        old set or the new one, never a mix)."""
+        self._by_name = other._by_name
+
+    def same_as(self, other: Provisioners) -> bool:
+        """The same settings and the same public keys (a key file replaced in place counts)."""
+        return self.digest() == other.digest() and all(
+            other._by_name[name].public_key == p.public_key for name, p in self._by_name.items()
+        )
+
     def digest(self) -> str:
         described = [dict(p.settings or {}) for p in self._by_name.values()]
         return hashlib.sha256(canonical_json({"provisioners": described}).encode()).hexdigest()
@@ -112,10 +124,11 @@ class Provisioners:
         """Log the provisioners in force when they changed, as the CA's policy is logged, so
         the audit log shows every provisioner and its policy before anything is issued under
         it."""
-        if not self._by_name:
-            return
         digest = self.digest()
-        if store.latest_event_subject("provisioners.in-force") != digest:
+        latest = store.latest_event_subject("provisioners.in-force")
+        if latest is None and not self._by_name:
+            return  # none ever: nothing to say
+        if latest != digest:
             store.record_event(
                 NewEvent(
                     "provisioners.in-force",
