@@ -28,6 +28,7 @@ from vouch.clock import Clock, SystemClock
 from vouch.config import (
     CONFIG_NAME,
     KeySettings,
+    ProvisionerSettings,
     VouchConfig,
     load_config,
     render_initial_config,
@@ -82,7 +83,7 @@ if TYPE_CHECKING:  # imported where used: one-shot commands need few of them (st
     from vouch.services.incident import IncidentService
     from vouch.services.monitor import KeyHealth, Monitor, Thresholds
     from vouch.services.ocsp import OcspProducer
-    from vouch.services.provisioners import Provisioners
+    from vouch.services.provisioners import ApiProvisioners, Provisioners
     from vouch.services.revocation import Revoker
     from vouch.store.api import ApiStore
 
@@ -204,6 +205,8 @@ class Vouch:
         self.urls = UrlScheme(self.config.serve.public_url)
         self.publish_notes: list[str] = []
         self._policy_logged: str | None = None
+        self._declared_provisioners: list[ProvisionerSettings] = list(self.config.provisioners)
+        self._provisioners_lock = threading.Lock()  # a sync and an API change adopt in turn
 
     def close(self) -> None:
         linter = self.__dict__.get("linter")  # only if built
@@ -406,30 +409,54 @@ class Vouch:
 
     @cached_property
     def provisioners(self) -> Provisioners:
-        from vouch.services.provisioners import build_provisioners
+        """Those of vouch.toml, then those created through the API (kept in the store)."""
+        return self._build_provisioners()
 
-        return build_provisioners(self.config.provisioners, self._read_public_key)
+    def _build_provisioners(self) -> Provisioners:
+        from vouch.services.provisioners import build_provisioners, stored_settings
 
-    def _read_public_key(self, path_text: str) -> bytes:
-        path = Path(path_text) if Path(path_text).is_absolute() else self.home / path_text
-        try:
-            return path.read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"cannot read the provisioner public key {path}") from exc
+        stored, stored_keys = stored_settings(self.api_store.provisioners())
 
-    def reload_provisioners(self) -> bool:
-        """Adopt the provisioners ``vouch.toml`` declares now (added, changed, removed), logging
-        them in force first; False when they are unchanged. A ConfigError leaves the old ones."""
+        def read(path_text: str) -> bytes:
+            if path_text in stored_keys:
+                return stored_keys[path_text]
+            path = Path(path_text) if Path(path_text).is_absolute() else self.home / path_text
+            try:
+                return path.read_bytes()
+            except OSError as exc:
+                raise ConfigError(f"cannot read the provisioner public key {path}") from exc
+
+        return build_provisioners([*self._declared_provisioners, *stored], read)
+
+    def reload_provisioners(self, *, read_config: bool = True) -> bool:
+        """Adopt the provisioners in force now: those ``vouch.toml`` declares (read again unless
+        ``read_config`` is false) and those in the store. They are logged in force first;
+        False when nothing changed. A ConfigError leaves the old ones."""
         from vouch.config import load_config
-        from vouch.services.provisioners import build_provisioners
 
         current = self.provisioners
-        fresh = build_provisioners(load_config(self.home).provisioners, self._read_public_key)
-        if fresh.same_as(current):
-            return False
-        fresh.record_in_force(self.store, self.clock)
-        current.adopt(fresh)
-        return True
+        if read_config:
+            declared = load_config(self.home).provisioners
+        with self._provisioners_lock:
+            if read_config:
+                self._declared_provisioners = list(declared)
+            fresh = self._build_provisioners()
+            if fresh.same_as(current):
+                return False
+            fresh.record_in_force(self.store, self.clock)
+            current.adopt(fresh)
+            return True
+
+    def api_provisioners(self) -> ApiProvisioners:
+        from vouch.services.provisioners import ApiProvisioners
+
+        return ApiProvisioners(
+            store=self.api_store,
+            clock=self.clock,
+            in_force=self.provisioners,
+            profiles=load_profiles(self.config.profiles),
+            adopt=lambda: self.reload_provisioners(read_config=False),
+        )
 
     @cached_property
     def api_store(self) -> ApiStore:

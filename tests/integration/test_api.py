@@ -397,6 +397,8 @@ NEEDS = {
     ("GET", "/api/v1/admin/tokens"): "admin",
     ("POST", "/api/v1/admin/tokens"): "admin",
     ("DELETE", "/api/v1/admin/tokens/{token_id}"): "admin",
+    ("POST", "/api/v1/provisioners"): "admin",
+    ("DELETE", "/api/v1/provisioners/{name}"): "admin",
 }
 POSSESSION = {("POST", "/api/v1/renew")}  # a client certificate, not an API token
 RANK = {"auditor": 0, "operator": 1, "admin": 2}
@@ -544,6 +546,98 @@ def test_failed_logins_are_rate_limited(tmp_path: Path) -> None:
     failures = _events(home, "api.login-failed")
     assert len(failures) == 3
     assert wrong not in json.dumps(failures) and good not in json.dumps(failures)
+
+
+def test_provisioners_created_and_removed_through_the_api(site: Site) -> None:
+    """An admin creates a token provisioner with only its public key; it is in the store, so a
+    second node on the same store honours its tokens too; removing it stops them on both."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+    body = {
+        "name": "deploy-bot",
+        "public_key": public,
+        "policy": {"allowed_dns_suffixes": ["bots.example.com"], "max_names": 2},
+        "profiles": ["tls-server"],
+        "max_lifetime": "7d",
+    }
+    created = site.request("POST", "/provisioners", role="admin", json=body)
+    assert created.status_code == 201, created.text
+    assert created.json()["policy"] == {"allowed_dns_suffixes": ["bots.example.com"], "max_names": 2}
+    listed = {p["name"]: p for p in site.request("GET", "/provisioners").json()}
+    assert listed["deploy-bot"]["public_key"] == public
+    cli = run_vouch(site.home, "admin", "provisioner", "list", "--json").stdout
+    assert "deploy-bot" in cli
+
+    def token(*names: str) -> str:
+        return mint_token(
+            key, provisioner="deploy-bot", audience=site.api, names=names,
+            ttl=dt.timedelta(minutes=5), now=dt.datetime.now(dt.UTC),
+        )  # fmt: skip
+
+    _, csr = _csr(site.work, "a.bots.example.com")
+    status, answer = _curl_issue(site, csr, token("a.bots.example.com"))
+    assert status == 201, answer
+    leaf = x509.load_pem_x509_certificates(answer["chain"].encode())[0]
+    lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
+    assert lifetime <= dt.timedelta(days=7, seconds=1)
+    status, answer = _curl_issue(site, _csr(site.work, "www.example.com", tag="bot")[1],
+                                 token("www.example.com"))  # fmt: skip
+    assert status == 403, answer  # its own policy, on top of the CA's
+
+    # Refusals, each with its reason; nothing is created.
+    refusals = {
+        "duplicate": ({**body}, 409),
+        "declared in vouch.toml": ({**body, "name": "ci"}, 409),
+        "not PEM": ({**body, "name": "bad-pem", "public_key": "hello"}, 400),
+        "RSA": ({**body, "name": "rsa", "public_key": _rsa_public()}, 400),
+        "unknown profile": ({**body, "name": "prof", "profiles": ["nope"]}, 400),
+        "bad duration": ({**body, "name": "dur", "max_lifetime": "forever"}, 400),
+        "bad range": ({**body, "name": "rng", "policy": {"allowed_ip_ranges": ["10.0.0.0/99"]}}, 400),
+    }
+    for case, (sent, expected) in refusals.items():
+        response = site.request("POST", "/provisioners", role="admin", json=sent)
+        assert response.status_code == expected, (case, response.text)
+    names = [p["name"] for p in site.request("GET", "/provisioners").json()]
+    assert sorted(names) == ["ci", "deploy-bot", "devices"]
+    assert site.request("DELETE", "/provisioners/ci", role="admin").status_code == 409
+    assert site.request("DELETE", "/provisioners/nobody", role="admin").status_code == 404
+
+    # A second node on the same store: it serves the provisioner too, and both drop it.
+    with VouchServer(site.home, https=False) as other:
+        other_api = f"{other.url}/api/v1"
+        _, csr_b = _csr(site.work, "b.bots.example.com")
+
+        def issue_on_other(token_: str) -> httpx.Response:
+            return httpx.post(f"{other_api}/certificates", timeout=30,
+                              json={"csr": csr_b.read_text(), "token": token_})  # fmt: skip
+
+        assert issue_on_other(token("b.bots.example.com")).status_code == 201
+        removed = site.request("DELETE", "/provisioners/deploy-bot", role="admin")
+        assert removed.status_code == 204, removed.text
+        status, answer = _curl_issue(site, csr, token("a.bots.example.com"))
+        assert (status, answer["error"]) == (401, "unknown-provisioner")  # here: at once
+        refused = _until(
+            lambda: (r := issue_on_other(token("b.bots.example.com"))).status_code == 401 and r
+        )
+        assert refused and refused.json()["error"] == "unknown-provisioner"
+    created_events = _events(site.home, "provisioner.created")
+    assert [e["name"] for e in created_events] == ["deploy-bot"]
+    assert created_events[0]["by"]["role"] == "admin"
+    assert len(created_events[0]["public_key_sha256"]) == 64
+    assert [e["name"] for e in _events(site.home, "provisioner.removed")] == ["deploy-bot"]
+
+
+def _rsa_public() -> str:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    return (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
 
 
 def _until(check: Any, timeout: float = 15.0) -> Any:

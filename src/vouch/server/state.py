@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 
 from vouch.config import CONFIG_NAME
 from vouch.durations import parse_duration
-from vouch.errors import VouchError
+from vouch.errors import ConfigError, VouchError
 from vouch.server.metrics import Metrics
 from vouch.server.ocsp_cache import OcspCache
 from vouch.services.tokens import SPENT_KEPT
@@ -131,29 +131,36 @@ class ServerState:
         self.ready = True
 
     def _watch_config(self) -> None:
-        """Provisioners added, changed or removed in vouch.toml take effect within a sync, with
-        no restart: removing a provisioner whose key leaked stops its tokens at once. Other
-        settings are read at start. A vouch.toml that does not load leaves the provisioners as
-        they were and says why in /healthz until it is fixed."""
-        path = self.vouch.home / CONFIG_NAME
+        """Provisioners take effect within a sync, with no restart: those added, changed or
+        removed in vouch.toml (re-read when the file changes) and those created or removed
+        through the API on any node (in the store). Removing one whose key leaked stops its
+        tokens at once. Other settings are read at start. A vouch.toml that does not load
+        leaves its provisioners as they were and says why in /healthz until it is fixed."""
         try:
-            status = path.stat()
+            status = (self.vouch.home / CONFIG_NAME).stat()
+            stamp: tuple[int, int, int] | None = (
+                status.st_mtime_ns,
+                status.st_size,
+                status.st_ino,
+            )
         except OSError:
-            return  # load_config names the problem when the file is next changed and read
-        stamp = (status.st_mtime_ns, status.st_size, status.st_ino)
-        if stamp == self._config_stamp:
-            return
-        self._config_stamp = stamp
-        try:
-            changed = self.vouch.reload_provisioners()
-        except VouchError as exc:
-            self._job_failed("config", f"{exc.message}; the provisioners in force are unchanged")
-            log.error("vouch.toml changed but was not adopted: %s", exc.message)
-            return
-        self._job_ok("config")
+            stamp = self._config_stamp  # load_config names the problem once it is back
+        changed = False
+        if stamp != self._config_stamp:
+            try:
+                changed = self.vouch.reload_provisioners(read_config=True)
+                self._job_ok("config")
+            except ConfigError as exc:
+                self._job_failed(
+                    "config", f"{exc.message}; the provisioners it declared are unchanged"
+                )
+                log.error("%s changed but was not adopted: %s", CONFIG_NAME, exc.message)
+            self._config_stamp = stamp  # a store error above: tried again next time
+        if not changed:
+            changed = self.vouch.reload_provisioners(read_config=False)
         if changed:
             names = ", ".join(p.name for p in self.vouch.provisioners.all()) or "none"
-            log.info("provisioners now in force (from %s): %s", CONFIG_NAME, names)
+            log.info("provisioners now in force: %s", names)
 
     # -- the lease holder ----------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,12 +22,17 @@ from vouch.audit.entries import canonical_json
 from vouch.clock import Clock
 from vouch.config import ProvisionerSettings
 from vouch.durations import format_duration, parse_duration
-from vouch.errors import ConfigError, PolicyViolation, VouchError
+from vouch.errors import BadInput, ConfigError, Conflict, PolicyViolation, VouchError
+from vouch.store.api import ApiStore, StoredProvisioner
 from vouch.store.records import NewEvent
 from vouch.store.repository import Store
 from vouch.x509.policy import NamePolicy
 
+log = logging.getLogger(__name__)
+
 PublicKeyReader = Callable[[str], bytes]
+# The public_key of a provisioner created through the API: its PEM is in the store, not a file.
+STORED_KEY = "api:"
 # A token may not outlive this, whatever a provisioner says: one-time tokens are short-lived.
 TOKEN_TTL_CEILING = dt.timedelta(days=1)
 
@@ -195,3 +201,100 @@ def _load_public_key(scope: str, pem: bytes) -> ec.EllipticCurvePublicKey:
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
         raise ConfigError(f"{scope}: public_key must be a P-256 key (tokens are ES256)")
     return key
+
+
+def stored_settings(
+    stored: Iterable[StoredProvisioner],
+) -> tuple[list[ProvisionerSettings], dict[str, bytes]]:
+    """The settings of provisioners created through the API, and their keys by STORED_KEY name.
+    One that no longer reads (never expected: checked when created) is left out, so that it
+    cannot stop a node from starting."""
+    settings: list[ProvisionerSettings] = []
+    keys: dict[str, bytes] = {}
+    for one in stored:
+        try:
+            parsed = ProvisionerSettings.model_validate_json(one.settings)
+        except ValueError:
+            log.error("provisioner %s in the store does not read; it is left out", one.name)
+            continue
+        settings.append(parsed)
+        keys[STORED_KEY + one.name] = one.public_key.encode("ascii", "replace")
+    return settings, keys
+
+
+class ApiProvisioners:
+    """Token provisioners created and removed by administrators through the API. They are kept
+    in the store (every node serves them) and logged with who acted; ``adopt`` makes this node
+    serve the change at once (the others adopt it on their next sync)."""
+
+    def __init__(
+        self,
+        *,
+        store: ApiStore,
+        clock: Clock,
+        in_force: Provisioners,
+        profiles: Iterable[str],
+        adopt: Callable[[], object],
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._in_force = in_force
+        self._profiles = frozenset(profiles)
+        self._adopt = adopt
+
+    def create(
+        self, settings: ProvisionerSettings, public_key_pem: str, by: Mapping[str, object]
+    ) -> Provisioner:
+        name = settings.name
+        if settings.type != "token":
+            raise BadInput("only token provisioners are created through the API")
+        if any(p.name == name for p in self._in_force.all()):
+            raise Conflict(f"a provisioner named {name!r} already exists")
+        unknown = sorted(set(settings.profiles) - self._profiles)
+        if unknown:
+            raise BadInput(
+                f"unknown profiles {unknown}", hint=f"known: {', '.join(sorted(self._profiles))}"
+            )
+        settings = settings.model_copy(update={"public_key": STORED_KEY + name, "key": None})
+        pem = public_key_pem.strip() + "\n"
+        try:
+            built = _build(settings, lambda _path: pem.encode("ascii"))
+        except UnicodeEncodeError as exc:
+            raise BadInput("public_key must be a PEM (ASCII) P-256 public key") from exc
+        except ConfigError as exc:
+            raise BadInput(exc.message, hint=exc.hint) from exc
+        assert built.public_key is not None
+        now = self._clock.now().replace(microsecond=0)
+        spki = built.public_key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        self._store.add_provisioner(
+            StoredProvisioner(name, settings.model_dump_json(), pem, now),
+            NewEvent(
+                "provisioner.created",
+                name,
+                {
+                    "name": name,
+                    "settings": settings.model_dump(mode="json", exclude={"key"}),
+                    "public_key_sha256": hashlib.sha256(spki).hexdigest(),
+                    "by": dict(by),
+                },
+            ),
+        )
+        self._adopt()
+        return built
+
+    def remove(self, name: str, by: Mapping[str, object]) -> None:
+        found = next((p for p in self._in_force.all() if p.name == name), None)
+        if found is not None and not (found.settings or {}).get("public_key", "").startswith(
+            STORED_KEY
+        ):
+            raise Conflict(
+                f"provisioner {name!r} is declared in vouch.toml",
+                hint="remove its [[provisioners]] entry there (a running server adopts it)",
+            )
+        now = self._clock.now().replace(microsecond=0)
+        self._store.remove_provisioner(
+            name, now, NewEvent("provisioner.removed", name, {"name": name, "by": dict(by)})
+        )
+        self._adopt()

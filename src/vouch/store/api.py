@@ -15,6 +15,7 @@ from vouch.store.records import CertificateRecord, NewEvent
 from vouch.store.repository import append_events, certificate_record
 from vouch.store.tables import (
     api_admin_tokens,
+    api_provisioners,
     api_token_redemptions,
     authorities,
     certificates,
@@ -38,6 +39,14 @@ class AdminTokenRecord:
     created_at: dt.datetime
     expires_at: dt.datetime | None
     revoked_at: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class StoredProvisioner:
+    name: str
+    settings: str  # canonical JSON of a vouch.toml [[provisioners]] entry
+    public_key: str  # PEM
+    created_at: dt.datetime
 
 
 @dataclass(frozen=True)
@@ -172,6 +181,33 @@ class ApiStore:
         """Events that change nothing else: admin actions that only read, failed logins."""
         with self.db.begin() as conn:
             append_events(conn, at, new)
+
+    # -- provisioners created through the API -----------------------------------------------------
+
+    def provisioners(self) -> list[StoredProvisioner]:
+        with self.db.read() as conn:
+            rows = conn.execute(select(api_provisioners).order_by(api_provisioners.c.name)).all()
+        return [StoredProvisioner(**r._mapping) for r in rows]
+
+    def add_provisioner(self, stored: StoredProvisioner, event: NewEvent) -> None:
+        """Conflict when the name is taken."""
+        with self.db.begin() as conn:
+            conn.execute(
+                insert(api_provisioners).values(
+                    name=stored.name,
+                    settings=stored.settings,
+                    public_key=stored.public_key,
+                    created_at=stored.created_at,
+                )
+            )
+            append_events(conn, stored.created_at, [event])
+
+    def remove_provisioner(self, name: str, at: dt.datetime, event: NewEvent) -> None:
+        with self.db.begin() as conn:
+            result = conn.execute(delete(api_provisioners).where(api_provisioners.c.name == name))
+            if result.rowcount != 1:
+                raise NotFound(f"no provisioner named {name!r} was created through the API")
+            append_events(conn, at, [event])
 
     # -- the inventory -----------------------------------------------------------------------------
 

@@ -381,6 +381,17 @@ api_admin_tokens = Table(
     Column("revoked_at", UTCDateTime, nullable=True),
 )
 
+# Provisioners created through the API (migration 0010): settings as canonical JSON (those of
+# a vouch.toml entry), and the PEM public key that verifies their tokens.
+api_provisioners = Table(
+    "api_provisioners",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("settings", Text, nullable=False),
+    Column("public_key", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
 # -- Incidents: a compromised CA, its replacement and its close (migration 0008) -------------
 
 incidents = Table(

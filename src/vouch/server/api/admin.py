@@ -1,4 +1,5 @@
-"""Administrators' API tokens: create (shown once), list, revoke; and who am I."""
+"""Administrators' API tokens: create (shown once), list, revoke; who am I; and token
+provisioners created and removed through the API."""
 
 # No `from __future__ import annotations`: FastAPI reads these annotations, whose
 # dependencies are bound in router() (a closure), at definition time.
@@ -8,6 +9,7 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, Path
 from starlette.concurrency import run_in_threadpool
 
+from vouch.config import ProvisionerSettings
 from vouch.durations import parse_duration
 from vouch.server.api import models
 from vouch.server.api.auth import PREFIX, ApiContext, requires
@@ -67,6 +69,52 @@ def register(app: FastAPI, context: ApiContext) -> None:
         await run_in_threadpool(lambda: tokens.revoke(token_id, by=admin))
         found = next(r for r in await run_in_threadpool(tokens.list) if r.id == token_id)
         return _token(found)
+
+    _register_provisioners(app, context)
+
+
+def _register_provisioners(app: FastAPI, context: ApiContext) -> None:
+    vouch = context.state.vouch
+
+    @app.post(
+        PREFIX + "/provisioners",
+        status_code=201,
+        summary="A new token provisioner (kept in the store: every node serves it)",
+        tags=["administration"],
+    )
+    async def create_provisioner(
+        body: models.ProvisionerCreate,
+        admin: Annotated[Admin, Depends(requires(context, "admin"))],
+    ) -> models.Provisioner:
+        settings = ProvisionerSettings(
+            name=body.name,
+            type="token",
+            policy=body.policy.model_dump(exclude_defaults=True),
+            profiles=list(body.profiles),
+            max_lifetime=body.max_lifetime,
+            token_ttl=body.token_ttl,
+            max_token_ttl=body.max_token_ttl,
+        )
+        created = await run_in_threadpool(
+            lambda: vouch.api_provisioners().create(settings, body.public_key, _by(admin))
+        )
+        return models.Provisioner(**created.describe())
+
+    @app.delete(
+        PREFIX + "/provisioners/{name}",
+        status_code=204,
+        summary="Remove a provisioner created through the API: its tokens are refused at once",
+        tags=["administration"],
+    )
+    async def remove_provisioner(
+        name: Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")],
+        admin: Annotated[Admin, Depends(requires(context, "admin"))],
+    ) -> None:
+        await run_in_threadpool(lambda: vouch.api_provisioners().remove(name, _by(admin)))
+
+
+def _by(admin: Admin) -> dict[str, object]:
+    return {"id": admin.id, "name": admin.name, "role": admin.role}
 
 
 def _token(record: AdminTokenRecord) -> models.AdminToken:

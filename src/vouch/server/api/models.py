@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -160,6 +160,41 @@ class TreeHead(_Out):
     timestamp: str
     key_id: str
     signature: str
+
+
+Suffix = Annotated[str, Field(min_length=1, max_length=253)]
+Range = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class ProvisionerPolicy(_In):
+    """The provisioner's own name policy, on top of the CA's (the keys of `[policy]`)."""
+
+    allowed_dns_suffixes: list[Suffix] = Field(
+        default_factory=list, max_length=100, examples=[["svc.example.com"]]
+    )
+    denied_dns_suffixes: list[Suffix] = Field(default_factory=list, max_length=100)
+    allowed_ip_ranges: list[Range] = Field(default_factory=list, max_length=100)
+    denied_ip_ranges: list[Range] = Field(default_factory=list, max_length=100)
+    allowed_email_domains: list[Suffix] = Field(default_factory=list, max_length=100)
+    allow_wildcards: bool | None = None
+    max_names: int | None = Field(default=None, ge=1, le=1000)
+
+
+class ProvisionerCreate(_In):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", examples=["deploy-bot"])
+    public_key: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="PEM P-256 public key that verifies the provisioner's tokens (ES256); "
+        "its private key stays with whoever mints them",
+    )
+    policy: ProvisionerPolicy = Field(default_factory=ProvisionerPolicy)
+    profiles: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list, max_length=32, description="empty: any profile"
+    )
+    max_lifetime: str | None = Field(default=None, max_length=32, examples=["30d"])
+    token_ttl: str = Field(default="5m", max_length=32)
+    max_token_ttl: str = Field(default="1h", max_length=32)
 
 
 class AdminTokenCreate(_In):
