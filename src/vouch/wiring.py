@@ -85,7 +85,7 @@ if TYPE_CHECKING:  # imported where used: one-shot commands need few of them (st
     from vouch.services.ocsp import OcspProducer
     from vouch.services.provisioners import ApiProvisioners, Provisioners
     from vouch.services.revocation import Revoker
-    from vouch.store.api import ApiStore
+    from vouch.store.api import ApiStore, StoredProvisioner
 
 ROOT_KEY_FILE = "root.key.pem"
 AUDIT_KEY_FILE = "audit-key.pem"
@@ -207,6 +207,7 @@ class Vouch:
         self._policy_logged: str | None = None
         self._declared_provisioners: list[ProvisionerSettings] = list(self.config.provisioners)
         self._provisioners_lock = threading.Lock()  # a sync and an API change adopt in turn
+        self._stored_seen: list[StoredProvisioner] | None = None  # the store's, last built
 
     def close(self) -> None:
         linter = self.__dict__.get("linter")  # only if built
@@ -410,12 +411,15 @@ class Vouch:
     @cached_property
     def provisioners(self) -> Provisioners:
         """Those of vouch.toml, then those created through the API (kept in the store)."""
-        return self._build_provisioners()
+        rows = self.api_store.provisioners()
+        built = self._build_provisioners(rows)
+        self._stored_seen = rows
+        return built
 
-    def _build_provisioners(self) -> Provisioners:
+    def _build_provisioners(self, rows: list[StoredProvisioner]) -> Provisioners:
         from vouch.services.provisioners import build_provisioners, stored_settings
 
-        stored, stored_keys = stored_settings(self.api_store.provisioners())
+        stored, stored_keys = stored_settings(rows)
 
         def read(path_text: str) -> bytes:
             if path_text in stored_keys:
@@ -438,9 +442,13 @@ class Vouch:
         if read_config:
             declared = load_config(self.home).provisioners
         with self._provisioners_lock:
+            rows = self.api_store.provisioners()
+            if not read_config and rows == self._stored_seen:
+                return False  # the usual sync: nothing new in the store
             if read_config:
                 self._declared_provisioners = list(declared)
-            fresh = self._build_provisioners()
+            fresh = self._build_provisioners(rows)
+            self._stored_seen = rows
             if fresh.same_as(current):
                 return False
             fresh.record_in_force(self.store, self.clock)

@@ -622,11 +622,20 @@ def test_provisioners_created_and_removed_through_the_api(site: Site) -> None:
             lambda: (r := issue_on_other(token("b.bots.example.com"))).status_code == 401 and r
         )
         assert refused and refused.json()["error"] == "unknown-provisioner"
+    # The local CLI removes one made through the API, not one declared in vouch.toml.
+    again = site.request("POST", "/provisioners", role="admin", json={**body, "name": "bot-2"})
+    assert again.status_code == 201, again.text
+    assert run_vouch(site.home, "admin", "provisioner", "remove", "bot-2").returncode == 0
+    declared = run_vouch(site.home, "admin", "provisioner", "remove", "ci", check=False)
+    assert declared.returncode != 0 and "declared in vouch.toml" in declared.stderr
+    assert "ci" in [p["name"] for p in site.request("GET", "/provisioners").json()]
     created_events = _events(site.home, "provisioner.created")
-    assert [e["name"] for e in created_events] == ["deploy-bot"]
+    assert [e["name"] for e in created_events] == ["deploy-bot", "bot-2"]
     assert created_events[0]["by"]["role"] == "admin"
     assert len(created_events[0]["public_key_sha256"]) == 64
-    assert [e["name"] for e in _events(site.home, "provisioner.removed")] == ["deploy-bot"]
+    removed_events = _events(site.home, "provisioner.removed")
+    assert [e["name"] for e in removed_events] == ["deploy-bot", "bot-2"]
+    assert removed_events[1]["by"] == {"cli": True}
 
 
 def _rsa_public() -> str:

@@ -59,7 +59,7 @@ def remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Remote]:
     ).close()
     shown = json.loads(run_vouch(home, "ca", "show", "root", "--json").stdout)
     tokens = {}
-    for role in ("operator", "auditor"):
+    for role in ("admin", "operator", "auditor"):
         secret = run_vouch(home, "admin", "token", "new", "--role", role, "--name", role).stdout
         path = work / f"{role}.token"
         path.write_text(secret)
@@ -185,7 +185,10 @@ def test_remote_refusals_are_clear(remote: Remote) -> None:
     local_only = remote.client("--server", remote.url, "cert", "new", "x.example.com")
     assert local_only.returncode == 3 and "vouch cert issue" in local_only.stderr
     elsewhere = remote.client("--server", remote.url, "admin", "token", "list")
-    assert elsewhere.returncode == 3 and "cert and ca" in elsewhere.stderr
+    assert elsewhere.returncode == 3 and "works on a local home" in elsewhere.stderr
+    assert "vouch admin provisioner" in elsewhere.stderr
+    nowhere = remote.client("--server", remote.url, "init")
+    assert nowhere.returncode == 3 and "cert, ca and admin provisioner" in nowhere.stderr
     missing = remote.client("cert", "show", "ABCDEF01", role="auditor")
     assert missing.returncode == 5
     # A server whose TLS certificate does not chain to the pinned root is refused.
@@ -219,3 +222,87 @@ def test_remote_refusals_are_clear(remote: Remote) -> None:
             env=vouch_env(VOUCH_CLIENT_CONFIG=str(remote.config)),
         )  # fmt: skip
         assert ("key_backend" in listed.stdout) == (where == "local"), listed.stdout
+
+
+def test_remote_provisioners_and_tokens_from_a_key_file(remote: Remote) -> None:
+    """An admin creates a provisioner on the remote vouch from a public key; whoever holds the
+    private key mints its tokens with no home (vouch token --key-file); removing it stops them."""
+    if not remote.config.exists():
+        done = remote.client(
+            "bootstrap", "--ca-url", remote.url, "--fingerprint", remote.fingerprint
+        )
+        assert done.returncode == 0, done.stderr
+    key = ec.generate_private_key(ec.SECP256R1())
+    key_file, public_file = remote.work / "bot.key.pem", remote.work / "bot.pub.pem"
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"bot-key-passphrase"),
+        )
+    )
+    key_file.chmod(0o600)
+    public_file.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    add = ("--server", remote.url, "admin", "provisioner", "add", "bot",
+           "--public-key", str(public_file), "--allow-suffix", "bots.example.com")  # fmt: skip
+    as_operator = remote.client(*add, role="operator")
+    assert as_operator.returncode != 0 and "Traceback" not in as_operator.stderr
+    created = remote.client(*add, role="admin")
+    assert created.returncode == 0, created.stderr
+    assert "every node serves it" in created.stdout
+    again = remote.client(*add, role="admin")
+    assert again.returncode != 0 and "already exists" in again.stderr
+    listed = remote.client("--server", remote.url, "admin", "provisioner", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    [bot] = [p for p in json.loads(listed.stdout) if p["name"] == "bot"]
+    assert bot["policy"] == {"allowed_dns_suffixes": ["bots.example.com"]}
+
+    audience = f"http://127.0.0.1:{remote.server.http_port}/api/v1"
+
+    def mint(name: str) -> str:
+        result = subprocess.run(
+            [VOUCH, "--home", str(remote.work / "no-home"), "token", name, "--provisioner", "bot",
+             "--key-file", str(key_file), "--audience", audience],
+            capture_output=True, text=True, timeout=60, check=False,
+            env=vouch_env(VOUCH_PASSPHRASE="bot-key-passphrase"),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    def redeem(name: str) -> tuple[int, dict[str, object]]:
+        import httpx
+
+        body = {"csr": _csr(remote.work, name).read_text(), "token": mint(name)}
+        answer = httpx.post(f"{audience}/certificates", json=body, timeout=30)
+        return answer.status_code, answer.json()
+
+    # Refused with the reason, no traceback: no audience; a wrong passphrase; an RSA key.
+    base = [VOUCH, "--home", str(remote.work / "no-home"), "token", "x.bots.example.com",
+            "--provisioner", "bot", "--key-file", str(key_file)]  # fmt: skip
+    no_audience = subprocess.run(base, capture_output=True, text=True, timeout=60, check=False,
+                                 env=vouch_env(VOUCH_PASSPHRASE="bot-key-passphrase"))  # fmt: skip
+    assert no_audience.returncode == 3 and "--audience" in no_audience.stderr
+    wrong = subprocess.run([*base, "--audience", audience], capture_output=True, text=True,
+                           timeout=60, check=False, env=vouch_env(VOUCH_PASSPHRASE="wrong-one-1"))  # fmt: skip
+    assert wrong.returncode == 7 and "passphrase is wrong" in wrong.stderr
+    assert "bot-key-passphrase" not in wrong.stderr + wrong.stdout
+    for result in (no_audience, wrong):
+        assert "Traceback" not in result.stderr and not result.stdout
+
+    status, issued = redeem("a.bots.example.com")
+    assert status == 201, issued
+    status, refused = redeem("www.example.com")
+    assert (status, refused["error"]) == (403, "provisioners.bot.policy.allowed_dns_suffixes")
+
+    removed = remote.client("--server", remote.url, "admin", "provisioner", "remove", "bot",
+                            role="admin")  # fmt: skip
+    assert removed.returncode == 0, removed.stderr
+    status, refused = redeem("b.bots.example.com")
+    assert (status, refused["error"]) == (401, "unknown-provisioner"), refused
+    gone = remote.client("--server", remote.url, "admin", "provisioner", "remove", "bot",
+                         role="admin")  # fmt: skip
+    assert gone.returncode == 5 and "no provisioner named 'bot'" in gone.stderr

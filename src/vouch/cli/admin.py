@@ -1,13 +1,16 @@
-"""``vouch admin``: API tokens for administrators, and provisioners."""
+"""``vouch admin``: API tokens for administrators, and provisioners (these also on a remote
+vouch: ``vouch --server URL admin provisioner add|list|remove``)."""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from vouch.cli.context import CliState, errors_to_exit, passphrase_source
+from vouch.cli import remote
+from vouch.cli.context import CliState, errors_to_exit, fail, passphrase_source
 
 if TYPE_CHECKING:
     from vouch.wiring import Vouch
@@ -19,6 +22,16 @@ app.add_typer(tokens_app, name="token", help="Administrators' API tokens (shown 
 app.add_typer(provisioners_app, name="provisioner", help="Who may ask the API for certificates.")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+@app.callback()
+def _group(ctx: typer.Context) -> None:
+    remote.guard(ctx, "admin")  # with --server, only the provisioner commands (cli/remote.py)
+
+
+@provisioners_app.callback()
+def _provisioners(ctx: typer.Context) -> None:
+    remote.guard(ctx, "provisioner")
 
 
 def _open(ctx: typer.Context) -> Vouch:
@@ -117,9 +130,37 @@ def provisioner_add(
     max_lifetime: Annotated[
         str | None, typer.Option("--max-lifetime", help="Longest certificate, e.g. 30d.")
     ] = None,
+    public_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--public-key",
+            help="With --server: the provisioner's P-256 public key (PEM); its private key "
+            "stays with whoever mints its tokens.",
+        ),
+    ] = None,
 ) -> None:
     """Make a token provisioner: a P-256 key (encrypted, in keys/provisioners/) and its
-    [[provisioners]] entry in vouch.toml."""
+    [[provisioners]] entry in vouch.toml; with --server, on the remote vouch from a public key
+    (kept in its store, served by every node)."""
+    if (api := remote.client(ctx)) is not None:
+        if public_key is None:
+            fail("a remote provisioner needs --public-key FILE (a P-256 public key, PEM)", code=2)
+        try:
+            pem = public_key.read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as exc:
+            fail(f"cannot read {public_key}: {exc}", code=2)
+        body: dict[str, object] = {"name": name, "public_key": pem, "profiles": profile or []}
+        if suffix:
+            body["policy"] = {"allowed_dns_suffixes": suffix}
+        if max_lifetime:
+            body["max_lifetime"] = max_lifetime
+        remote.provisioner_add(api, body)
+        return
+    if public_key is not None:
+        fail(
+            "--public-key is for a remote vouch (--server URL); here a key pair is made",
+            code=2,
+        )
     import tomllib
 
     from cryptography.hazmat.primitives import serialization
@@ -188,17 +229,39 @@ def provisioner_add(
     print(f"A running vouch serve adopts it within seconds (it re-reads {CONFIG_NAME} when it changes).")
 
 
-@provisioners_app.command("list")
-def provisioner_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """The provisioners in vouch.toml."""
-    from vouch.cli.render import print_json, print_table
-
+@provisioners_app.command("remove")
+def provisioner_remove(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="A provisioner created through the API.")],
+) -> None:
+    """Remove a provisioner created through the API: its tokens are refused from then on (one in
+    vouch.toml is removed by deleting its entry there)."""
+    if (api := remote.client(ctx)) is not None:
+        remote.provisioner_remove(api, name)
+        return
     with errors_to_exit():
         vouch = _open(ctx)
         try:
-            described = [p.describe() for p in vouch.provisioners.all()]
+            vouch.api_provisioners().remove(name, {"cli": True})
         finally:
             vouch.close()
+    print(f"Provisioner {name} removed: a running vouch serve refuses its tokens within seconds.")
+
+
+@provisioners_app.command("list")
+def provisioner_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """The provisioners in force: those in vouch.toml and those created through the API."""
+    from vouch.cli.render import print_json, print_table
+
+    if (api := remote.client(ctx, token=False)) is not None:
+        described = remote.provisioner_list(api)
+    else:
+        with errors_to_exit():
+            vouch = _open(ctx)
+            try:
+                described = [p.describe() for p in vouch.provisioners.all()]
+            finally:
+                vouch.close()
     if as_json:
         print_json(described)
         return

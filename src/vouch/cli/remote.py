@@ -39,7 +39,12 @@ if TYPE_CHECKING:  # imported when used: every command starts without loading ht
     import httpx
 
 META = "vouch.remote"
-REMOTE_COMMANDS = {"cert": {"issue", "list", "show", "revoke"}, "ca": {"list", "show"}}
+REMOTE_COMMANDS = {
+    "cert": {"issue", "list", "show", "revoke"},
+    "ca": {"list", "show"},
+    "admin": {"provisioner"},
+    "provisioner": {"add", "list", "remove"},  # vouch admin provisioner ...
+}
 TIMEOUT = 60.0
 PAGE = 500
 
@@ -129,7 +134,8 @@ def select(ctx: typer.Context, server: str | None, token_file: Path | None) -> N
     given = any(source is not None and source.name == "COMMANDLINE" for source in sources)
     if given and command not in REMOTE_COMMANDS:
         fail(
-            f"--server and --token-file work with the cert and ca commands, not {command}",
+            "--server and --token-file work with the cert, ca and admin provisioner commands, "
+            f"not {command}",
             code=3,
         )
 
@@ -257,7 +263,7 @@ class RemoteVouch:
             data = response.json()
         except ValueError:
             data = None
-        if response.is_success and data is not None:
+        if response.status_code == 204 or (response.is_success and data is not None):
             return data
         raise _refusal(response.status_code, data if isinstance(data, dict) else {})
 
@@ -462,6 +468,28 @@ def ca_show(remote: RemoteVouch, *, name: str, as_json: bool, pem: bool) -> None
 
 
 # -- rendering, as the local commands do ----------------------------------------------------------
+
+
+def provisioner_add(remote: RemoteVouch, body: dict[str, Any]) -> None:
+    with errors_to_exit():
+        created = remote.call("POST", "/provisioners", json=body)
+    print(f"Provisioner {created['name']} created at {remote.url}: every node serves it.")
+    print(
+        "Mint its tokens where its private key is, e.g. "
+        f"vouch token NAME --provisioner {created['name']} --key-file KEY"
+    )
+
+
+def provisioner_list(remote: RemoteVouch) -> list[dict[str, Any]]:
+    with errors_to_exit():
+        found = remote.call("GET", "/provisioners")
+    return list(found)
+
+
+def provisioner_remove(remote: RemoteVouch, name: str) -> None:
+    with errors_to_exit():
+        remote.call("DELETE", f"/provisioners/{quote(name, safe='')}")
+    print(f"Provisioner {name} removed at {remote.url}: its tokens are refused from now on.")
 
 
 def _certificate(item: dict[str, Any]) -> dict[str, Any]:
