@@ -73,16 +73,23 @@ def _admin_token(home: Path, role: str) -> str:
     return run_vouch(home, "admin", "token", "new", "--role", role, "--name", role).stdout.strip()
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    work = tmp_path_factory.mktemp("api")
+def _api_home(home: Path, config: str) -> int:
+    """A new home at ``home`` whose public URL is on a free port (returned), with ``config``
+    appended to its vouch.toml."""
     port = free_port()
-    home = work / "home"
     make_home(
         home, public_url=f"http://127.0.0.1:{port}", lint_allow=list(DEFAULT_LINT_ALLOW)
     ).close()
-    with (home / "vouch.toml").open("a") as config:
-        config.write(API_CONFIG)
+    with (home / "vouch.toml").open("a") as appended:
+        appended.write(config)
+    return port
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    work = tmp_path_factory.mktemp("api")
+    home = work / "home"
+    port = _api_home(home, API_CONFIG)
     run_vouch(home, "admin", "provisioner", "add", "ci", "--allow-suffix", "example.com")
     run_vouch(
         home, "admin", "provisioner", "add", "devices", "--profile", "tls-client",
@@ -528,13 +535,8 @@ def test_directory(site: Site) -> None:
 
 
 def test_failed_logins_are_rate_limited(tmp_path: Path) -> None:
-    port = free_port()
     home = tmp_path / "home"
-    make_home(
-        home, public_url=f"http://127.0.0.1:{port}", lint_allow=list(DEFAULT_LINT_ALLOW)
-    ).close()
-    with (home / "vouch.toml").open("a") as config:
-        config.write('\n[api]\nmax_failures = 3\nfailure_window = "1m"\n')
+    port = _api_home(home, '\n[api]\nmax_failures = 3\nfailure_window = "1m"\n')
     good = _admin_token(home, "auditor")
     with VouchServer(home, http_port=port, https=False) as server:
         url = f"{server.url}/api/v1/admin/whoami"
@@ -660,14 +662,9 @@ def _until(check: Any, timeout: float = 15.0) -> Any:
 
 
 def test_a_running_server_adopts_provisioners_added_changed_or_removed(tmp_path: Path) -> None:
-    port = free_port()
     home = tmp_path / "home"
-    make_home(
-        home, public_url=f"http://127.0.0.1:{port}", lint_allow=list(DEFAULT_LINT_ALLOW)
-    ).close()
+    port = _api_home(home, API_CONFIG)  # (the polls below fail logins on purpose)
     config = home / "vouch.toml"
-    with config.open("a") as appended:
-        appended.write(API_CONFIG)  # the polls below fail logins on purpose
     without = config.read_text(encoding="utf-8")
     _, csr = _csr(tmp_path, "hot.example.com")
 
