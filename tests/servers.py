@@ -30,7 +30,7 @@ _EPHEMERAL = _ephemeral_range()
 # or for an outgoing connection (a database client, say) can never be one we just handed out,
 # which is how a probed-then-closed port used to be taken before the server bound it.
 _OWN = (20000, 32000) if _EPHEMERAL[0] > 32000 else None
-_next = itertools.count(random.Random(os.getpid()).randrange(0, 4000))
+_next = itertools.count(random.Random(os.getpid()).randrange(0, 12000))
 
 
 def free_port() -> int:

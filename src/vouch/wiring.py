@@ -208,6 +208,7 @@ class Vouch:
         self._declared_provisioners: list[ProvisionerSettings] = list(self.config.provisioners)
         self._provisioners_lock = threading.Lock()  # a sync and an API change adopt in turn
         self._stored_seen: list[StoredProvisioner] | None = None  # the store's, last built
+        self.provisioner_problems: list[str] = []  # stored ones left out, and why
 
     def close(self) -> None:
         linter = self.__dict__.get("linter")  # only if built
@@ -339,11 +340,11 @@ class Vouch:
             )
         if record.status in ("retired", "revoked"):
             raise Conflict(f"CA {record.name} is {record.status} and issues nothing")
-        key = self.keys.load(KeyRef.parse(record.key_ref))
+        certificate = x509.load_der_x509_certificate(record.certificate)
         return IssuingCA(
             record=record,
-            certificate=x509.load_der_x509_certificate(record.certificate),
-            key=key,
+            certificate=certificate,
+            key=self._matching_key(record, certificate),
             urls=self.urls.for_issuer(
                 record.name, with_ocsp=True, crl_shards=self.config.revocation.crl_shards
             ),
@@ -412,48 +413,53 @@ class Vouch:
     def provisioners(self) -> Provisioners:
         """Those of vouch.toml, then those created through the API (kept in the store)."""
         rows = self.api_store.provisioners()
-        built = self._build_provisioners(rows)
+        built, self.provisioner_problems = self._build_provisioners(
+            self._declared_provisioners, rows
+        )
         self._stored_seen = rows
         return built
 
-    def _build_provisioners(self, rows: list[StoredProvisioner]) -> Provisioners:
-        from vouch.services.provisioners import build_provisioners, stored_settings
-
-        stored, stored_keys = stored_settings(rows)
+    def _build_provisioners(
+        self, declared: list[ProvisionerSettings], rows: list[StoredProvisioner]
+    ) -> tuple[Provisioners, list[str]]:
+        from vouch.services.provisioners import combine
 
         def read(path_text: str) -> bytes:
-            if path_text in stored_keys:
-                return stored_keys[path_text]
             path = Path(path_text) if Path(path_text).is_absolute() else self.home / path_text
             try:
                 return path.read_bytes()
             except OSError as exc:
                 raise ConfigError(f"cannot read the provisioner public key {path}") from exc
 
-        return build_provisioners([*self._declared_provisioners, *stored], read)
+        return combine(declared, read, rows)
 
     def reload_provisioners(self, *, read_config: bool = True) -> bool:
         """Adopt the provisioners in force now: those ``vouch.toml`` declares (read again unless
         ``read_config`` is false) and those in the store. They are logged in force first;
-        False when nothing changed. A ConfigError leaves the old ones."""
+        False when nothing changed. On any error nothing changes here (the next call tries
+        again): a vouch.toml that does not load keeps the entries it declared before."""
         from vouch.config import load_config
 
         current = self.provisioners
-        if read_config:
-            declared = load_config(self.home).provisioners
+        declared = (
+            list(load_config(self.home).provisioners)
+            if read_config
+            else self._declared_provisioners
+        )
         with self._provisioners_lock:
             rows = self.api_store.provisioners()
             if not read_config and rows == self._stored_seen:
                 return False  # the usual sync: nothing new in the store
-            if read_config:
-                self._declared_provisioners = list(declared)
-            fresh = self._build_provisioners(rows)
+            fresh, problems = self._build_provisioners(declared, rows)
+            changed = not fresh.same_as(current)
+            if changed:
+                fresh.record_in_force(self.store, self.clock)
+                current.adopt(fresh)
+            # Only now: had anything above failed, the next call would build it all again.
+            self._declared_provisioners = declared
             self._stored_seen = rows
-            if fresh.same_as(current):
-                return False
-            fresh.record_in_force(self.store, self.clock)
-            current.adopt(fresh)
-            return True
+            self.provisioner_problems = problems
+            return changed
 
     def api_provisioners(self) -> ApiProvisioners:
         from vouch.services.provisioners import ApiProvisioners
@@ -621,7 +627,21 @@ class Vouch:
         """A CA's signing key: an online CA's from its backend, the root's as ``root_key``."""
         if record.role == "root":
             return self.root_key(root_key_dir)
-        return self.keys.load(KeyRef.parse(record.key_ref))
+        return self._matching_key(record, x509.load_der_x509_certificate(record.certificate))
+
+    def _matching_key(
+        self, record: AuthorityRecord, certificate: x509.Certificate
+    ) -> CertificateIssuerPrivateKeyTypes:
+        """The CA's key, refused if it is not the key of its certificate (a key file restored
+        from the wrong backup, say): what it signed would not verify."""
+        key = self.keys.load(KeyRef.parse(record.key_ref))
+        if key.public_key() != certificate.public_key():
+            raise KeyUnavailable(
+                f"the key {record.key_ref} is not CA {record.name}'s key (its public key is not "
+                "the one in the CA's certificate)",
+                hint="restore this CA's key from its backup",
+            )
+        return key
 
     def revoker(self, *, publish: bool = True) -> Revoker:
         from vouch.services.revocation import Revoker

@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import shutil
+import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -311,5 +313,43 @@ def test_a_node_without_the_responder_key_makes_its_own(
         assert not (keyless.home / "keys" / "ocsp").exists()
     finally:
         keyless.close()
+        other.close()
+        vouch.close()
+
+
+def test_a_responder_that_cannot_be_recorded_leaves_no_key_and_is_tried_again_later(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store refuses the write (another writer holds SQLite's lock): the new responder key
+    is taken back, the request gets tryLater, and the next requests do not try again at once."""
+    from vouch.services import ocsp as ocsp_service
+    from vouch.store import engine
+
+    monkeypatch.setattr(engine, "SQLITE_BUSY_TIMEOUT_MS", 200)  # fail fast, not after 10 s
+    monkeypatch.setattr(ocsp_service, "RESPONDER_RETRY", 1.0)
+    vouch, _ = _vouch(tmp_path)
+    other = _second_node(vouch, tmp_path / "node2")
+    try:
+        issued = _issue(vouch, "locked.example.com")
+        parsed = parse_request(_request(issued, hashes.SHA256(), nonce=b"lockedlockedlock"))
+        assert parsed is not None
+        writer = sqlite3.connect(vouch.home / "vouch.db", isolation_level=None)
+        writer.execute("BEGIN IMMEDIATE")
+        try:
+            with caplog.at_level(logging.WARNING, logger="vouch.services.ocsp"):
+                for _ in range(3):
+                    answer = ocsp.load_der_ocsp_response(other.ocsp_producer.answer(parsed))
+                    assert answer.response_status == ocsp.OCSPResponseStatus.TRY_LATER
+        finally:
+            writer.execute("ROLLBACK")
+            writer.close()
+        failed = [r.getMessage() for r in caplog.records if "could be made here" in r.message]
+        assert len(failed) == 1, [r.getMessage() for r in caplog.records]  # once, not per request
+        assert list((other.home / "keys" / "ocsp").glob("*")) == []  # the key was taken back
+        time.sleep(1.1)
+        answer = ocsp.load_der_ocsp_response(other.ocsp_producer.answer(parsed))
+        assert answer.certificate_status == ocsp.OCSPCertStatus.GOOD
+        assert len(list((other.home / "keys" / "ocsp").glob("*.key.pem"))) == 1
+    finally:
         other.close()
         vouch.close()

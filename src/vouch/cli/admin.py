@@ -214,6 +214,11 @@ def provisioner_add(
             raise BadInput(f"that provisioner would not be valid: {exc}") from exc
         vouch = _open(ctx)
         try:
+            if any(r.name == name for r in vouch.api_store.provisioners()):
+                raise Conflict(
+                    f"a provisioner named {name!r} was created through the API",
+                    hint="choose another name, or remove that one first",
+                )
             (state.home / "keys" / "provisioners").mkdir(mode=0o700, exist_ok=True)
             key = vouch.keys.generate(ref, "ec-p256")
             public = key.public_key().public_bytes(
@@ -226,7 +231,7 @@ def provisioner_add(
             vouch.close()
     print(f"Provisioner {name} added to {CONFIG_NAME}; its public key is {public_path}")
     print(f"Mint a token: vouch token www.example.com --provisioner {name}")
-    print(f"A running vouch serve adopts it within seconds (it re-reads {CONFIG_NAME} when it changes).")
+    print(f"A running vouch serve adopts it within seconds (it re-reads {CONFIG_NAME}).")
 
 
 @provisioners_app.command("remove")

@@ -150,7 +150,8 @@ def _choose(vouch: Vouch, name: str | None) -> Provisioner:
         if found.type != "token":
             raise BadInput(f"provisioner {name} is of type {found.type}; tokens need type token")
         return found
-    candidates = [p for p in vouch.provisioners.all() if p.type == "token"]
+    # Those whose key this home holds (one created through the API has none here).
+    candidates = [p for p in vouch.provisioners.all() if p.type == "token" and p.key_ref]
     if not candidates:
         raise NotFound(
             "this home has no token provisioner",

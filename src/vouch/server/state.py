@@ -157,7 +157,16 @@ class ServerState:
                 log.error("%s changed but was not adopted: %s", CONFIG_NAME, exc.message)
             self._config_stamp = stamp  # a store error above: tried again next time
         if not changed:
-            changed = self.vouch.reload_provisioners(read_config=False)
+            try:
+                changed = self.vouch.reload_provisioners(read_config=False)
+            except ConfigError as exc:  # never stops the sync of revocation data
+                self._job_failed("provisioners", exc.message)
+                log.error("provisioners were not reloaded: %s", exc.message)
+                return
+        if self.vouch.provisioner_problems:  # a state, not an event: shown, not counted
+            self.job_problems["provisioners"] = "; ".join(self.vouch.provisioner_problems)
+        else:
+            self._job_ok("provisioners")
         if changed:
             names = ", ".join(p.name for p in self.vouch.provisioners.all()) or "none"
             log.info("provisioners now in force: %s", names)

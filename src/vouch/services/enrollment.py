@@ -205,15 +205,18 @@ class Enrollment:
                     "this token (or proof) was used before: it is good for one certificate",
                 )
             planned = [p for p in planned if p.index not in replayed]
-        groups: dict[tuple[str, str], list[_Planned]] = {}
+        # By the provisioner object, not its name: a reload between two requests of a batch
+        # must not let one checked under the new policy be issued under the old one.
+        groups: dict[tuple[str, str, int], list[_Planned]] = {}
         for plan in planned:
-            key = (plan.ca or self._default_ca, plan.provisioner.name if plan.provisioner else "")
+            name = plan.provisioner.name if plan.provisioner else ""
+            key = (plan.ca or self._default_ca, name, id(plan.provisioner))
             groups.setdefault(key, []).append(plan)
-        for key, plans in groups.items():
+        for (ca, name, _), plans in groups.items():
             try:
-                authority = self._authority(key, plans[0].provisioner)
+                authority = self._authority((ca, name), plans[0].provisioner)
                 issued = authority.issue_batch(
-                    [p.request for p in plans], events=_issued_by(key[0], plans)
+                    [p.request for p in plans], events=_issued_by(ca, plans)
                 )
             except VouchError as exc:
                 for plan in plans:

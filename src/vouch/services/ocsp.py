@@ -10,6 +10,7 @@ certificate under a row lock.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import logging
 import threading
@@ -25,6 +26,7 @@ from vouch.clock import Clock
 from vouch.errors import LintFailure, VouchError
 from vouch.keys.base import KeyRef
 from vouch.keys.registry import KeyRegistry
+from vouch.services.ca_admin import DiscardsNewKeys
 from vouch.store.ocsp import OcspStore
 from vouch.store.records import (
     AuthorityRecord,
@@ -52,7 +54,7 @@ from vouch.x509.signing import finish_certificate, template_certificate
 
 log = logging.getLogger(__name__)
 RESPONDER_PROFILE = "ocsp-responder"
-CA_KEY_RETRY = 30.0  # seconds before a node that could not load a CA key tries again
+RESPONDER_RETRY = 30.0  # seconds before a node that could not make its responder tries again
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ class OcspProducer:
         self._lint_mode = lint_mode
         self._ca_key_for = ca_key_for
         self._responders: dict[int, Responder] = {}
-        self._no_ca_key_until: dict[int, float] = {}  # monotonic time, by authority id
+        self._retry_at: dict[int, float] = {}  # monotonic time, by authority id
         self._lock = threading.Lock()
         self._issuers: dict[tuple[str, bytes, bytes], KnownIssuer] = {}
         self.reload_issuers()
@@ -158,19 +160,19 @@ class OcspProducer:
                 if usable.not_after - now > renew_at:
                     return usable
             # As the lease holder does: no new responder for a revoked or expired CA; and after
-            # a failed load of the CA key, not again for every request while it is out of reach.
+            # a failure (no CA key here, a lint or store error), not again for every request.
             makeable = authority.status != "revoked" and authority.not_after > now
-            retry_at = self._no_ca_key_until.get(authority.id, 0.0)
+            lazily = ca_key is None
             if (
-                ca_key is None
+                lazily
                 and self._ca_key_for is not None
                 and makeable
-                and time.monotonic() >= retry_at
+                and time.monotonic() >= self._retry_at.get(authority.id, 0.0)
             ):
                 try:
                     ca_key = self._ca_key_for(authority)
                 except VouchError as exc:
-                    self._no_ca_key_until[authority.id] = time.monotonic() + CA_KEY_RETRY
+                    self._retry_at[authority.id] = time.monotonic() + RESPONDER_RETRY
                     log.warning(
                         "no OCSP responder of CA %s can be made here: %s",
                         authority.name,
@@ -178,7 +180,16 @@ class OcspProducer:
                     )
             if ca_key is None:
                 return usable
-            created = self._create_responder(authority, ca_key)
+            try:
+                created = self._create_responder(authority, ca_key)
+            except VouchError as exc:
+                if not lazily:
+                    raise  # the lease holder reports it for this CA and goes on
+                self._retry_at[authority.id] = time.monotonic() + RESPONDER_RETRY
+                log.warning(
+                    "no OCSP responder of CA %s could be made here: %s", authority.name, exc.message
+                )
+                return usable
             self._responders[authority.id] = created
             return created
 
@@ -200,12 +211,31 @@ class OcspProducer:
     def _create_responder(
         self, authority: AuthorityRecord, ca_key: CertificateIssuerPrivateKeyTypes
     ) -> Responder:
-        now = self._clock.now().replace(microsecond=0)
-        issuer = x509.load_der_x509_certificate(authority.certificate)
         serial = new_serial()
         serial_hex = format_serial(serial)
         key_ref = KeyRef("file", f"keys/ocsp/{authority.name}-{serial_hex[:16].lower()}.key.pem")
         key = self._keys.generate(key_ref, "ec-p256")
+        try:
+            return self._certify_responder(authority, ca_key, key, key_ref, serial)
+        except BaseException:
+            # Nothing refers to the new key yet (its row is written last): take it back.
+            backend = self._keys.backend(key_ref)
+            with contextlib.suppress(Exception):
+                if isinstance(backend, DiscardsNewKeys):
+                    backend.discard(key_ref)
+            raise
+
+    def _certify_responder(
+        self,
+        authority: AuthorityRecord,
+        ca_key: CertificateIssuerPrivateKeyTypes,
+        key: CertificateIssuerPrivateKeyTypes,
+        key_ref: KeyRef,
+        serial: int,
+    ) -> Responder:
+        now = self._clock.now().replace(microsecond=0)
+        issuer = x509.load_der_x509_certificate(authority.certificate)
+        serial_hex = format_serial(serial)
         not_after = min(
             now + self._settings.responder_validity - dt.timedelta(seconds=1),
             authority.not_after,

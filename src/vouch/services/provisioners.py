@@ -203,23 +203,41 @@ def _load_public_key(scope: str, pem: bytes) -> ec.EllipticCurvePublicKey:
     return key
 
 
-def stored_settings(
+def combine(
+    declared: Iterable[ProvisionerSettings],
+    read_public_key: PublicKeyReader,
     stored: Iterable[StoredProvisioner],
-) -> tuple[list[ProvisionerSettings], dict[str, bytes]]:
-    """The settings of provisioners created through the API, and their keys by STORED_KEY name.
-    One that no longer reads (never expected: checked when created) is left out, so that it
-    cannot stop a node from starting."""
-    settings: list[ProvisionerSettings] = []
-    keys: dict[str, bytes] = {}
-    for one in stored:
-        try:
-            parsed = ProvisionerSettings.model_validate_json(one.settings)
-        except ValueError:
-            log.error("provisioner %s in the store does not read; it is left out", one.name)
+) -> tuple[Provisioners, list[str]]:
+    """Those vouch.toml declares (a bad one is a ConfigError, as at start), then those in the
+    store, with what was wrong with the latter. A stored one that no longer builds, or whose
+    name vouch.toml also declares (two nodes' files may differ), is left out and reported,
+    never allowed to stop a node: the vouch.toml entry wins."""
+    built = [_build(s, read_public_key) for s in declared]
+    names = {p.name for p in built}
+    problems: list[str] = []
+    for row in stored:
+        if row.name in names:
+            problems.append(
+                f"provisioner {row.name} was created through the API but vouch.toml declares "
+                "one of that name: the vouch.toml entry is in force"
+            )
             continue
-        settings.append(parsed)
-        keys[STORED_KEY + one.name] = one.public_key.encode("ascii", "replace")
-    return settings, keys
+        try:
+            settings = ProvisionerSettings.model_validate_json(row.settings)
+            built.append(_build(settings, _stored_key(row)))
+        except (ValueError, VouchError) as exc:
+            reason = exc.message if isinstance(exc, VouchError) else "its settings do not read"
+            problems.append(f"provisioner {row.name} in the store is left out: {reason}")
+            continue
+        names.add(row.name)
+    for problem in problems:
+        log.error("%s", problem)
+    return Provisioners(built), problems
+
+
+def _stored_key(row: StoredProvisioner) -> PublicKeyReader:
+    pem = row.public_key.encode("ascii", "replace")
+    return lambda _path: pem
 
 
 class ApiProvisioners:
