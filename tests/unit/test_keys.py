@@ -264,3 +264,40 @@ def test_an_unknown_scheme_names_the_known_ones_lazy_too(
         registry.backend(KeyRef(asked, "x"))
     assert raised.value.hint == f"known: {', '.join(sorted(eager | lazy))}"
     assert all(build.calls == 0 for build in builds.values())  # naming them builds none
+
+
+def test_a_ca_key_that_is_not_its_certificates_key_signs_nothing(tmp_path: Path) -> None:
+    """A key file restored from the wrong backup (another key, same passphrase) is refused by
+    name before it signs: certificates it made would not verify under the CA."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from tests.conftest import make_home, passphrase
+
+    from vouch.services.authority import IssuanceRequest
+    from vouch.wiring import Vouch
+    from vouch.x509.names import parse_name
+
+    home = tmp_path / "home"
+    make_home(home).close()
+    impostor = FileKeyBackend(tmp_path / "elsewhere", passphrase)
+    (tmp_path / "elsewhere").mkdir()
+    impostor.generate(KeyRef("file", "issuing.key.pem"), "ec-p256")
+    (home / "keys" / "issuing.key.pem").write_bytes(
+        (tmp_path / "elsewhere" / "issuing.key.pem").read_bytes()
+    )
+    vouch = Vouch(home, passphrase=passphrase)
+    try:
+        before = vouch.store.status_counts(vouch.clock.now())
+        with pytest.raises(KeyUnavailable, match="is not CA issuing's key"):
+            vouch.authority().issue(
+                IssuanceRequest(
+                    ec.generate_private_key(ec.SECP256R1()).public_key(),
+                    (parse_name("www.example.com"),),
+                    "tls-server",
+                )
+            )
+        with pytest.raises(KeyUnavailable, match="is not CA issuing's key") as refused:
+            vouch.ca_key(vouch.store.get_authority("issuing"))
+        assert refused.value.hint is not None and "backup" in refused.value.hint
+        assert vouch.store.status_counts(vouch.clock.now()) == before
+    finally:
+        vouch.close()
