@@ -97,7 +97,7 @@ PASS = b"s3cret-passphrase"
 
 
 def test_discard_removes_only_the_new_key_file_once(tmp_path: Path) -> None:
-    from vouch.services.ca_admin import DiscardsNewKeys
+    from vouch.keys.base import DiscardsNewKeys
 
     (tmp_path / "keys").mkdir()
     backend = FileKeyBackend(tmp_path, lambda _: PASS)

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from vouch.config import ProvisionerSettings
 from vouch.errors import BadInput, Conflict, NotFound
+from vouch.services.admins import Admin
 from vouch.store.api import StoredProvisioner
 from vouch.store.records import NewEvent
 from vouch.wiring import Vouch
@@ -40,12 +41,12 @@ def test_made_through_the_api_then_removed(store_home: Vouch) -> None:
     made = admin.create(
         ProvisionerSettings(name="bot", policy={"allowed_dns_suffixes": ["bots.example.com"]}),
         _pem(),
-        {"id": 1, "name": "alice", "role": "admin"},
+        by=Admin(1, "alice", "admin"),
     )
     assert made.name == "bot" and made.key_ref is None
     assert [p.name for p in vouch.provisioners.all()] == ["bot"]  # adopted at once
     with pytest.raises(Conflict):
-        admin.create(ProvisionerSettings(name="bot"), _pem(), {})
+        admin.create(ProvisionerSettings(name="bot"), _pem())
     for settings, pem in (
         (
             ProvisionerSettings(name="rsa"),
@@ -57,18 +58,18 @@ def test_made_through_the_api_then_removed(store_home: Vouch) -> None:
         (ProvisionerSettings(name="uni"), "caf\u00e9"),
     ):
         with pytest.raises(BadInput):
-            admin.create(settings, pem, {})
+            admin.create(settings, pem)
     assert [r.name for r in vouch.api_store.provisioners()] == ["bot"]
-    admin.remove("bot", {"cli": True})
+    admin.remove("bot")
     assert vouch.provisioners.all() == []
     with pytest.raises(NotFound):
-        admin.remove("bot", {})
+        admin.remove("bot")
 
 
 def test_a_stored_one_that_does_not_build_or_clashes_is_left_out(store_home: Vouch) -> None:
     vouch = store_home
     _declare(vouch, "ci")
-    vouch.api_provisioners().create(ProvisionerSettings(name="good"), _pem(), {})
+    vouch.api_provisioners().create(ProvisionerSettings(name="good"), _pem())
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     # Rows a later version might not read, or one named like a vouch.toml entry (another
     # node's file may declare what this one made): none may stop a node.
@@ -112,6 +113,6 @@ def test_a_reload_that_fails_changes_nothing(store_home: Vouch) -> None:
         vouch.reload_provisioners(read_config=True)
     assert vouch.provisioners.all() == before
     # A change in the store is still adopted, on top of the entries that last loaded.
-    vouch.api_provisioners().create(ProvisionerSettings(name="bot"), _pem(), {})
+    vouch.api_provisioners().create(ProvisionerSettings(name="bot"), _pem())
     assert sorted(p.name for p in vouch.provisioners.all()) == ["bot", "ci"]
     assert not vouch.reload_provisioners(read_config=False)  # nothing new since

@@ -247,7 +247,7 @@ def provisioner_remove(
     with errors_to_exit():
         vouch = _open(ctx)
         try:
-            vouch.api_provisioners().remove(name, {"cli": True})
+            vouch.api_provisioners().remove(name)
         finally:
             vouch.close()
     print(f"Provisioner {name} removed: a running vouch serve refuses its tokens within seconds.")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
@@ -58,6 +58,13 @@ def new_key_ref(spec: str, name: str) -> KeyRef:
         if "object" not in parts and "id" not in parts:
             return KeyRef("pkcs11", f"{ref.location.rstrip(';')};object={name}")
     return ref
+
+
+@runtime_checkable
+class DiscardsNewKeys(Protocol):
+    """A key backend that can take back a key it generated in this process (and only such)."""
+
+    def discard(self, ref: KeyRef) -> bool: ...
 
 
 class KeyBackend(Protocol):

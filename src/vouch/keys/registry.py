@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Mapping
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
 from vouch.errors import ConfigError, KeyUnavailable
-from vouch.keys.base import KeyBackend, KeyRef
+from vouch.keys.base import DiscardsNewKeys, KeyBackend, KeyRef
 from vouch.x509.keytypes import KeyType
 
 
@@ -52,3 +52,9 @@ class KeyRegistry:
 
     def generate(self, ref: KeyRef, key_type: KeyType) -> CertificateIssuerPrivateKeyTypes:
         return self.backend(ref).generate(ref, key_type)
+
+    def discard_new(self, ref: KeyRef) -> bool:
+        """Take back a key this process generated at ``ref`` and nothing refers to, if its
+        backend can (see ``DiscardsNewKeys``); True if it was removed."""
+        backend = self.backend(ref)
+        return isinstance(backend, DiscardsNewKeys) and backend.discard(ref)

@@ -101,7 +101,7 @@ class AdminTokens:
                     "name": name,
                     "role": role,
                     "expires_at": expires.isoformat() if expires else None,
-                    "by": _who(by),
+                    "by": who(by),
                 },
             ),
         )
@@ -133,11 +133,12 @@ class AdminTokens:
         self._store.revoke_admin_token(
             token_id,
             self._clock.now().replace(microsecond=0),
-            NewEvent("api.admin-token-revoked", str(token_id), {"id": token_id, "by": _who(by)}),
+            NewEvent("api.admin-token-revoked", str(token_id), {"id": token_id, "by": who(by)}),
         )
 
 
-def _who(admin: Admin | None) -> dict[str, object]:
+def who(admin: Admin | None) -> dict[str, object]:
+    """Who acted, as the audit log records it: an administrator, or the local CLI (None)."""
     if admin is None:
         return {"cli": True}
     return {"id": admin.id, "name": admin.name, "role": admin.role}
@@ -213,7 +214,7 @@ class LoginGuard:
                 NewEvent(
                     "api.admin-action",
                     str(admin.id),
-                    {"admin": _who(admin), "action": action[:512], "source": source},
+                    {"admin": who(admin), "action": action[:512], "source": source},
                 )
             ],
             self._clock.now().replace(microsecond=0),

@@ -15,7 +15,6 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -52,13 +51,6 @@ from vouch.x509.signing import (
 )
 
 log = logging.getLogger(__name__)
-
-
-@runtime_checkable
-class DiscardsNewKeys(Protocol):
-    """A key backend that can take back a key it generated in this process (and only such)."""
-
-    def discard(self, ref: KeyRef) -> bool: ...
 
 
 CA_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -225,8 +217,7 @@ class CAAdmin:
     def discard_new_key(self, key_ref: KeyRef) -> bool:
         """Remove a key made by this process that nothing refers to (e.g. the CSR made for it
         could not be written), if its backend can; True if it was removed."""
-        backend = self._keys.backend(key_ref)
-        return isinstance(backend, DiscardsNewKeys) and backend.discard(key_ref)
+        return self._keys.discard_new(key_ref)
 
     @contextmanager
     def _discarding_unrecorded(self, key_ref: KeyRef, name: str) -> Iterator[None]:

@@ -41,7 +41,6 @@ from vouch.keys.base import KeyRef
 from vouch.keys.registry import KeyRegistry
 from vouch.services.ca_admin import (
     ROOT_MAX_VALIDITY,
-    DiscardsNewKeys,
     UrlScheme,
     check_ca_name,
     lint_ca_certificate,
@@ -303,9 +302,7 @@ class Ceremony:
             yield
         except BaseException:
             with suppress(Exception):  # the block's error is the one to report
-                backend = self._keys.backend(key_ref)
-                if isinstance(backend, DiscardsNewKeys):
-                    backend.discard(key_ref)
+                self._keys.discard_new(key_ref)
             raise
 
     def adopt_root(self, *, public_url: str, name: str = "root") -> Outcome:

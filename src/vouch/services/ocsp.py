@@ -26,7 +26,6 @@ from vouch.clock import Clock
 from vouch.errors import LintFailure, VouchError
 from vouch.keys.base import KeyRef
 from vouch.keys.registry import KeyRegistry
-from vouch.services.ca_admin import DiscardsNewKeys
 from vouch.store.ocsp import OcspStore
 from vouch.store.records import (
     AuthorityRecord,
@@ -219,10 +218,8 @@ class OcspProducer:
             return self._certify_responder(authority, ca_key, key, key_ref, serial)
         except BaseException:
             # Nothing refers to the new key yet (its row is written last): take it back.
-            backend = self._keys.backend(key_ref)
-            with contextlib.suppress(Exception):
-                if isinstance(backend, DiscardsNewKeys):
-                    backend.discard(key_ref)
+            with contextlib.suppress(Exception):  # the first error is the one to report
+                self._keys.discard_new(key_ref)
             raise
 
     def _certify_responder(

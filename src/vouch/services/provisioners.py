@@ -23,6 +23,7 @@ from vouch.clock import Clock
 from vouch.config import ProvisionerSettings
 from vouch.durations import format_duration, parse_duration
 from vouch.errors import BadInput, ConfigError, Conflict, PolicyViolation, VouchError
+from vouch.services.admins import Admin, who
 from vouch.store.api import ApiStore, StoredProvisioner
 from vouch.store.records import NewEvent
 from vouch.store.repository import Store
@@ -261,7 +262,7 @@ class ApiProvisioners:
         self._adopt = adopt
 
     def create(
-        self, settings: ProvisionerSettings, public_key_pem: str, by: Mapping[str, object]
+        self, settings: ProvisionerSettings, public_key_pem: str, *, by: Admin | None = None
     ) -> Provisioner:
         name = settings.name
         if settings.type != "token":
@@ -274,20 +275,18 @@ class ApiProvisioners:
                 f"unknown profiles {unknown}", hint=f"known: {', '.join(sorted(self._profiles))}"
             )
         settings = settings.model_copy(update={"public_key": STORED_KEY + name, "key": None})
-        pem = public_key_pem.strip() + "\n"
-        try:
-            built = _build(settings, lambda _path: pem.encode("ascii"))
-        except UnicodeEncodeError as exc:
-            raise BadInput("public_key must be a PEM (ASCII) P-256 public key") from exc
+        now = self._clock.now().replace(microsecond=0)
+        row = StoredProvisioner(name, settings.model_dump_json(), public_key_pem.strip() + "\n", now)
+        try:  # built as every node will build it from the store
+            built = _build(settings, _stored_key(row))
         except ConfigError as exc:
             raise BadInput(exc.message, hint=exc.hint) from exc
         assert built.public_key is not None
-        now = self._clock.now().replace(microsecond=0)
         spki = built.public_key.public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         self._store.add_provisioner(
-            StoredProvisioner(name, settings.model_dump_json(), pem, now),
+            row,
             NewEvent(
                 "provisioner.created",
                 name,
@@ -295,14 +294,14 @@ class ApiProvisioners:
                     "name": name,
                     "settings": settings.model_dump(mode="json", exclude={"key"}),
                     "public_key_sha256": hashlib.sha256(spki).hexdigest(),
-                    "by": dict(by),
+                    "by": who(by),
                 },
             ),
         )
         self._adopt()
         return built
 
-    def remove(self, name: str, by: Mapping[str, object]) -> None:
+    def remove(self, name: str, *, by: Admin | None = None) -> None:
         found = next((p for p in self._in_force.all() if p.name == name), None)
         if found is not None and not (found.settings or {}).get("public_key", "").startswith(
             STORED_KEY
@@ -313,6 +312,6 @@ class ApiProvisioners:
             )
         now = self._clock.now().replace(microsecond=0)
         self._store.remove_provisioner(
-            name, now, NewEvent("provisioner.removed", name, {"name": name, "by": dict(by)})
+            name, now, NewEvent("provisioner.removed", name, {"name": name, "by": who(by)})
         )
         self._adopt()

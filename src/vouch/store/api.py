@@ -3,6 +3,7 @@ certificate search it serves. Every change appends its audit event in the same t
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -192,14 +193,7 @@ class ApiStore:
     def add_provisioner(self, stored: StoredProvisioner, event: NewEvent) -> None:
         """Conflict when the name is taken."""
         with self.db.begin() as conn:
-            conn.execute(
-                insert(api_provisioners).values(
-                    name=stored.name,
-                    settings=stored.settings,
-                    public_key=stored.public_key,
-                    created_at=stored.created_at,
-                )
-            )
+            conn.execute(insert(api_provisioners).values(**dataclasses.asdict(stored)))
             append_events(conn, stored.created_at, [event])
 
     def remove_provisioner(self, name: str, at: dt.datetime, event: NewEvent) -> None:

@@ -96,7 +96,7 @@ def _register_provisioners(app: FastAPI, context: ApiContext) -> None:
             max_token_ttl=body.max_token_ttl,
         )
         created = await run_in_threadpool(
-            lambda: vouch.api_provisioners().create(settings, body.public_key, _by(admin))
+            lambda: vouch.api_provisioners().create(settings, body.public_key, by=admin)
         )
         return models.Provisioner(**created.describe())
 
@@ -110,11 +110,7 @@ def _register_provisioners(app: FastAPI, context: ApiContext) -> None:
         name: Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")],
         admin: Annotated[Admin, Depends(requires(context, "admin"))],
     ) -> None:
-        await run_in_threadpool(lambda: vouch.api_provisioners().remove(name, _by(admin)))
-
-
-def _by(admin: Admin) -> dict[str, object]:
-    return {"id": admin.id, "name": admin.name, "role": admin.role}
+        await run_in_threadpool(lambda: vouch.api_provisioners().remove(name, by=admin))
 
 
 def _token(record: AdminTokenRecord) -> models.AdminToken:
