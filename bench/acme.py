@@ -54,6 +54,7 @@ POLL = 0.02  # seconds between polls, the same for both servers
 START_TIMEOUT = 60.0
 GOAL = 1.0  # ahead of Pebble
 PEER_NAME = "pebble"
+CLIENT_BOUND = 0.9  # a client core this busy sets the pace, whatever the server could do
 
 
 @dataclass(frozen=True)
@@ -247,14 +248,26 @@ class Round:
     seconds: float
     latencies: list[float]
     requests: int
+    server_cpu: float  # seconds of CPU, the server and its worker processes, during the round
+    client_cpu: float  # seconds of CPU of this process (the client and the challenge server)
 
     @property
     def rate(self) -> float:
         return len(self.latencies) / self.seconds
 
+    @property
+    def client_busy(self) -> float:
+        """The share of the client's core the client used: near 1, the client set the pace."""
+        return self.client_cpu / self.seconds
+
 
 async def run_round(
-    directory_url: str, ca: ssl.SSLContext, challenges: ChallengeServer, sizes: Sizes, tag: str
+    directory_url: str,
+    ca: ssl.SSLContext,
+    challenges: ChallengeServer,
+    sizes: Sizes,
+    tag: str,
+    server: Process,
 ) -> Round:
     limits = httpx.Limits(max_connections=sizes.concurrency * 2)
     async with httpx.AsyncClient(verify=ca, timeout=60, limits=limits) as http:
@@ -271,10 +284,14 @@ async def run_round(
                 await account.order(f"o{index}.{tag}.bench.test", challenges)
                 latencies.append(time.perf_counter() - began)
 
+        server_began, client_began = server.cpu_seconds(), time.process_time()
         began = time.perf_counter()
         await asyncio.gather(*(worker(a) for a in accounts))
         seconds = time.perf_counter() - began
-        return Round(seconds, latencies, sum(a.requests for a in accounts) - len(accounts))
+        server_cpu = server.cpu_seconds() - server_began
+        client_cpu = time.process_time() - client_began
+        requests = sum(a.requests for a in accounts) - len(accounts)
+        return Round(seconds, latencies, requests, server_cpu, client_cpu)
 
 
 # -- servers ---------------------------------------------------------------------------------------
@@ -300,6 +317,30 @@ class Process:
             if time.monotonic() > deadline:
                 raise BenchError(f"{self.name} did not start:\n{self.log_path.read_text()[-2000:]}")
             time.sleep(0.05)
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of the process and its live descendants (vouch's lint
+        workers), from /proc."""
+        assert self.process is not None
+        parents: dict[int, int] = {}
+        times: dict[int, float] = {}
+        tick = os.sysconf("SC_CLK_TCK")
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue  # gone meanwhile
+            pid = int(stat.parent.name)
+            parents[pid] = int(fields[1])
+            times[pid] = (int(fields[11]) + int(fields[12])) / tick
+        tree, grown = {self.process.pid}, True
+        while grown:
+            grown = False
+            for pid, parent in parents.items():
+                if parent in tree and pid not in tree:
+                    tree.add(pid)
+                    grown = True
+        return sum(times.get(pid, 0.0) for pid in tree)
 
     def rss_mb(self, field_name: str = "VmRSS") -> float:
         assert self.process is not None
@@ -334,10 +375,15 @@ def percentile(values: list[float], fraction: float) -> float:
 class Results:
     rates: dict[str, list[float]] = field(default_factory=dict)
     latencies: dict[str, list[float]] = field(default_factory=dict)
+    cpu_ms: dict[str, list[float]] = field(default_factory=dict)  # server CPU per order
+    client_busy: dict[str, list[float]] = field(default_factory=dict)
 
     def add(self, who: str, result: Round) -> None:
         self.rates.setdefault(who, []).append(result.rate)
         self.latencies.setdefault(who, []).extend(result.latencies)
+        per_order = result.server_cpu * 1000 / max(1, len(result.latencies))
+        self.cpu_ms.setdefault(who, []).append(per_order)
+        self.client_busy.setdefault(who, []).append(result.client_busy)
 
 
 async def bench(sizes: Sizes, tmpdir: Path | None, *, lint: bool = True) -> int:
@@ -409,15 +455,18 @@ async def bench(sizes: Sizes, tmpdir: Path | None, *, lint: bool = True) -> int:
 
             log("warming up both servers")
             warm = Sizes(1, sizes.concurrency, sizes.concurrency)
-            await run_round(vouch_url, ca, challenges, warm, "warm-v")
-            await run_round(pebble_url, ca, challenges, warm, "warm-p")
+            await run_round(vouch_url, ca, challenges, warm, "warm-v", server)
+            await run_round(pebble_url, ca, challenges, warm, "warm-p", peer)
             results = Results()
             for index in range(sizes.rounds):
-                for who, url in (("vouch", vouch_url), ("pebble", pebble_url)):
-                    result = await run_round(url, ca, challenges, sizes, f"{who}{index}")
+                for who, url, process in (("vouch", vouch_url, server),
+                                          ("pebble", pebble_url, peer)):  # fmt: skip
+                    result = await run_round(url, ca, challenges, sizes, f"{who}{index}", process)
                     results.add(who, result)
                     log(f"round {index + 1}/{sizes.rounds} {who}: {result.rate:,.1f} orders/s, "
-                        f"{result.requests / sizes.orders:.1f} requests an order")
+                        f"{result.requests / sizes.orders:.1f} requests an order, server CPU "
+                        f"{results.cpu_ms[who][-1]:.1f} ms an order, client core "
+                        f"{result.client_busy:.0%} busy")  # fmt: skip
             vouch_rss, vouch_peak = server.rss_mb(), server.rss_mb("VmHWM")
             pebble_rss = peer.rss_mb()
         finally:
@@ -436,10 +485,17 @@ def report(results: Results, sizes: Sizes, vouch_rss: float, vouch_peak: float,
     print(f"acme benchmark: full orders (newOrder, http-01, finalize, download), one name each; "
           f"concurrency {sizes.concurrency}; medians of {sizes.rounds} rounds of {sizes.orders}; "
           f"vouch lint {'on' if lint else 'OFF'}")  # fmt: skip
+    cpu = {who: statistics.median(v) for who, v in results.cpu_ms.items()}
+    busy = {who: statistics.median(v) for who, v in results.client_busy.items()}
     for who in ("vouch", "pebble"):
         p50, p99 = lat[who]
         print(f"  {who:7s} {rate[who]:8,.1f} orders/s   p50 {p50 * 1000:7.1f} ms   "
-              f"p99 {p99 * 1000:7.1f} ms")  # fmt: skip
+              f"p99 {p99 * 1000:7.1f} ms   server CPU {cpu[who]:5.1f} ms an order   "
+              f"client core {busy[who]:4.0%} busy")  # fmt: skip
+    for who in ("vouch", "pebble"):
+        if busy[who] >= CLIENT_BOUND:
+            print(f"  note: during {who}'s rounds the client's core was {busy[who]:.0%} busy: "
+                  f"{who}'s rate is the client's limit, not the server's")  # fmt: skip
     print(f"  vouch serve RSS after {orders:,} orders: {vouch_rss:,.1f} MB (peak {vouch_peak:,.1f});"
           f" pebble {pebble_rss:,.1f} MB")  # fmt: skip
     verdict = "met" if ratio is not None and ratio > GOAL else "NOT met"
@@ -453,6 +509,9 @@ def report(results: Results, sizes: Sizes, vouch_rss: float, vouch_peak: float,
             "vouch_p99_ms": round(lat["vouch"][1] * 1000, 1),
             "pebble_p50_ms": round(lat["pebble"][0] * 1000, 1),
             "pebble_p99_ms": round(lat["pebble"][1] * 1000, 1),
+            "vouch_server_cpu_ms_per_order": round(cpu["vouch"], 2),
+            "pebble_server_cpu_ms_per_order": round(cpu["pebble"], 2),
+            "client_core_busy": {k: round(v, 2) for k, v in busy.items()},
             "vouch_rss_mb_after_orders": round(vouch_rss, 1),
             "vouch_peak_rss_mb": round(vouch_peak, 1),
             "pebble_rss_mb": round(pebble_rss, 1),

@@ -170,6 +170,41 @@ def test_accounts_without_eab_and_nonces(store_home: Vouch) -> None:
     assert again.id == account.id and not created
 
 
+def test_registrations_that_race_with_one_key_and_one_eab_key_get_the_same_account(
+    store_home: Vouch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two registrations at once with the same account key and the same single-use EAB key:
+    the one that looked up the key before the other stored its account must get that account
+    (RFC 8555 7.3), not "EAB key used". A second account under a used EAB key is still
+    refused."""
+    service, store = store_home.acme, store_home.acme.store
+    url = "https://ca.example/acme/new-account"
+    made = service.new_eab_key("caddy")
+    key = ec.generate_private_key(ec.SECP256R1())
+
+    def request(account_key: ec.EllipticCurvePrivateKey):  # type: ignore[no-untyped-def]
+        binding = eab_binding(made.key_id, made.hmac_key, account_key.public_key(), url)
+        return _new_account_jws(account_key, "n", {"externalAccountBinding": binding})
+
+    first, created = service.new_account(request(key))
+    assert created
+    # The second request's lookup ran before the first request's account was stored.
+    lookup = store.account_by_thumbprint
+    calls: list[str] = []
+
+    def stale_then_fresh(value: str):  # type: ignore[no-untyped-def]
+        calls.append(value)
+        return None if len(calls) == 1 else lookup(value)
+
+    monkeypatch.setattr(store, "account_by_thumbprint", stale_then_fresh)
+    second, created = service.new_account(request(key))
+    assert (second.id, created) == (first.id, False)
+    monkeypatch.setattr(store, "account_by_thumbprint", lookup)
+    with pytest.raises(AcmeProblem) as caught:  # another key may not reuse the EAB key
+        service.new_account(request(ec.generate_private_key(ec.SECP256R1())))
+    assert caught.value.kind == "unauthorized"
+
+
 def test_nonces_expire(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from tests.conftest import make_home
 

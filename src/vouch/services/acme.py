@@ -261,15 +261,24 @@ class AcmeService:
         if self.settings.terms_of_service and payload.get("termsOfServiceAgreed") is not True:
             raise AcmeProblem("userActionRequired", "agree to the terms of service first")
         contact = _contacts(payload.get("contact", []))
-        eab_key_id = self._check_binding(jws, payload.get("externalAccountBinding"))
         try:
+            eab_key_id = self._check_binding(jws, payload.get("externalAccountBinding"))
             made = self._store.add_account(
                 thumbprint(key), jwk_of(key), contact, self._clock.now(), eab_key_id=eab_key_id
             )
-        except Conflict as exc:
-            raise unauthorized(
-                "the external account binding key was used or revoked meanwhile"
-            ) from exc
+        except (AcmeProblem, Conflict) as exc:
+            # Two registrations with one key and one EAB key at once (a client that registers
+            # from several tasks): the first makes the account, and the other, which looked
+            # before it was stored, must get it too (RFC 8555 7.3: a key that has an account
+            # gets that account), not "EAB key used".
+            raced = self._store.account_by_thumbprint(thumbprint(key))
+            if raced is not None and raced.status == "valid":
+                return raced, False
+            if isinstance(exc, Conflict):
+                raise unauthorized(
+                    "the external account binding key was used or revoked meanwhile"
+                ) from exc
+            raise
         return made, True
 
     def _check_binding(self, jws: Jws, value: Any) -> str | None:
