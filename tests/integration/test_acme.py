@@ -158,9 +158,9 @@ def served(home: Path, work: Path, port: int) -> Iterator[Acme]:
         mp.undo()
 
 
-@pytest.fixture(scope="module")
-def acme(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Acme]:
-    work = tmp_path_factory.mktemp("acme")
+@contextmanager
+def served_new_home(work: Path) -> Iterator[Acme]:
+    """A new home in ``work`` (its OCSP responses refreshed every second), served as above."""
     port = free_port()
     home = work / "home"
     make_home(
@@ -168,6 +168,12 @@ def acme(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Acme]:
     ).close()
     set_config(home, 'check_interval = "5s"', 'check_interval = "1s"')
     with served(home, work, port) as acme:
+        yield acme
+
+
+@pytest.fixture(scope="module")
+def acme(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Acme]:
+    with served_new_home(tmp_path_factory.mktemp("acme")) as acme:
         yield acme
 
 

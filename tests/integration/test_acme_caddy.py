@@ -27,11 +27,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.conftest import make_home, require_tool
-from tests.integration.test_acme import Acme, served
-from tests.servers import free_port, run_vouch, set_config
-
-from vouch.wiring import DEFAULT_LINT_ALLOW
+from tests.conftest import require_tool
+from tests.integration.test_acme import Acme, served_new_home
+from tests.servers import free_port, run_vouch
 
 HTTP01_NAMES = ["a.caddy.test", "b.caddy.test"]
 TLSALPN01_NAME = "alpn.caddy.test"
@@ -41,14 +39,7 @@ ISSUE_TIMEOUT = 90.0
 
 @pytest.fixture(scope="module")
 def acme(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Acme]:
-    work = tmp_path_factory.mktemp("acme-caddy")
-    port = free_port()
-    home = work / "home"
-    make_home(
-        home, public_url=f"http://127.0.0.1:{port}", lint_allow=list(DEFAULT_LINT_ALLOW)
-    ).close()
-    set_config(home, 'check_interval = "5s"', 'check_interval = "1s"')
-    with served(home, work, port) as acme:
+    with served_new_home(tmp_path_factory.mktemp("acme-caddy")) as acme:
         yield acme
 
 
