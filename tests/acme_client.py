@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -193,11 +194,35 @@ def http01_responder(port: int) -> Iterator[Responder]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    with _serving(port, Handler):
+        yield responder
+
+
+@contextmanager
+def webroot(port: int, root: Path) -> Iterator[Path]:
+    """http-01 for clients that write files: a static file server of ``root`` on ``port``;
+    yields the directory for the challenge files, ``root/.well-known/acme-challenge``."""
+    challenges = root / ".well-known" / "acme-challenge"
+    challenges.mkdir(parents=True)
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    with _serving(port, Handler):
+        yield challenges
+
+
+@contextmanager
+def _serving(port: int, handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[None]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield responder
+        yield
     finally:
         server.shutdown()
         server.server_close()

@@ -10,14 +10,12 @@ the revocation.
 
 from __future__ import annotations
 
-import functools
 import subprocess
-import threading
 from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from tests.acme_client import webroot
 from tests.conftest import require_tool
 from tests.integration.test_acme import Acme, served_new_home
 
@@ -31,24 +29,13 @@ def acme(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Acme]:
 
 
 @pytest.fixture
-def webroot(acme: Acme, tmp_path: Path) -> Iterator[Path]:
-    """A static file server on the http-01 port; dehydrated writes the challenge files under
-    ``.well-known/acme-challenge`` of the directory returned."""
-    root = tmp_path / "www"
-    (root / ".well-known" / "acme-challenge").mkdir(parents=True)
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(root))
-    server = ThreadingHTTPServer(("127.0.0.1", acme.http01_port), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield root
-    finally:
-        server.shutdown()
-        server.server_close()
+def challenge_dir(acme: Acme, tmp_path: Path) -> Iterator[Path]:
+    with webroot(acme.http01_port, tmp_path / "www") as challenges:
+        yield challenges
 
 
 def test_dehydrated_registers_issues_renews_and_revokes(
-    acme: Acme, webroot: Path, tmp_path: Path
+    acme: Acme, challenge_dir: Path, tmp_path: Path
 ) -> None:
     tool = require_tool("dehydrated")
     kid, hmac_key = acme.eab("dehydrated")
@@ -58,7 +45,7 @@ def test_dehydrated_registers_issues_renews_and_revokes(
     config.write_text(
         f'CA="{acme.directory}"\n'
         f'BASEDIR="{base}"\n'
-        f'WELLKNOWN="{webroot / ".well-known" / "acme-challenge"}"\n'
+        f'WELLKNOWN="{challenge_dir}"\n'
         'CHALLENGETYPE="http-01"\n'
         'CONTACT_EMAIL="ops@dehydrated.test"\n'
         f'EAB_KID="{kid}"\n'

@@ -13,15 +13,13 @@ store is never touched. That needs root (CI runs as root).
 
 from __future__ import annotations
 
-import functools
 import os
 import subprocess
-import threading
 from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from tests.acme_client import webroot
 from tests.conftest import REQUIRE_ALL, require_tool
 from tests.integration.test_acme import Acme, served_new_home
 
@@ -57,30 +55,19 @@ def acme(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Acme]:
 
 
 @pytest.fixture
-def webroot(acme: Acme, tmp_path: Path) -> Iterator[Path]:
-    """A static file server on the http-01 port; returns the challenge directory it serves."""
-    root = tmp_path / "www"
-    challenges = root / ".well-known" / "acme-challenge"
-    challenges.mkdir(parents=True)
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(root))
-    server = ThreadingHTTPServer(("127.0.0.1", acme.http01_port), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+def challenge_dir(acme: Acme, tmp_path: Path) -> Iterator[Path]:
+    with webroot(acme.http01_port, tmp_path / "www") as challenges:
         yield challenges
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_uacme_issues_and_revokes_with_the_certificates_own_key(
-    acme: Acme, webroot: Path, tmp_path: Path
+    acme: Acme, challenge_dir: Path, tmp_path: Path
 ) -> None:
     uacme = require_tool("uacme")
     _require_mount_namespace()
     confdir = tmp_path / "uacme"
     hook = tmp_path / "hook.sh"
-    hook.write_text(HOOK.replace("{challenges}", str(webroot)))
+    hook.write_text(HOOK.replace("{challenges}", str(challenge_dir)))
     hook.chmod(0o700)
     kid, hmac_key = acme.eab("uacme")
 
@@ -103,7 +90,7 @@ def test_uacme_issues_and_revokes_with_the_certificates_own_key(
     leaf.write_text(blocks[0] + "-----END CERTIFICATE-----\n")
     chain.write_text("-----END CERTIFICATE-----\n".join(blocks[1:]))
     acme.verify_chain(leaf, chain)
-    assert not list(webroot.iterdir())  # the hook cleaned up after itself
+    assert not list(challenge_dir.iterdir())  # the hook cleaned up after itself
 
     key = confdir / "private" / NAMES[0] / "key.pem"
     said = run("revoke", str(confdir / NAMES[0] / "cert.pem"), str(key))
