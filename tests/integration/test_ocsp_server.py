@@ -2,8 +2,8 @@
 
 One server for the module, with a root, the "issuing" CA, a good and a revoked leaf. A bad
 request gets an OCSP error response (HTTP 200, RFC 6960 4.2.1) or a 4xx, never a 5xx, and the
-server goes on answering good requests. Answers are checked with cryptography, ``openssl ocsp``
-and pkilint's RFC 6960 linter.
+server goes on answering good requests. Answers are checked with cryptography, ``openssl ocsp``,
+pkilint's RFC 6960 linter, and nginx, which fetches, verifies and staples them.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pyasn1.codec.der import decoder, encoder
 from pyasn1_alt_modules import rfc6960  # type: ignore[import-untyped]
 from tests.conftest import make_home, require_tool
+from tests.integration.test_agent import Nginx
 from tests.pkilint_check import cabf_findings
 from tests.servers import VouchServer, free_port, run_vouch, set_config
 
@@ -526,6 +527,51 @@ def test_openssl_ocsp_verifies(pki: Pki, leaf: str, nonce: bool) -> None:
     assert f"{leaf_file}: {leaf}\n" in result.stdout, result.stdout
     if leaf == "revoked":
         assert "Reason: keyCompromise" in result.stdout
+
+
+def test_nginx_staples_the_good_response_and_refuses_the_revoked_one(
+    pki: Pki, tmp_path: Path
+) -> None:
+    """nginx (``ssl_stapling_verify on``) fetches each leaf's response from the AIA URL and
+    verifies it against the root; it staples the good one and logs the revoked one's status."""
+    openssl = require_tool("openssl")
+    port = free_port()
+    trusted = tmp_path / "trusted.pem"
+    trusted.write_bytes(b"".join((pki.files / f).read_bytes() for f in ("issuer.pem", "root.pem")))
+    servers = "".join(
+        f"    server {{\n        listen 127.0.0.1:{port} ssl;\n        server_name {name};\n"
+        f"        ssl_certificate {pki.files / name}.pem;\n"
+        f"        ssl_certificate_key {pki.files / name}.key.pem;\n"
+        f"        ssl_stapling on; ssl_stapling_verify on; ssl_trusted_certificate {trusted};\n"
+        "        return 200 'stapled';\n    }\n"
+        for name in (GOOD_NAME, REVOKED_NAME)
+    )
+    (tmp_path / "nginx").mkdir()
+    nginx = Nginx(tmp_path / "nginx").start(servers, port)
+
+    def handshake(name: str) -> str:
+        return subprocess.run(
+            [openssl, "s_client", "-connect", f"127.0.0.1:{port}", "-servername", name,
+             "-status", "-CAfile", str(pki.files / "root.pem")],
+            input="", capture_output=True, text=True, timeout=30, check=False,
+        ).stdout  # fmt: skip
+
+    try:
+        # nginx fetches a response on the first handshake that wants one and staples it from
+        # the next handshake on.
+        deadline = time.monotonic() + 30
+        while "Cert Status: good" not in (shown := handshake(GOOD_NAME)):
+            assert time.monotonic() < deadline, shown + nginx.errors()
+            time.sleep(0.5)
+        assert "OCSP Response Status: successful" in shown
+        assert "Verify return code: 0 (ok)" in shown, shown
+        while 'certificate status "revoked" in the OCSP response' not in nginx.errors():
+            assert "Cert Status" not in handshake(REVOKED_NAME), "nginx stapled a revoked status"
+            assert time.monotonic() < deadline, nginx.errors()
+            time.sleep(0.5)
+    finally:
+        nginx.stop()
+    assert "verify error" not in nginx.errors(), nginx.errors()
 
 
 @pytest.mark.parametrize("leaf", ["good", "revoked", "unknown"])
