@@ -1,11 +1,11 @@
-"""A browser trusts what vouch issues: headless Chromium loads HTTPS pages whose certificates
-vouch issued, with vouch's root trusted the way a desktop would trust a company root (in the
-user's NSS database), and nothing else bypassed.
+"""TLS clients trust what vouch issues, with vouch's root trusted the way an organisation would
+trust its own root, and nothing else bypassed: headless Chromium (its user's NSS database) and
+Java's HttpClient (a PKCS#12 trust store made by keytool, and Java's own PKIX checks).
 
 nginx serves an ECDSA P-256 leaf and an RSA-3072 leaf, both from ``vouch cert new`` under the
-issuing CA of a home made with ``--permit-dns vouch.test`` (so Chromium also checks the name
-constraints). Each page must load without an interstitial. A third name, served with a
-certificate that does not cover it, must get Chromium's name-mismatch error: the check can fail.
+issuing CA of a home made with ``--permit-dns vouch.test`` (so the clients also check the name
+constraints). Each page must load. A third name, served with a certificate that does not cover
+it, must be refused for the name: the checks can fail.
 """
 
 from __future__ import annotations
@@ -112,3 +112,57 @@ def test_chromium_refuses_a_certificate_for_another_name(site: Site, browser: ob
     source = _load(browser, f"https://other.{DOMAIN}:{site.port}/")
     assert PAGE not in source
     assert "ERR_CERT_COMMON_NAME_INVALID" in source, source[:2000]
+
+
+JAVA_FETCH = """
+import java.net.URI;
+import java.net.http.HttpClient;
+import java.net.http.HttpRequest;
+import java.net.http.HttpResponse;
+
+public class Fetch {
+    public static void main(String[] urls) throws Exception {
+        HttpClient client = HttpClient.newHttpClient();
+        for (String url : urls) {
+            try {
+                HttpResponse<String> reply = client.send(
+                    HttpRequest.newBuilder(URI.create(url)).build(),
+                    HttpResponse.BodyHandlers.ofString());
+                System.out.println(url + " " + reply.statusCode() + " " + reply.body());
+            } catch (Exception e) {
+                System.out.println(url + " REFUSED " + e);
+            }
+        }
+    }
+}
+"""
+
+
+def test_java_trusts_the_chains_and_checks_the_name(site: Site, tmp_path: Path) -> None:
+    java, keytool = require_tool("java"), require_tool("keytool")
+    store = tmp_path / "trust.p12"
+    subprocess.run(
+        [keytool, "-importcert", "-noprompt", "-alias", "vouch-root", "-file",
+         str(site.home / "root.pem"), "-keystore", str(store), "-storetype", "PKCS12",
+         "-storepass", "changeit"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    hosts = tmp_path / "hosts"
+    hosts.write_text(f"127.0.0.1 ec.{DOMAIN} rsa.{DOMAIN} other.{DOMAIN}\n")
+    source = tmp_path / "Fetch.java"
+    source.write_text(JAVA_FETCH)
+    urls = [f"https://{name}.{DOMAIN}:{site.port}/" for name in ("ec", "rsa", "other")]
+    done = subprocess.run(
+        [java, f"-Djavax.net.ssl.trustStore={store}", "-Djavax.net.ssl.trustStoreType=PKCS12",
+         "-Djavax.net.ssl.trustStorePassword=changeit", f"-Djdk.net.hosts.file={hosts}",
+         str(source), *urls],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = dict(
+        line.split(" ", 1) for line in done.stdout.splitlines() if line.startswith("https")
+    )
+    for url in urls[:2]:
+        assert lines[url].startswith("200 ") and PAGE in lines[url], done.stdout
+    assert lines[urls[2]].startswith("REFUSED"), done.stdout
+    assert "No subject alternative DNS name matching" in lines[urls[2]], done.stdout
