@@ -14,9 +14,11 @@ replies, a fixed 20 ms poll interval for both servers) runs ``concurrency`` orde
 
 Both resolve names through one ``pebble-challtestsrv`` (every A query: 127.0.0.1) and validate
 http-01 against one challenge server in this process. Each server is pinned to one core with
-``taskset``, the client to the other. Rounds alternate between the servers; the figures are
-medians over rounds, latencies p50/p99 over every order. vouch's RSS is read after all its orders
-(10,000 in the full run). Run ``python bench/acme.py`` (or ``--quick``); the last line of stdout
+``taskset``, the client and the DNS server to the other. Rounds alternate between the servers;
+the figures are medians over rounds, latencies p50/p99 over every order. Each round also reads the
+server's CPU time (with its worker processes) and the CPU used on the client's core (the client,
+the challenge server and the DNS server): a client core near 100% busy means the client set the
+pace. vouch's RSS is read after all its orders (10,000 in the full run). Run ``python bench/acme.py`` (or ``--quick``); the last line of stdout
 is one JSON object.
 """
 
@@ -249,7 +251,7 @@ class Round:
     latencies: list[float]
     requests: int
     server_cpu: float  # seconds of CPU, the server and its worker processes, during the round
-    client_cpu: float  # seconds of CPU of this process (the client and the challenge server)
+    client_cpu: float  # seconds of CPU on the client's core: this process and the DNS server
 
     @property
     def rate(self) -> float:
@@ -268,6 +270,7 @@ async def run_round(
     sizes: Sizes,
     tag: str,
     server: Process,
+    dns: Process,
 ) -> Round:
     limits = httpx.Limits(max_connections=sizes.concurrency * 2)
     async with httpx.AsyncClient(verify=ca, timeout=60, limits=limits) as http:
@@ -284,12 +287,15 @@ async def run_round(
                 await account.order(f"o{index}.{tag}.bench.test", challenges)
                 latencies.append(time.perf_counter() - began)
 
-        server_began, client_began = server.cpu_seconds(), time.process_time()
+        # The /proc reads stay outside the client's measured CPU and the timed span.
+        server_began, dns_began = server.cpu_seconds(), dns.cpu_seconds()
+        client_began = time.process_time()
         began = time.perf_counter()
         await asyncio.gather(*(worker(a) for a in accounts))
         seconds = time.perf_counter() - began
-        server_cpu = server.cpu_seconds() - server_began
         client_cpu = time.process_time() - client_began
+        server_cpu = server.cpu_seconds() - server_began
+        client_cpu += dns.cpu_seconds() - dns_began  # the DNS server shares the client's core
         requests = sum(a.requests for a in accounts) - len(accounts)
         return Round(seconds, latencies, requests, server_cpu, client_cpu)
 
@@ -319,8 +325,8 @@ class Process:
             time.sleep(0.05)
 
     def cpu_seconds(self) -> float:
-        """CPU time (user + system) of the process and its live descendants (vouch's lint
-        workers), from /proc."""
+        """CPU time (user + system) of the process, its live descendants (lint workers, when
+        vouch has more than one core), and the children it has reaped, from /proc."""
         assert self.process is not None
         parents: dict[int, int] = {}
         times: dict[int, float] = {}
@@ -333,6 +339,8 @@ class Process:
             pid = int(stat.parent.name)
             parents[pid] = int(fields[1])
             times[pid] = (int(fields[11]) + int(fields[12])) / tick
+            if pid == self.process.pid:  # children that exited and were waited for
+                times[pid] += (int(fields[13]) + int(fields[14])) / tick
         tree, grown = {self.process.pid}, True
         while grown:
             grown = False
@@ -455,13 +463,15 @@ async def bench(sizes: Sizes, tmpdir: Path | None, *, lint: bool = True) -> int:
 
             log("warming up both servers")
             warm = Sizes(1, sizes.concurrency, sizes.concurrency)
-            await run_round(vouch_url, ca, challenges, warm, "warm-v", server)
-            await run_round(pebble_url, ca, challenges, warm, "warm-p", peer)
+            await run_round(vouch_url, ca, challenges, warm, "warm-v", server, dns)
+            await run_round(pebble_url, ca, challenges, warm, "warm-p", peer, dns)
             results = Results()
             for index in range(sizes.rounds):
                 for who, url, process in (("vouch", vouch_url, server),
                                           ("pebble", pebble_url, peer)):  # fmt: skip
-                    result = await run_round(url, ca, challenges, sizes, f"{who}{index}", process)
+                    result = await run_round(
+                        url, ca, challenges, sizes, f"{who}{index}", process, dns
+                    )
                     results.add(who, result)
                     log(f"round {index + 1}/{sizes.rounds} {who}: {result.rate:,.1f} orders/s, "
                         f"{result.requests / sizes.orders:.1f} requests an order, server CPU "

@@ -38,6 +38,7 @@ from vouch.acme.ari import cert_id_of
 from vouch.acme.jws import b64url, jwk_of
 from vouch.server.acme import CHALLENGE_WAIT
 from vouch.wiring import DEFAULT_LINT_ALLOW
+from vouch.x509.serials import format_serial
 
 ACME_CONFIG = f"""
 [acme]
@@ -94,6 +95,17 @@ class Acme:
             reply = client.register(self.eab())
             assert reply.status == 201, reply.content
         return client
+
+    def revoked_by(self, leaf: Path) -> object:
+        """Who the audit log says asked for the revocation of the certificate in ``leaf``."""
+        serial = format_serial(x509.load_pem_x509_certificate(leaf.read_bytes()).serial_number)
+        out = self.work / f"audit-{serial}.jsonl"
+        run_vouch(self.home, "audit", "export", "--out", str(out))
+        entries = [json.loads(line) for line in out.read_text().splitlines()]
+        [revoked] = [
+            e for e in entries if e.get("kind") == "certificate.revoked" and e["subject"] == serial
+        ]
+        return revoked["data"].get("by")
 
     def issued_count(self) -> int:
         return len(json.loads(run_vouch(self.home, "cert", "list", "--json").stdout))

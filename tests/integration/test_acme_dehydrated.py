@@ -5,7 +5,7 @@ account with an EAB key from ``vouch acme eab new``, answers http-01 from a webr
 by a plain static file server), and fetches OCSP responses for stapling with ``openssl ocsp``. It
 gets one certificate for two names, renews it, and revokes it; the chain passes ``openssl verify
 -x509_strict``, the OCSP response it fetched says good, and vouch's responder says revoked after
-the revocation.
+the revocation, which the audit log records as asked by the account.
 """
 
 from __future__ import annotations
@@ -84,3 +84,5 @@ def test_dehydrated_registers_issues_renews_and_revokes(
     current.write_text((live / "cert.pem").read_text())
     dehydrated("--revoke", str(live / "cert.pem"))
     assert ": revoked" in acme.ocsp_status(current, live / "chain.pem")
+    by = acme.revoked_by(current)
+    assert isinstance(by, dict) and set(by) == {"acme_account"}, by  # signed by the account

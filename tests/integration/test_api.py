@@ -499,6 +499,9 @@ def test_inventory_search_and_admin_actions(site: Site) -> None:
     assert [c["serial"] for c in again.json()["items"]] == [issued["serial"]]
     actions = [e["action"] for e in _events(site.home, "api.admin-action")]
     assert f"POST /api/v1{path}" in actions
+    [revocation] = [e for e in _events(site.home, "certificate.revoked")
+                    if e["serial"] == issued["serial"]]  # fmt: skip
+    assert revocation["by"]["role"] == "operator"  # who asked, in the revocation's own entry
 
 
 def test_admin_tokens_through_the_api(site: Site) -> None:

@@ -547,7 +547,7 @@ def test_nginx_staples_the_good_response_and_refuses_the_revoked_one(
         for name in (GOOD_NAME, REVOKED_NAME)
     )
     (tmp_path / "nginx").mkdir()
-    nginx = Nginx(tmp_path / "nginx").start(servers, port)
+    nginx = Nginx(tmp_path / "nginx")
 
     def handshake(name: str) -> str:
         return subprocess.run(
@@ -557,6 +557,7 @@ def test_nginx_staples_the_good_response_and_refuses_the_revoked_one(
         ).stdout  # fmt: skip
 
     try:
+        nginx.start(servers, port)
         # nginx fetches a response on the first handshake that wants one and staples it from
         # the next handshake on.
         deadline = time.monotonic() + 30

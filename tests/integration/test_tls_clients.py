@@ -54,8 +54,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     pairs = [("ec", "ec"), ("rsa", "rsa"), ("other", "ec")]
     servers = "".join(server(f"{name}.{DOMAIN}", f"{cert}.{DOMAIN}") for name, cert in pairs)
     (base / "nginx").mkdir()
-    nginx = Nginx(base / "nginx").start(servers, port)
+    nginx = Nginx(base / "nginx")
     try:
+        nginx.start(servers, port)
         yield Site(port, home)
     finally:
         nginx.stop()
@@ -81,9 +82,13 @@ def browser(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ob
                        capture_output=True, timeout=30)  # fmt: skip
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 f"--host-resolver-rules=MAP *.{DOMAIN} 127.0.0.1",
-                 f"--user-data-dir={user / 'profile'}"):  # fmt: skip
+    flags = [
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+        f"--host-resolver-rules=MAP *.{DOMAIN} 127.0.0.1", f"--user-data-dir={user / 'profile'}",
+        # nothing but the test's own pages leaves the browser
+        "--disable-background-networking", "--disable-component-update",
+    ]  # fmt: skip
+    for flag in flags:
         options.add_argument(flag)
     service = Service(executable_path=driver_path, env={"HOME": str(user), "PATH": "/usr/bin:/bin"})
     driver = webdriver.Chrome(service=service, options=options)

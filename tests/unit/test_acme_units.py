@@ -204,6 +204,21 @@ def test_registrations_that_race_with_one_key_and_one_eab_key_get_the_same_accou
         service.new_account(request(ec.generate_private_key(ec.SECP256R1())))
     assert caught.value.kind == "unauthorized"
 
+    # Without EAB the race ends in the store: the second insert of the same key conflicts.
+    plain = ec.generate_private_key(ec.SECP256R1())
+    third, created = service.new_account(_new_account_jws(plain, "n", {}))
+    assert created
+    calls.clear()
+    monkeypatch.setattr(store, "account_by_thumbprint", stale_then_fresh)
+    again, created = service.new_account(_new_account_jws(plain, "n", {}))
+    assert (again.id, created) == (third.id, False)
+    # An account deactivated meanwhile is named as such, not as a conflict.
+    store.update_account(third.id, status="deactivated")
+    calls.clear()
+    with pytest.raises(AcmeProblem) as caught:
+        service.new_account(_new_account_jws(plain, "n", {}))
+    assert caught.value.kind == "unauthorized" and "deactivated" in caught.value.detail
+
 
 def test_nonces_expire(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from tests.conftest import make_home

@@ -272,7 +272,9 @@ class AcmeService:
             # before it was stored, must get it too (RFC 8555 7.3: a key that has an account
             # gets that account), not "EAB key used".
             raced = self._store.account_by_thumbprint(thumbprint(key))
-            if raced is not None and raced.status == "valid":
+            if raced is not None:
+                if raced.status != "valid":
+                    raise unauthorized(f"the account with this key is {raced.status}") from exc
                 return raced, False
             if isinstance(exc, Conflict):
                 raise unauthorized(
@@ -736,6 +738,10 @@ class AcmeService:
         if reason_code not in REASON_CODES:
             raise AcmeProblem("badRevocationReason", f"reason {reason_code} is not allowed")
         serial = format_serial(certificate.serial_number)
+        # Who asked, for the audit log: RFC 8555 7.6 allows the account or the certificate's key.
+        by: dict[str, object] = (
+            {"certificate_key": True} if account is None else {"acme_account": account.id}
+        )
         if account is None:
             cert_key = certificate.public_key().public_bytes(
                 serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -766,7 +772,9 @@ class AcmeService:
                     "this account neither ordered the certificate nor controls its names"
                 )
         try:
-            self._revoker().revoke(serial, REASON_CODES[reason_code], reasons=LEAF_REASONS)
+            self._revoker().revoke(
+                serial, REASON_CODES[reason_code], reasons=LEAF_REASONS, by=by
+            )
         except NotFound as exc:
             raise unauthorized("vouch did not issue this certificate") from exc
         except Conflict as exc:

@@ -88,7 +88,10 @@ class Revoker:
         ca: str | None = None,
         invalidity_date: dt.datetime | None = None,
         reasons: tuple[str, ...] = LEAF_REASONS,
+        by: dict[str, object] | None = None,
     ) -> Revoked:
+        """``by`` says who asked, for the audit log (an administrator, an ACME account, the
+        certificate's own key); None where the caller is the local operator."""
         reason = check_reason(reason, reasons)
         record = self.find(serial, ca)
         now = self._clock.now().replace(microsecond=0)
@@ -109,6 +112,7 @@ class Revoker:
                     "reason": reason,
                     "revoked_at": now.isoformat(),
                     "invalidity_date": invalidity_date.isoformat() if invalidity_date else None,
+                    **({"by": by} if by is not None else {}),
                 },
             )
         ]

@@ -30,7 +30,7 @@ from vouch.server.api.auth import (
     source_of,
 )
 from vouch.server.api.wire import JSON, json_body, parse_body
-from vouch.services.admins import Admin
+from vouch.services.admins import Admin, who
 from vouch.services.authority import IssuedCertificate
 from vouch.services.enrollment import Enroll, OneTimeToken, Possession
 from vouch.services.possession import check_proof, renew_audience
@@ -220,7 +220,11 @@ def register(app: FastAPI, context: ApiContext) -> None:
         # The leader's periodic check re-signs the CRL and OCSP response within seconds.
         revoked = await run_in_threadpool(
             lambda: vouch.revoker(publish=False).revoke(
-                serial, body.reason, ca=body.ca, invalidity_date=_aware(body.invalidity_date)
+                serial,
+                body.reason,
+                ca=body.ca,
+                invalidity_date=_aware(body.invalidity_date),
+                by=who(admin),
             )
         )
         return models.Revoked(
