@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
@@ -58,3 +59,15 @@ class KeyRegistry:
         backend can (see ``DiscardsNewKeys``); True if it was removed."""
         backend = self.backend(ref)
         return isinstance(backend, DiscardsNewKeys) and backend.discard(ref)
+
+    @contextlib.contextmanager
+    def discarding_on_failure(self, ref: KeyRef) -> Iterator[None]:
+        """If the block fails (an error, Ctrl-C) before anything refers to the key just
+        generated at ``ref``, take it back (``discard_new``); the block's error is the one
+        raised."""
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.discard_new(ref)
+            raise

@@ -145,10 +145,11 @@ class ServerState:
             )
         except OSError:
             stamp = self._config_stamp  # load_config names the problem once it is back
-        changed = False
+        changed = reloaded = False
         if stamp != self._config_stamp:
             try:
                 changed = self.vouch.reload_provisioners(read_config=True)
+                reloaded = True  # the store's were read with it
                 self._job_ok("config")
             except ConfigError as exc:
                 self._job_failed(
@@ -156,7 +157,7 @@ class ServerState:
                 )
                 log.error("%s changed but was not adopted: %s", CONFIG_NAME, exc.message)
             self._config_stamp = stamp  # a store error above: tried again next time
-        if not changed:
+        if not reloaded:
             try:
                 changed = self.vouch.reload_provisioners(read_config=False)
             except ConfigError as exc:  # never stops the sync of revocation data

@@ -19,8 +19,7 @@ import datetime as dt
 import hashlib
 import json
 import secrets
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -287,23 +286,12 @@ class Ceremony:
                 hint="use a new directory; to replace a root use vouch ceremony rollover",
             )
         state = CeremonyState(organization=organization, country=country, public_url=public_url)
-        with self._discarding_new_key(key_ref):
+        with self._keys.discarding_on_failure(key_ref):  # until the state names the key
             certificate, key = self._new_root(state, name, key_type, validity, key_ref)
             state.roots.append(RootEntry(name, str(key_ref), f"{name}.pem"))
             artifacts = [self._root_artifact(name, certificate)]
             artifacts.append(self._crl_artifact(state, state.roots[-1], certificate, key))
             return self._finish(state, "create-root", state.roots[-1], certificate, key, artifacts)
-
-    @contextmanager
-    def _discarding_new_key(self, key_ref: KeyRef) -> Iterator[None]:
-        """If the block fails before the ceremony state names the key, a key it made in an HSM
-        is removed again (a backend removes only keys it generated itself, never older ones)."""
-        try:
-            yield
-        except BaseException:
-            with suppress(Exception):  # the block's error is the one to report
-                self._keys.discard_new(key_ref)
-            raise
 
     def adopt_root(self, *, public_url: str, name: str = "root") -> Outcome:
         """Make a directory written by ``vouch init --offline-root`` (``root.pem``,
@@ -528,7 +516,7 @@ class Ceremony:
         old_entry = self._root(state)
         old_root = self._dir.certificate(old_entry)
         old_key = self._root_key(old_entry, old_root)
-        with self._discarding_new_key(key_ref):
+        with self._keys.discarding_on_failure(key_ref):  # until the state names the key
             return self._rollover(
                 state, old_entry, old_root, old_key, new_name, key_type, validity, key_ref
             )

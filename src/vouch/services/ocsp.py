@@ -10,7 +10,6 @@ certificate under a row lock.
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime as dt
 import logging
 import threading
@@ -210,91 +209,78 @@ class OcspProducer:
     def _create_responder(
         self, authority: AuthorityRecord, ca_key: CertificateIssuerPrivateKeyTypes
     ) -> Responder:
+        now = self._clock.now().replace(microsecond=0)
+        issuer = x509.load_der_x509_certificate(authority.certificate)
         serial = new_serial()
         serial_hex = format_serial(serial)
         key_ref = KeyRef("file", f"keys/ocsp/{authority.name}-{serial_hex[:16].lower()}.key.pem")
         key = self._keys.generate(key_ref, "ec-p256")
-        try:
-            return self._certify_responder(authority, ca_key, key, key_ref, serial)
-        except BaseException:
-            # Nothing refers to the new key yet (its row is written last): take it back.
-            with contextlib.suppress(Exception):  # the first error is the one to report
-                self._keys.discard_new(key_ref)
-            raise
-
-    def _certify_responder(
-        self,
-        authority: AuthorityRecord,
-        ca_key: CertificateIssuerPrivateKeyTypes,
-        key: CertificateIssuerPrivateKeyTypes,
-        key_ref: KeyRef,
-        serial: int,
-    ) -> Responder:
-        now = self._clock.now().replace(microsecond=0)
-        issuer = x509.load_der_x509_certificate(authority.certificate)
-        serial_hex = format_serial(serial)
-        not_after = min(
-            now + self._settings.responder_validity - dt.timedelta(seconds=1),
-            authority.not_after,
-        )
-        subject = ca_subject(
-            self._settings.organization,
-            f"{self._settings.organization} {authority.name} OCSP Responder",
-            self._settings.country,
-        )
-        builder = responder_builder(subject, key.public_key(), issuer, serial, now, not_after)
-        template = template_certificate(builder, ca_key)
-        self._lint(template)
-        [cert_id] = self._store.record_intents(
-            [
-                NewCertificate(
-                    authority_id=authority.id,
-                    serial=serial_hex,
-                    profile=RESPONDER_PROFILE,
-                    names=(),
-                    subject=subject.rfc4514_string(),
-                    key_type="ec-p256",
-                    spki_sha256=spki_sha256(key.public_key()),
-                    not_before=now,
-                    not_after=not_after,
-                    tbs=template.tbs_certificate_bytes,
-                )
-            ],
-            now,
-            [
-                NewEvent(
-                    "certificate.intent",
-                    serial_hex,
-                    {"ca": authority.name, "serial": serial_hex, "profile": RESPONDER_PROFILE},
-                )
-            ],
-        )
-        certificate = finish_certificate(template, ca_key)
-        der = certificate.public_bytes(serialization.Encoding.DER)
-        self._store.record_issued(
-            [(cert_id, der)],
-            now,
-            [
-                NewEvent(
-                    "certificate.issued",
-                    serial_hex,
-                    {
-                        "ca": authority.name,
-                        "serial": serial_hex,
-                        "der": base64.b64encode(der).decode("ascii"),
-                    },
-                )
-            ],
-        )
-        self._ocsp.add_responder(
-            authority_id=authority.id,
-            certificate_id=cert_id,
-            key_ref=str(key_ref),
-            not_before=now,
-            not_after=not_after,
-        )
-        log.info("new OCSP responder %s for CA %s until %s", serial_hex, authority.name, not_after)
-        return Responder(authority.id, certificate, key, not_after)
+        # Nothing refers to the new key until its row, written last, names it.
+        with self._keys.discarding_on_failure(key_ref):
+            not_after = min(
+                now + self._settings.responder_validity - dt.timedelta(seconds=1),
+                authority.not_after,
+            )
+            subject = ca_subject(
+                self._settings.organization,
+                f"{self._settings.organization} {authority.name} OCSP Responder",
+                self._settings.country,
+            )
+            builder = responder_builder(subject, key.public_key(), issuer, serial, now, not_after)
+            template = template_certificate(builder, ca_key)
+            self._lint(template)
+            [cert_id] = self._store.record_intents(
+                [
+                    NewCertificate(
+                        authority_id=authority.id,
+                        serial=serial_hex,
+                        profile=RESPONDER_PROFILE,
+                        names=(),
+                        subject=subject.rfc4514_string(),
+                        key_type="ec-p256",
+                        spki_sha256=spki_sha256(key.public_key()),
+                        not_before=now,
+                        not_after=not_after,
+                        tbs=template.tbs_certificate_bytes,
+                    )
+                ],
+                now,
+                [
+                    NewEvent(
+                        "certificate.intent",
+                        serial_hex,
+                        {"ca": authority.name, "serial": serial_hex, "profile": RESPONDER_PROFILE},
+                    )
+                ],
+            )
+            certificate = finish_certificate(template, ca_key)
+            der = certificate.public_bytes(serialization.Encoding.DER)
+            self._store.record_issued(
+                [(cert_id, der)],
+                now,
+                [
+                    NewEvent(
+                        "certificate.issued",
+                        serial_hex,
+                        {
+                            "ca": authority.name,
+                            "serial": serial_hex,
+                            "der": base64.b64encode(der).decode("ascii"),
+                        },
+                    )
+                ],
+            )
+            self._ocsp.add_responder(
+                authority_id=authority.id,
+                certificate_id=cert_id,
+                key_ref=str(key_ref),
+                not_before=now,
+                not_after=not_after,
+            )
+            log.info(
+                "new OCSP responder %s for CA %s until %s", serial_hex, authority.name, not_after
+            )
+            return Responder(authority.id, certificate, key, not_after)
 
     def _lint(self, certificate: x509.Certificate) -> None:
         if self._lint_mode is LintMode.OFF or self._linter is None:
