@@ -17,6 +17,9 @@ _UNITS = {
     "y": 365 * 86400,
 }
 _PART = re.compile(r"(\d+)([smhdwy])")
+# Longer than any certificate, token or window vouch deals in, and far from datetime's end
+# (year 9999): a date computed from a duration never overflows.
+MAX_DURATION = dt.timedelta(days=100 * 365)
 
 
 def parse_duration(text: str) -> dt.timedelta:
@@ -32,7 +35,9 @@ def parse_duration(text: str) -> dt.timedelta:
         seconds += int(match.group(1)) * _UNITS[match.group(2)]
         pos = match.end()
     if pos != len(cleaned) or seconds <= 0:
-        raise BadInput(f"not a duration: {text!r}", hint="write e.g. 90d, 12h, 5y or 1y30d")
+        raise BadInput(f"not a duration: {text[:40]!r}", hint="write e.g. 90d, 12h, 5y or 1y30d")
+    if seconds > MAX_DURATION.total_seconds():
+        raise BadInput(f"the duration {text[:40]!r} is longer than 100 years")
     return dt.timedelta(seconds=seconds)
 
 

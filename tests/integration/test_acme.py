@@ -26,11 +26,11 @@ from typing import Any
 import httpx
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from tests.acme_bind import CA_IDENTITY, Bind
-from tests.acme_client import Client, eab_binding, http01_responder
+from tests.acme_client import Client, eab_binding, http01_responder, sign
 from tests.conftest import make_home, require_tool
 from tests.servers import VouchServer, free_port, run_vouch, set_config
 
@@ -582,3 +582,167 @@ def test_certificate_download_links(acme: Acme) -> None:
     # One chain exists (no cross-signs): no rel="alternate".
     assert 'rel="index"' in reply.headers["link"] and "alternate" not in reply.headers["link"]
     assert len(x509.load_pem_x509_certificates(reply.content)) == 2
+
+
+# -- conformance: what a review found (RFC 8555, RFC 8738) ---------------------------------------
+
+
+def _forged(victim: x509.Certificate, key: ec.EllipticCurvePrivateKey, names: list[str]) -> bytes:
+    """A self-signed certificate that borrows a victim's (public) serial, with another key."""
+    subject = x509.Name([])
+    now = dt.datetime.now(dt.UTC)
+    return (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(victim.issuer)
+        .public_key(key.public_key()).serial_number(victim.serial_number)
+        .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=True)
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.DER)
+    )  # fmt: skip
+
+
+def test_only_the_issued_certificate_itself_can_be_revoked(acme: Acme) -> None:
+    """A forged certificate with a victim's serial revokes nothing, whether signed with its own
+    key or sent by an account that holds its (other) names."""
+    alice, mallory = acme.client(), acme.client()
+    with http01_responder(acme.http01_port) as responder:
+        _, chain = alice.issue(["victim.forge.test"], responder)
+        mallory.issue(["mallory.forge.test"], responder)  # mallory holds this name
+    victim = x509.load_pem_x509_certificates(chain)[0]
+    forger = ec.generate_private_key(ec.SECP256R1())
+    revoke_url = alice.directory["revokeCert"]
+    by_key = mallory.post(
+        revoke_url,
+        {"certificate": b64url(_forged(victim, forger, ["victim.forge.test"])), "reason": 1},
+        use_jwk=True, key=forger,
+    )  # fmt: skip
+    assert (by_key.status, by_key.problem) == (403, "unauthorized"), by_key.content
+    by_names = mallory.post(
+        revoke_url,
+        {"certificate": b64url(_forged(victim, forger, ["mallory.forge.test"])), "reason": 4},
+    )
+    assert (by_names.status, by_names.problem) == (403, "unauthorized"), by_names.content
+    # Bad reason fields are a client error, not a server one.
+    der = victim.public_bytes(serialization.Encoding.DER)
+    for reason in ([1], "1", True):
+        reply = alice.post(revoke_url, {"certificate": b64url(der), "reason": reason})
+        assert (reply.status, reply.problem) == (400, "malformed"), (reason, reply.content)
+    # Still unrevoked: its holder revokes it now, once.
+    assert alice.post(revoke_url, {"certificate": b64url(der), "reason": 4}).status == 200
+    again = alice.post(revoke_url, {"certificate": b64url(der), "reason": 4})
+    assert again.problem == "alreadyRevoked"
+
+
+def test_a_deactivated_authorization_never_suffices(acme: Acme) -> None:
+    """RFC 8555 7.5.2: deactivating an authorization of a ready order makes the order invalid;
+    finalize then refuses."""
+    client = acme.client()
+    with http01_responder(acme.http01_port) as responder:
+        reply = client.new_order(["deact.test"])
+        order_url, order = reply.headers["location"], reply.json
+        for challenge in client.challenges(order, "http-01"):
+            responder.tokens[challenge["token"]] = client.key_authorization(challenge["token"])
+            client.post(challenge["url"], {})
+        assert client.poll(order_url, ("ready", "invalid"))["status"] == "ready"
+    [authz_url] = order["authorizations"]
+    reply = client.post(authz_url, {"status": "deactivated"})
+    assert reply.status == 200 and reply.json["status"] == "deactivated", reply.content
+    after = client.post(order_url, None).json
+    assert after["status"] == "invalid" and after["error"]["type"].endswith(":unauthorized")
+    reply = client.finalize(order, ["deact.test"])
+    assert (reply.status, reply.problem) == (403, "orderNotReady")
+
+
+def test_the_account_key_cannot_be_the_certificate_key(acme: Acme) -> None:
+    """RFC 8555 11.1: a CSR for the account's own key is refused (badCSR)."""
+    client = acme.client()
+    with http01_responder(acme.http01_port) as responder:
+        reply = client.new_order(["samekey.test"])
+        order_url, order = reply.headers["location"], reply.json
+        for challenge in client.challenges(order, "http-01"):
+            responder.tokens[challenge["token"]] = client.key_authorization(challenge["token"])
+            client.post(challenge["url"], {})
+        assert client.poll(order_url, ("ready", "invalid"))["status"] == "ready"
+    request = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("samekey.test")]), critical=False)
+        .sign(client.key, hashes.SHA256())
+    )
+    der = request.public_bytes(serialization.Encoding.DER)
+    reply = client.post(order["finalize"], {"csr": b64url(der)})
+    assert (reply.status, reply.problem) == (400, "badCSR"), reply.content
+    assert client.post(order_url, None).json["status"] == "ready"
+
+
+def test_an_ip_address_is_never_proven_by_dns(acme: Acme) -> None:
+    """RFC 8738 7: an IP identifier is offered http-01 and tls-alpn-01, never dns-01."""
+    client = acme.client()
+    reply = client.post(
+        client.directory["newOrder"], {"identifiers": [{"type": "ip", "value": "127.0.0.1"}]}
+    )
+    assert reply.status == 201, reply.content
+    [authz_url] = reply.json["authorizations"]
+    offered = {c["type"] for c in client.post(authz_url, None).json["challenges"]}
+    assert offered == {"http-01", "tls-alpn-01"}
+
+
+def test_key_rollover(acme: Acme) -> None:
+    """RFC 8555 7.3.5: the inner JWS is signed by the new key, has a jwk and no nonce; after the
+    change the old key no longer works and the new one does."""
+    client = acme.client()
+    url = client.directory["keyChange"]
+    new_key = ec.generate_private_key(ec.SECP256R1())
+    inner_payload = {"account": client.kid, "oldKey": jwk_of(client.key.public_key())}
+
+    def inner(protected: dict[str, Any]) -> dict[str, str]:
+        return sign(new_key, protected, inner_payload)
+
+    with_nonce = inner(
+        {"alg": "ES256", "jwk": jwk_of(new_key.public_key()), "url": url, "nonce": acme.nonce()}
+    )
+    reply = client.post(url, with_nonce)
+    assert (reply.status, reply.problem) == (400, "malformed"), reply.content
+    by_kid = inner({"alg": "ES256", "kid": client.kid, "url": url})
+    assert client.post(url, by_kid).problem == "malformed"
+    good = inner({"alg": "ES256", "jwk": jwk_of(new_key.public_key()), "url": url})
+    reply = client.post(url, good)
+    assert reply.status == 200, reply.content
+    old_key = client.key
+    assert client.new_order(["rolled.test"]).status == 400  # the old key no longer verifies
+    client.key = new_key
+    assert client.new_order(["rolled.test"]).status == 201
+    client.key = old_key
+
+
+def test_malformed_headers_and_fields_are_client_errors(acme: Acme) -> None:
+    """Wrongly typed kid or jwk, critical extensions, unknown algorithms: 400 with the right
+    problem (and badSignatureAlgorithm lists the accepted algorithms), never a 500."""
+    client = acme.client()
+    key = ec.generate_private_key(ec.SECP256R1())
+    new_account = client.directory["newAccount"]
+    payload = {"termsOfServiceAgreed": True}
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"kid": 5}, "malformed"),
+        ({"kid": None}, "malformed"),
+        ({"jwk": None}, "malformed"),
+        ({"jwk": "x"}, "malformed"),
+        ({"jwk": jwk_of(key.public_key()), "crit": ["b64"], "b64": False}, "malformed"),
+        ({"kid": client.kid + "\u00b2"}, "accountDoesNotExist"),  # not an ASCII account number
+    ]
+    for extra, expected in cases:
+        protected = {"alg": "ES256", "nonce": acme.nonce(), "url": new_account, **extra}
+        status, _, body = acme.request(new_account, json.dumps(sign(key, protected, payload)).encode())
+        assert (status, _problem(body)) == (400, expected), (extra, body)
+    protected = {"alg": "PS512", "nonce": acme.nonce(), "url": new_account,
+                 "jwk": jwk_of(key.public_key())}  # fmt: skip
+    status, _, body = acme.request(new_account, json.dumps(sign(key, protected, payload)).encode())
+    assert (status, _problem(body)) == (400, "badSignatureAlgorithm")
+    assert set(json.loads(body)["algorithms"]) >= {"ES256", "RS256"}
+    # A deeply nested body is malformed, not a crash.
+    status, _, body = acme.request(new_account, b"[" * 50_000)
+    assert status in (400, 413) and _problem(body) == "malformed"
+    # Object numbers beyond any stored id: 404, not 500.
+    order_url = client.directory["newOrder"].replace("new-order", "order/" + "9" * 30)
+    assert client.post(order_url, None).status in (400, 404)
+

@@ -791,3 +791,96 @@ def _enroll(token: str) -> Enroll:
 def _jti(token: str) -> str:
     claims = token.split(".")[1]
     return str(json.loads(base64.urlsafe_b64decode(claims + "=" * (-len(claims) % 4)))["jti"])
+
+
+# -- what a review found -------------------------------------------------------------------------
+
+
+def test_a_ca_certificate_is_not_revoked_as_a_leaf(site: Site) -> None:
+    """The issuing CA's certificate is on record as issued by the root, but revoking it through
+    the certificate route would leave the CA issuing under a revoked certificate: refused, for
+    every role; CAs are revoked as CAs (vouch ca revoke)."""
+    issuing = next(c for c in httpx.get(f"{site.api}/cas").json() if c["name"] == "issuing")
+    certificate = x509.load_pem_x509_certificate(issuing["chain"][0].encode())
+    serial = format(certificate.serial_number, "X")
+    for role in ("operator", "admin"):
+        reply = site.request("POST", f"/certificates/{serial}/revoke", role=role,
+                             json={"reason": "superseded"})  # fmt: skip
+        assert reply.status_code == 400 and "vouch ca revoke issuing" in reply.text, reply.text
+    issuing = next(c for c in httpx.get(f"{site.api}/cas").json() if c["name"] == "issuing")
+    assert issuing["status"] == "active"
+    assert not [e for e in _events(site.home, "certificate.revoked") if e["serial"] == serial]
+
+
+def test_malformed_input_is_a_client_error(site: Site) -> None:
+    """Inputs that once crashed a handler: each is a 4xx with a reason, and the server goes on."""
+    nested = b"[" * 100_000
+    for path in ("/certificates", "/renew"):
+        reply = httpx.post(site.api + path, content=nested,
+                           headers={"content-type": "application/json"})  # fmt: skip
+        assert 400 <= reply.status_code < 500, (path, reply.status_code, reply.text[:200])
+    header = _b64url(json.dumps({"alg": "ES256", "x5c": ["AA=="]}).encode())
+    for proof in (f"{header}.\u00fc\u00fc.sig", f"{header}.e30.sig"):
+        reply = httpx.post(f"{site.api}/renew", json={"proof": proof})
+        assert reply.status_code == 401 and reply.json()["error"] == "malformed", reply.text
+    _, csr = _csr(site.work, "long.example.com")
+    token = site.token("long.example.com", provisioner="ci")
+    status, body = _curl_issue(site, csr, token, lifetime="99999999999d")
+    assert status == 400 and "100 years" in body["message"], body
+    reply = site.request("POST", "/admin/tokens", role="admin",
+                         json={"name": "forever", "role": "auditor", "ttl": "9999y"})  # fmt: skip
+    assert reply.status_code == 400, reply.text
+    reply = site.request("GET", "/certificates", role="auditor",
+                         params={"expires_before": "0001-01-01T00:00:00+01:00"})  # fmt: skip
+    assert reply.status_code == 400, reply.text
+    _, csr = _csr(site.work, "dated.example.com")
+    status, issued = _curl_issue(site, csr, site.token("dated.example.com", provisioner="ci"))
+    assert status == 201, issued
+    reply = site.request("POST", f"/certificates/{issued['serial']}/revoke", role="operator",
+                         json={"reason": "keyCompromise",
+                               "invalidity_date": "0001-01-01T00:00:00+01:00"})  # fmt: skip
+    assert reply.status_code == 400, reply.text
+    base = site.server.url
+    for path in ("/audit/proof/inclusion?index=%C2%B2", "/audit/proof/consistency?first=%C2%B2",
+                 "/audit/proof/inclusion?index=" + "9" * 5000):  # fmt: skip
+        assert httpx.get(base + path).status_code == 400, path
+    assert httpx.get(f"{base}/crl/issuing/%C2%B2.crl").status_code == 404
+    reply = site.request("DELETE", "/admin/tokens/" + "9" * 30, role="admin")
+    assert 400 <= reply.status_code < 500, reply.text
+    for serial in ("F" * 200, "\u00b2"):
+        reply = site.request("GET", f"/certificates/{serial}", role="auditor")
+        assert 400 <= reply.status_code < 500, reply.text
+    assert httpx.get(f"{base}/healthz").status_code == 200
+
+
+def test_refused_roles_are_audited(site: Site) -> None:
+    """An administrator trying beyond their role gets 403, and the attempt is on record."""
+    reply = site.request("DELETE", "/admin/tokens/1", role="auditor")
+    assert reply.status_code == 403
+    _, csr = _csr(site.work, "denied.example.com")
+    reply = site.request("POST", "/certificates", role="auditor",
+                         json={"csr": csr.read_text()})  # fmt: skip
+    assert reply.status_code == 403
+    denied = _events(site.home, "api.permission-denied")
+    actions = {(e["admin"]["name"], e["action"], e["needs"]) for e in denied}
+    assert ("auditor", "DELETE /api/v1/admin/tokens/1", "admin") in actions, denied
+    assert ("auditor", "POST /api/v1/certificates", "issue") in actions, denied
+
+
+def test_a_token_twice_in_one_batch_issues_once(tmp_path: Path) -> None:
+    """The first copy of a token is redeemed and issued for; the second is the replay (it once
+    spent the token and issued nothing for either)."""
+    home = tmp_path / "home"
+    make_home(home, lint_allow=list(DEFAULT_LINT_ALLOW)).close()
+    run_vouch(home, "admin", "provisioner", "add", "ci", "--allow-suffix", "example.com")
+    vouch = Vouch(home, passphrase=passphrase)
+    try:
+        key = vouch.keys.load(KeyRef("file", "keys/provisioners/ci.key.pem"))
+        token = mint_token(key, provisioner="ci", audience=vouch.api_audience(),
+                           names=["spent.example.com"], ttl=dt.timedelta(minutes=5),
+                           now=dt.datetime.now(dt.UTC))  # fmt: skip
+        first, second = vouch.enrollment().enroll([_enroll(token), _enroll(token)])
+        assert not isinstance(first, Exception), first
+        assert isinstance(second, TokenRefused) and second.reason == "replay"
+    finally:
+        vouch.close()

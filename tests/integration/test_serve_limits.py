@@ -1,5 +1,5 @@
-"""Connection limits of ``vouch serve``: a deadline for request headers (slowloris), and the
-client address taken from X-Forwarded-For only when the proxy is trusted."""
+"""Connection limits of ``vouch serve``: a deadline for each request, headers and body
+(slowloris), and the client address taken from X-Forwarded-For only when the proxy is trusted."""
 
 from __future__ import annotations
 
@@ -72,6 +72,22 @@ def test_headers_sent_a_byte_at_a_time_are_cut_off(guarded: VouchServer) -> None
             pass
     assert time.monotonic() - started < HEADER_TIMEOUT + 5
     assert httpx.get(f"{guarded.url}/healthz").status_code == 200  # others are served
+
+
+def test_a_body_sent_slowly_is_cut_off_too(guarded: VouchServer) -> None:
+    """The deadline covers the whole request: headers on time, then a body that trickles in
+    (or never comes) does not hold the connection either."""
+    head = (
+        b"POST /api/v1/certificates HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", guarded.http_port), timeout=10) as sock:
+        sock.sendall(head + b"{")
+        took = _closed_after(sock, HEADER_TIMEOUT + 10)
+    assert took < HEADER_TIMEOUT + 5
+    # A body that arrives in time is served as before.
+    reply = httpx.post(f"{guarded.url}/api/v1/certificates", json={"csr": "x"})
+    assert reply.status_code == 401
 
 
 def test_kept_alive_connections_outlive_the_header_deadline(guarded: VouchServer) -> None:

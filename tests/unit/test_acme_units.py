@@ -252,7 +252,15 @@ def test_a_finalization_cut_short_can_be_taken_up_again(tmp_path) -> None:  # ty
         key = ec.generate_private_key(ec.SECP256R1()).public_key()
         account = store.add_account("t" * 43, jwk_of(key), [], clock.now())
         order = service.new_order(account, {"identifiers": [{"type": "dns", "value": "a.test"}]})
+        # Marked ready while its authorization is not valid: not finalized (RFC 8555 7.5.2).
         store.set_order(order.id, status="ready")
+        assert not store.claim_finalize(order.id, clock.now())
+        [authz_id] = order.authz_ids
+        challenge = store.authz(authz_id).challenges[0]
+        assert store.start_challenge(challenge.id, clock.now(), stale_before=clock.now())
+        started = store.challenge(challenge.id).processing_started
+        store.finish_challenge(challenge.id, started=started, ok=True, at=clock.now(), error=None)
+        assert store.order(order.id).status == "ready"
         assert store.claim_finalize(order.id, clock.now())
         assert not store.claim_finalize(order.id, clock.now())  # one finalization at a time
         clock.advance(FINALIZE_TIMEOUT / 2)

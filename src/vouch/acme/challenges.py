@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import dns.asyncresolver
 import dns.exception
 import dns.resolver
+import dns.reversename
 import httpx
 from cryptography import x509
 from cryptography.x509.oid import ObjectIdentifier
@@ -70,6 +71,8 @@ class Validator:
                 if kind == "http-01":
                     await self._http01(identifier_type, value, key_authorization)
                 elif kind == "dns-01":
+                    if identifier_type != "dns":
+                        raise AcmeProblem("malformed", "dns-01 cannot prove an IP address")
                     await self._dns01(value, key_authorization)
                 elif kind == "tls-alpn-01":
                     await self._tlsalpn01(identifier_type, value, key_authorization)
@@ -113,19 +116,32 @@ class Validator:
         address = (await self._addresses(identifier_type, name))[0]
         host = f"[{address}]" if ipaddress.ip_address(address).version == 6 else address
         url = f"http://{host}:{self.settings.http01_port}/.well-known/acme-challenge/{token}"
+        # An IPv6 address goes into Host in brackets (RFC 8738 3, RFC 3986 host syntax).
+        host_header = (
+            f"[{name}]"
+            if identifier_type == "ip" and ipaddress.ip_address(name).version == 6
+            else name
+        )
         try:
-            response = await self._http.get(
-                url, headers={"Host": name, "User-Agent": "vouch-acme/1"}
-            )
+            async with self._http.stream(
+                "GET", url, headers={"Host": host_header, "User-Agent": "vouch-acme/1"}
+            ) as response:
+                if response.status_code != 200:
+                    raise AcmeProblem(
+                        "unauthorized", f"{url} answered HTTP {response.status_code}"
+                    )
+                # Read no more than a key authorization can need: a server that sends an
+                # endless body costs this validation nothing but MAX_BODY bytes.
+                received = bytearray()
+                async for chunk in response.aiter_bytes():
+                    received += chunk
+                    if len(received) > MAX_BODY:
+                        break
         except httpx.HTTPError as exc:
             raise AcmeProblem(
-                "connection", f"fetching {url} (Host: {name}): {type(exc).__name__}"
+                "connection", f"fetching {url} (Host: {host_header}): {type(exc).__name__}"
             ) from exc
-        if response.status_code != 200:
-            raise AcmeProblem(
-                "unauthorized", f"{url} answered HTTP {response.status_code}"
-            )
-        body = response.content[:MAX_BODY].strip()
+        body = bytes(received[:MAX_BODY]).strip()
         if body != key_authorization.encode():
             raise AcmeProblem(
                 "unauthorized", f"{url} does not hold the key authorization"
@@ -152,7 +168,12 @@ class Validator:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE  # the certificate is self-signed by design (RFC 8737)
         context.set_alpn_protocols(["acme-tls/1"])
-        server_name = name if identifier_type == "dns" else None
+        # For an IP address, SNI carries its reverse-DNS name (RFC 8738 6).
+        server_name = (
+            name
+            if identifier_type == "dns"
+            else dns.reversename.from_address(name).to_text(omit_final_dot=True)
+        )
         try:
             _, writer = await asyncio.wait_for(
                 asyncio.open_connection(
@@ -173,10 +194,16 @@ class Validator:
             der = tls.getpeercert(binary_form=True)
         finally:
             writer.close()
-        certificate = x509.load_der_x509_certificate(der)
+        if not der:
+            raise AcmeProblem("unauthorized", "the server presented no certificate")
         try:
+            certificate = x509.load_der_x509_certificate(der)
             san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
             extension = certificate.extensions.get_extension_for_oid(ACME_IDENTIFIER)
+        except ValueError as exc:
+            raise AcmeProblem(
+                "unauthorized", "the challenge certificate is not a valid X.509 certificate"
+            ) from exc
         except x509.ExtensionNotFound as exc:
             raise AcmeProblem(
                 "unauthorized", "the challenge certificate lacks SAN or acmeIdentifier"

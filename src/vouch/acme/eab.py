@@ -21,7 +21,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from vouch.acme.jws import b64url, b64url_decode, key_from_jwk, thumbprint
-from vouch.acme.problems import AcmeProblem, malformed, unauthorized
+from vouch.acme.problems import AcmeProblem, bad_signature_algorithm, malformed, unauthorized
 
 MAC_ALGORITHMS = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
 HMAC_KEY_BYTES = 32
@@ -81,14 +81,14 @@ def parse_binding(value: Any, *, outer_url: str, outer_jwk: dict[str, Any]) -> E
         protected = json.loads(b64url_decode(value["protected"]))
         payload = b64url_decode(value["payload"])
         jwk = json.loads(payload)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise malformed("externalAccountBinding is not valid JSON in base64url") from exc
     if not isinstance(protected, dict):
         raise malformed("the externalAccountBinding header is not an object")
     alg = protected.get("alg")
     if alg not in MAC_ALGORITHMS:
-        raise AcmeProblem(
-            "badSignatureAlgorithm", "externalAccountBinding is MAC'd with HS256, HS384 or HS512"
+        raise bad_signature_algorithm(
+            "externalAccountBinding is MAC'd with HS256, HS384 or HS512", tuple(MAC_ALGORITHMS)
         )
     if "nonce" in protected:
         raise malformed("externalAccountBinding carries no nonce")

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from vouch.acme.problems import AcmeProblem, malformed
+from vouch.acme.problems import AcmeProblem, bad_signature_algorithm, malformed
 
 MAX_BODY = 64 * 1024
 ALGORITHMS = ("ES256", "ES384", "RS256", "EdDSA")
@@ -72,7 +72,7 @@ class Jws:
             return {}
         try:
             value = json.loads(self.payload)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise malformed("the JWS payload is not JSON") from exc
         if not isinstance(value, dict):
             raise malformed("the JWS payload is not a JSON object")
@@ -83,13 +83,14 @@ class Jws:
         return self.payload_b64 == ""
 
 
-def parse(body: bytes) -> Jws:
-    """A flattened JWS with the protected header fields RFC 8555 6.2 requires."""
+def parse(body: bytes, *, inner: bool = False) -> Jws:
+    """A flattened JWS with the protected header fields RFC 8555 6.2 requires; ``inner``: the
+    inner JWS of a key change (RFC 8555 7.3.5), which has a jwk and no nonce."""
     if len(body) > MAX_BODY:
         raise AcmeProblem("malformed", f"request bodies are at most {MAX_BODY} bytes")
     try:
         outer = json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise malformed("the request body is not JSON") from exc
     if not isinstance(outer, dict) or set(outer) - {"protected", "payload", "signature"}:
         raise malformed("the body is not a flattened JWS (protected, payload, signature)")
@@ -100,22 +101,32 @@ def parse(body: bytes) -> Jws:
             raise malformed(f"the JWS has no {field}")
     try:
         protected = json.loads(b64url_decode(outer["protected"]))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise malformed("the protected header is not JSON") from exc
     if not isinstance(protected, dict):
         raise malformed("the protected header is not an object")
     alg = protected.get("alg")
     if alg not in ALGORITHMS:
-        raise AcmeProblem(
-            "badSignatureAlgorithm",
-            f"algorithm {alg!r} is not accepted; use one of {', '.join(ALGORITHMS)}",
+        raise bad_signature_algorithm(
+            f"algorithm {alg!r} is not accepted; use one of {', '.join(ALGORITHMS)}", ALGORITHMS
         )
-    if not isinstance(protected.get("nonce"), str):
+    if "crit" in protected:  # no extension is understood here, so none may be critical
+        raise malformed("the protected header names critical extensions (crit): none is supported")
+    if inner:
+        if "nonce" in protected:
+            raise malformed("the inner JWS of a key change carries no nonce (RFC 8555 7.3.5)")
+        if "jwk" not in protected or "kid" in protected:
+            raise malformed("the inner JWS of a key change names the new key by jwk, not kid")
+    elif not isinstance(protected.get("nonce"), str):
         raise AcmeProblem("badNonce", "the protected header has no nonce")
     if not isinstance(protected.get("url"), str):
         raise AcmeProblem("unauthorized", "the protected header has no url")
     if ("jwk" in protected) == ("kid" in protected):
         raise malformed("the protected header needs exactly one of jwk and kid")
+    if "kid" in protected and not isinstance(protected["kid"], str):
+        raise malformed("kid is the account URL, a string")
+    if "jwk" in protected and not isinstance(protected["jwk"], dict):
+        raise malformed("jwk is a JSON Web Key, an object")
     payload_b64 = outer["payload"]
     return Jws(
         protected=protected,
@@ -200,19 +211,19 @@ def verify(jws: Jws, key: AccountKey) -> None:
             alg, digest = expected[key.curve.key_size]
             size = (key.curve.key_size + 7) // 8
             if jws.alg != alg or len(jws.signature) != 2 * size:
-                raise AcmeProblem(
-                    "badSignatureAlgorithm", f"an EC P-{key.curve.key_size} key signs with {alg}"
+                raise bad_signature_algorithm(
+                    f"an EC P-{key.curve.key_size} key signs with {alg}", ALGORITHMS
                 )
             r = int.from_bytes(jws.signature[:size], "big")
             s = int.from_bytes(jws.signature[size:], "big")
             key.verify(encode_dss_signature(r, s), signing_input, ec.ECDSA(digest))
         elif isinstance(key, rsa.RSAPublicKey):
             if jws.alg != "RS256":
-                raise AcmeProblem("badSignatureAlgorithm", "an RSA key signs with RS256")
+                raise bad_signature_algorithm("an RSA key signs with RS256", ALGORITHMS)
             key.verify(jws.signature, signing_input, padding.PKCS1v15(), hashes.SHA256())
         else:
             if jws.alg != "EdDSA":
-                raise AcmeProblem("badSignatureAlgorithm", "an Ed25519 key signs with EdDSA")
+                raise bad_signature_algorithm("an Ed25519 key signs with EdDSA", ALGORITHMS)
             key.verify(jws.signature, signing_input)
     except InvalidSignature as exc:
         raise malformed("the JWS signature does not verify") from exc

@@ -21,19 +21,29 @@ class AcmeProblem(Exception):
         *,
         subproblems: list[dict[str, Any]] | None = None,
         retry_after: int | None = None,
+        fields: dict[str, Any] | None = None,
     ) -> None:
+        """``fields``: members the type itself calls for (badSignatureAlgorithm: algorithms)."""
         super().__init__(detail)
         self.kind = kind
         self.detail = detail
         self.subproblems = subproblems
         self.retry_after = retry_after
+        self.fields = fields
 
     def document(self) -> dict[str, Any]:
         """The problem as stored in an order or challenge (the face adds the HTTP status)."""
         body: dict[str, Any] = {"type": NS + self.kind, "detail": self.detail}
         if self.subproblems:
             body["subproblems"] = self.subproblems
+        if self.fields:
+            body.update(self.fields)
         return body
+
+
+def bad_signature_algorithm(detail: str, accepted: tuple[str, ...]) -> AcmeProblem:
+    """RFC 8555 6.2: this problem lists the algorithms the server accepts."""
+    return AcmeProblem("badSignatureAlgorithm", detail, fields={"algorithms": list(accepted)})
 
 
 def malformed(detail: str) -> AcmeProblem:

@@ -21,6 +21,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -40,6 +41,22 @@ log = logging.getLogger(__name__)
 # "processing" (about a request saved per order); a slower one answers "processing" as before.
 CHALLENGE_WAIT = 1.0
 CHAINS_KEPT = 300.0  # seconds a CA's certificate chains are kept in memory
+
+
+class _IdConvertor(Convertor[int]):
+    """An object's number in a path: at most 18 digits (it fits the store's 64-bit integers);
+    a longer one matches no route (404) instead of overflowing a query."""
+
+    regex = "[0-9]{1,18}"
+
+    def convert(self, value: str) -> int:
+        return int(value)
+
+    def to_string(self, value: int) -> str:
+        return str(value)
+
+
+register_url_convertor("id", _IdConvertor())
 
 
 class _Validating:
@@ -112,16 +129,16 @@ class AcmeFace:
             Route("/acme/directory", self.directory, methods=["GET"]),
             Route("/acme/new-nonce", self.new_nonce, methods=["GET", "HEAD"]),
             Route("/acme/new-account", self.wrap(self.new_account, jwk=True), methods=post),
-            Route("/acme/acct/{id:int}", self.wrap(self.account), methods=post),
-            Route("/acme/acct/{id:int}/orders", self.wrap(self.orders), methods=post),
+            Route("/acme/acct/{id:id}", self.wrap(self.account), methods=post),
+            Route("/acme/acct/{id:id}/orders", self.wrap(self.orders), methods=post),
             Route("/acme/key-change", self.wrap(self.key_change), methods=post),
             Route("/acme/new-order", self.wrap(self.new_order), methods=post),
-            Route("/acme/order/{id:int}", self.wrap(self.order), methods=post),
-            Route("/acme/order/{id:int}/finalize", self.wrap(self.finalize), methods=post),
-            Route("/acme/authz/{id:int}", self.wrap(self.authz), methods=post),
-            Route("/acme/chall/{id:int}", self.wrap(self.challenge), methods=post),
-            Route("/acme/cert/{id:int}", self.wrap(self.certificate), methods=post),
-            Route("/acme/cert/{id:int}/{alternate:int}", self.wrap(self.certificate), methods=post),
+            Route("/acme/order/{id:id}", self.wrap(self.order), methods=post),
+            Route("/acme/order/{id:id}/finalize", self.wrap(self.finalize), methods=post),
+            Route("/acme/authz/{id:id}", self.wrap(self.authz), methods=post),
+            Route("/acme/chall/{id:id}", self.wrap(self.challenge), methods=post),
+            Route("/acme/cert/{id:id}", self.wrap(self.certificate), methods=post),
+            Route("/acme/cert/{id:id}/{alternate:id}", self.wrap(self.certificate), methods=post),
             Route("/acme/revoke-cert", self.wrap(self.revoke, jwk=True), methods=post),
             Route("/acme/renewal-info/{cert_id}", self.renewal_info, methods=["GET"]),
         ]
@@ -228,12 +245,13 @@ class AcmeFace:
     ) -> tuple[Account | None, AccountKey]:
         """The nonce (used once), then the key that must have signed."""
         if jws.kid is not None:
-            if not jws.kid.startswith(prefix) or not jws.kid[len(prefix) :].isdigit():
+            number = jws.kid[len(prefix) :]
+            if not jws.kid.startswith(prefix) or not (
+                number.isascii() and number.isdigit() and len(number) <= 18
+            ):
                 self.service.use_nonce(jws.nonce)
-                raise AcmeProblem("accountDoesNotExist", f"unknown account {jws.kid}")
-            return self.service.use_nonce_for_kid(
-                jws.nonce, jws.kid, int(jws.kid[len(prefix) :])
-            )
+                raise AcmeProblem("accountDoesNotExist", f"unknown account {jws.kid[:200]}")
+            return self.service.use_nonce_for_kid(jws.nonce, jws.kid, int(number))
         self.service.use_nonce(jws.nonce)
         if not jwk:
             raise malformed("this request must name its account by kid")
@@ -314,7 +332,7 @@ class AcmeFace:
         self, request: Request, jws: Jws, account: Account | None, key: AccountKey
     ) -> Response:
         assert account is not None
-        inner = parse(jws.payload)
+        inner = parse(jws.payload, inner=True)
         self.service.change_key(account, jws, inner)
         return self.reply(request, self._account_body(request, account))
 

@@ -194,9 +194,10 @@ class VouchApp:
     async def crl_shard(self, request: Request) -> Response:
         file = request.path_params["file"]
         shard = file.removesuffix(".crl")
-        if not file.endswith(".crl") or not shard.isdigit():
+        number = _whole(shard)
+        if not file.endswith(".crl") or number is None:
             return PlainTextResponse("not found\n", status_code=404)
-        return self._crl_response(request.path_params["ca"], int(shard))
+        return self._crl_response(request.path_params["ca"], number)
 
     def _crl_response(self, ca: str, shard: int) -> Response:
         served = self.state.crls.get((ca, shard))
@@ -256,8 +257,8 @@ class VouchApp:
         try:
             if serial:
                 proof = await run_in_threadpool(audit.prove_certificate, serial)
-            elif index is not None and index.isdigit():
-                proof = await run_in_threadpool(audit.prove_index, int(index))
+            elif index is not None and (number := _whole(index)) is not None:
+                proof = await run_in_threadpool(audit.prove_index, number)
             else:
                 return JSONResponse({"error": "give ?serial=HEX or ?index=N"}, status_code=400)
         except VouchError as exc:
@@ -265,15 +266,14 @@ class VouchApp:
         return JSONResponse(proof)
 
     async def consistency(self, request: Request) -> Response:
-        first = request.query_params.get("first", "")
-        second = request.query_params.get("second")
-        if not first.isdigit() or (second is not None and not second.isdigit()):
+        first = _whole(request.query_params.get("first", ""))
+        second_text = request.query_params.get("second")
+        second = None if second_text is None else _whole(second_text)
+        if first is None or (second_text is not None and second is None):
             return JSONResponse({"error": "give ?first=M[&second=N]"}, status_code=400)
         try:
             proof = await run_in_threadpool(
-                self.state.vouch.audit.prove_consistency,
-                int(first),
-                int(second) if second is not None else None,
+                self.state.vouch.audit.prove_consistency, first, second
             )
         except VouchError as exc:
             return _problem(exc)
@@ -330,9 +330,10 @@ async def _bounded_body(scope: Scope, receive: Receive, send: Send, limit: int) 
     if scope["method"] in ("GET", "HEAD", "OPTIONS"):
         return receive
     length = dict(scope["headers"]).get(b"content-length", b"")
-    if length.isdigit() and int(length) <= limit:
+    declared = length.isdigit()
+    if declared and len(length) <= 18 and int(length) <= limit:
         return receive
-    body = None if length.isdigit() else await _read_body(receive, limit)
+    body = None if declared else await _read_body(receive, limit)
     if body is None:
         message = b'{"error":"too-large","message":"request bodies are at most %d KiB"}' % (
             limit // 1024
@@ -363,3 +364,11 @@ async def _plain(send: Send, status: int, body: bytes, *, allow: bytes | None = 
         headers.append((b"allow", allow))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def _whole(text: str) -> int | None:
+    """A whole number as written in a path or query (ASCII digits, at most 18 of them: it fits
+    the store's 64-bit integers), else None."""
+    if text.isascii() and text.isdigit() and len(text) <= 18:
+        return int(text)
+    return None

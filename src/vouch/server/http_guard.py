@@ -1,10 +1,12 @@
-"""Connection limits uvicorn does not have: a deadline for each request's headers.
+"""Connection limits uvicorn does not have: a deadline for each request to arrive whole.
 
 uvicorn closes idle kept-alive connections, but a client that opens a connection and sends
-nothing, or sends its headers a byte at a time (slowloris), holds it as long as it likes; enough
-of them fill ``limit_concurrency`` and lock everyone else out. Here a new connection must start a
-request, and every request must finish its headers, within ``header_timeout`` seconds, as nginx's
-``client_header_timeout`` does; the connection is closed otherwise.
+nothing, or sends its headers or its body a byte at a time (slowloris), holds it as long as it
+likes; enough of them fill ``limit_concurrency`` and lock everyone else out. Here a new
+connection must start a request, and every request must arrive whole (headers and body) within
+``header_timeout`` seconds, as nginx's ``client_header_timeout`` and ``client_body_timeout`` do
+between them; the connection is closed otherwise. Bodies here are small (at most a few hundred
+KiB), so one deadline for the whole request is enough.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._header_timer is None:  # a later request on a kept-alive connection
             self._arm_header_timer()
 
-    def on_headers_complete(self) -> None:
-        self.disarm_header_timer()
-        super().on_headers_complete()
+    def on_message_complete(self) -> None:
+        self.disarm_header_timer()  # armed until the body is in: a slow body is a slowloris too
+        super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.disarm_header_timer()

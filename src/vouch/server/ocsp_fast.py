@@ -40,7 +40,6 @@ def fast_ocsp_protocol(app: VouchApp) -> type[GuardedHttpToolsProtocol]:
 
     class FastOcspProtocol(GuardedHttpToolsProtocol):
         def on_headers_complete(self) -> None:
-            self.disarm_header_timer()
             url = self.url
             if (
                 url.startswith(_PREFIX)
@@ -49,6 +48,7 @@ def fast_ocsp_protocol(app: VouchApp) -> type[GuardedHttpToolsProtocol]:
                 and self.parser.get_method() == b"GET"
                 and self._answer(url)
             ):
+                self.disarm_header_timer()  # answered whole: a GET has no body to wait for
                 return
             super().on_headers_complete()
 

@@ -578,6 +578,11 @@ class AcmeService:
             parsed = load_csr(b64url_decode(csr_b64))
         except (BadInput, PolicyViolation) as exc:
             raise AcmeProblem("badCSR", exc.message) from exc
+        # RFC 8555 11.1: the certificate's key is never the account's (one stolen key would
+        # then both hold the account and impersonate the server).
+        account_key = _account_key(account.thumbprint, json.dumps(account.jwk))
+        if _spki(parsed.public_key) == _spki(account_key):
+            raise AcmeProblem("badCSR", "the CSR's key is the account key: use a key of its own")
         wanted = {(i["type"], i["value"]) for i in order.identifiers}
         asked = {(n.kind, n.value) for n in parsed.names}
         if asked != wanted:
@@ -735,9 +740,24 @@ class AcmeService:
         except ValueError as exc:
             raise malformed("certificate is not a DER certificate") from exc
         reason_code = payload.get("reason", 0)
+        if not isinstance(reason_code, int) or isinstance(reason_code, bool):
+            raise malformed("reason is a revocation reason code (an integer)")
         if reason_code not in REASON_CODES:
             raise AcmeProblem("badRevocationReason", f"reason {reason_code} is not allowed")
+        # Only the very certificate vouch stored under this serial: a forged one that merely
+        # borrows a victim's (public) serial, with the forger's key or names, revokes nothing.
+        der = certificate.public_bytes(serialization.Encoding.DER)
         serial = format_serial(certificate.serial_number)
+        record = next(
+            (
+                r
+                for r in self._certificates.certificates(CertificateQuery(serial=serial))
+                if r.der == der
+            ),
+            None,
+        )
+        if record is None:
+            raise unauthorized("vouch did not issue this certificate")
         # Who asked, for the audit log: RFC 8555 7.6 allows the account or the certificate's key.
         by: dict[str, object] = (
             {"certificate_key": True} if account is None else {"acme_account": account.id}
@@ -749,7 +769,7 @@ class AcmeService:
             own = key.public_bytes(
                 serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
             )
-            if cert_key != own:
+            if not hmac.compare_digest(cert_key, own):
                 raise unauthorized("the JWS key is not the certificate's key")
         else:
             try:
@@ -761,24 +781,29 @@ class AcmeService:
             names = {("dns", n) for n in san.get_values_for_type(x509.DNSName)} | {
                 ("ip", str(n)) for n in san.get_values_for_type(x509.IPAddress)
             }
+            order = self._store.order_for_certificate(record.id)
+            owned = order is not None and order.account_id == account.id
             held = self._store.valid_names_of(account.id, self._clock.now())
-            owned = False
-            records = self._certificates.certificates(CertificateQuery(serial=serial))
-            for record in records:
-                order = self._store.order_for_certificate(record.id)
-                owned = owned or (order is not None and order.account_id == account.id)
             if not owned and not names <= held:
                 raise unauthorized(
                     "this account neither ordered the certificate nor controls its names"
                 )
         try:
             self._revoker().revoke(
-                serial, REASON_CODES[reason_code], reasons=LEAF_REASONS, by=by
+                serial, REASON_CODES[reason_code], ca=record.authority, reasons=LEAF_REASONS, by=by
             )
         except NotFound as exc:
             raise unauthorized("vouch did not issue this certificate") from exc
         except Conflict as exc:
             raise AcmeProblem("alreadyRevoked", str(exc)) from exc
+
+
+def _spki(key: Any) -> bytes:
+    return bytes(
+        key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
 
 
 def _bad_nonce() -> AcmeProblem:

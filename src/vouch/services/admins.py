@@ -41,6 +41,10 @@ class PermissionDenied(VouchError):
 
     category = "permission"
 
+    def __init__(self, message: str, *, permission: str = "") -> None:
+        super().__init__(message)
+        self.permission = permission  # what the role lacked, for the audit log
+
 
 class RateLimited(VouchError):
     category = "rate-limited"
@@ -61,7 +65,8 @@ class Admin:
     def require(self, permission: Permission) -> None:
         if permission not in PERMISSIONS.get(self.role, frozenset()):
             raise PermissionDenied(
-                f"the {self.role} role may not do this (it needs {permission} permission)"
+                f"the {self.role} role may not do this (it needs {permission} permission)",
+                permission=permission,
             )
 
 
@@ -207,6 +212,21 @@ class LoginGuard:
             ],
             self._clock.now().replace(microsecond=0),
         )
+
+    def denied(self, admin: Admin, action: str, source: str, permission: str) -> None:
+        """Record an action refused for the administrator's role: attempts to go beyond one's
+        role show in the audit log as plainly as the actions themselves."""
+        self._store.record_events(
+            [
+                NewEvent(
+                    "api.permission-denied",
+                    str(admin.id),
+                    {"admin": who(admin), "action": action[:512], "source": source,
+                     "needs": permission},
+                )
+            ],
+            self._clock.now().replace(microsecond=0),
+        )  # fmt: skip
 
     def admin_action(self, admin: Admin, action: str, source: str) -> None:
         self._store.record_events(

@@ -197,8 +197,17 @@ class Enrollment:
             if redemption is not None:
                 redemptions.append((index, redemption))
         if redemptions:
-            spent = self._store.redeem([r for _, r in redemptions], now.replace(microsecond=0))
-            replayed = {i for i, r in redemptions if r.jti in spent}
+            # A token twice in one batch: its first copy is redeemed (and issued for), the later
+            # ones are replays; the store then refuses only tokens spent before.
+            first: dict[str, int] = {}
+            replayed: set[int] = set()
+            for index, redemption in redemptions:
+                if first.setdefault(redemption.jti, index) != index:
+                    replayed.add(index)
+            spent = self._store.redeem(
+                [r for i, r in redemptions if i not in replayed], now.replace(microsecond=0)
+            )
+            replayed |= {i for i, r in redemptions if r.jti in spent}
             for index in replayed:
                 results[index] = TokenRefused(
                     "replay",

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -50,8 +50,8 @@ def check_proof(jws: str, *, audience: str, now: dt.datetime) -> Proof:
     if len(jws) > _MAX_PROOF:
         raise TokenRefused("malformed", "the proof is too long")
     parts = jws.split(".")
-    if len(parts) != 3:
-        raise TokenRefused("malformed", "not a proof (a compact JWS has three parts)")
+    if len(parts) != 3 or not jws.isascii():
+        raise TokenRefused("malformed", "not a proof (a compact JWS has three ASCII parts)")
     header = _object(parts[0], "header")
     if set(header) - {"alg", "typ", "x5c"}:
         raise TokenRefused("malformed", "the proof header has unsupported fields")
@@ -90,7 +90,12 @@ def check_proof(jws: str, *, audience: str, now: dt.datetime) -> Proof:
 
 
 def _verify(certificate: x509.Certificate, alg: Any, data: bytes, signature: bytes) -> None:
-    key = certificate.public_key()
+    try:
+        key = certificate.public_key()
+    except (UnsupportedAlgorithm, ValueError) as exc:
+        raise TokenRefused(
+            "malformed", "the x5c certificate's key is of no supported type"
+        ) from exc
     try:
         if isinstance(key, ec.EllipticCurvePublicKey):
             sizes = {"ES256": (ec.SECP256R1, hashes.SHA256(), 32),
@@ -131,7 +136,7 @@ def _wrong_alg(alg: Any, key: object) -> Any:
 def _object(part: str, what: str) -> dict[str, Any]:
     try:
         value = json.loads(_unb64(part))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise TokenRefused("malformed", f"the proof {what} is not JSON") from exc
     if not isinstance(value, dict):
         raise TokenRefused("malformed", f"the proof {what} is not a JSON object")

@@ -89,16 +89,29 @@ class Revoker:
         invalidity_date: dt.datetime | None = None,
         reasons: tuple[str, ...] = LEAF_REASONS,
         by: dict[str, object] | None = None,
+        as_ca: bool = False,
     ) -> Revoked:
         """``by`` says who asked, for the audit log (an administrator, an ACME account, the
-        certificate's own key); None where the caller is the local operator."""
+        certificate's own key); None where the caller is the local operator. A CA's own
+        certificate is revoked only ``as_ca`` (``revoke_ca``, which also retires the CA)."""
         reason = check_reason(reason, reasons)
         record = self.find(serial, ca)
+        if not as_ca:
+            named = self._ca_certified_by(record)
+            if named is not None:
+                raise BadInput(
+                    f"serial {record.serial} is the certificate of CA {named}: revoking it here "
+                    "would leave the CA issuing under a revoked certificate",
+                    hint=f"an administrator revokes a CA with: vouch ca revoke {named} --reason ...",
+                )
         now = self._clock.now().replace(microsecond=0)
         if invalidity_date is not None:
             if invalidity_date.tzinfo is None:
                 raise BadInput("the invalidity date needs a time zone (e.g. 2026-11-01T12:00Z)")
-            invalidity_date = invalidity_date.astimezone(dt.UTC).replace(microsecond=0)
+            try:
+                invalidity_date = invalidity_date.astimezone(dt.UTC).replace(microsecond=0)
+            except OverflowError as exc:
+                raise BadInput("the invalidity date lies outside the years 1 to 9999") from exc
             if invalidity_date > now:
                 raise BadInput("the invalidity date lies in the future")
         block = reason in ("keyCompromise", "cACompromise")
@@ -136,6 +149,18 @@ class Revoker:
             self._after_revoke(self._store.authority_by_id(record.authority_id), record)
         return Revoked(record.serial, record.authority, reason, now, invalidity_date, block)
 
+    def _ca_certified_by(self, record: CertificateRecord) -> str | None:
+        """The CA whose own certificate ``record`` is, if any."""
+        for authority in self._store.list_authorities():
+            if (
+                authority.parent_id is not None
+                and format_serial(parse_serial(authority.serial)) == record.serial
+            ):
+                parent = self._store.authority_by_id(authority.parent_id)
+                if parent.name == record.authority:
+                    return authority.name
+        return None
+
     def revoke_ca(self, name: str, reason: str) -> Revoked:
         """Revoke an intermediate: its certificate on its issuer's CRL, and the CA retired."""
         authority = self._store.get_authority(name)
@@ -145,7 +170,9 @@ class Revoker:
                 hint="revoke its intermediates instead, or distribute a new root",
             )
         parent = self._store.authority_by_id(authority.parent_id)
-        revoked = self.revoke(authority.serial, reason, ca=parent.name, reasons=CA_REASONS)
+        revoked = self.revoke(
+            authority.serial, reason, ca=parent.name, reasons=CA_REASONS, as_ca=True
+        )
         self._revocations.mark_ca_revoked(
             authority.id,
             revoked.reason,

@@ -197,7 +197,7 @@ def _claims(data: dict[str, Any], provisioner: Provisioner) -> TokenClaims:
 def _object(part: str, what: str) -> dict[str, Any]:
     try:
         value = json.loads(_unb64(part, what))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise TokenRefused("malformed", f"the token {what} is not JSON") from exc
     if not isinstance(value, dict):
         raise TokenRefused("malformed", f"the token {what} is not a JSON object")

@@ -97,6 +97,10 @@ _OTHER_AUTHZ_NOT_VALID = (
     .where(acme_authzs.c.order_id == acme_orders.c.id, acme_authzs.c.status != "valid")
     .exists()
 )
+_DEACTIVATED = {
+    "type": "urn:ietf:params:acme:error:unauthorized",
+    "detail": "an authorization of this order was deactivated",
+}
 _ORDER_READY_IF_ALL_VALID = (
     update(acme_orders)
     .where(
@@ -378,8 +382,14 @@ class AcmeStore:
                      "expires": expires},
                 ).scalar_one()  # fmt: skip
                 authz_ids.append(int(authz_id))
-                # A wildcard is proven by DNS only (RFC 8555 8.4).
-                kinds = ["dns-01"] if wildcard else challenge_types
+                # A wildcard is proven by DNS only (RFC 8555 8.4); an IP address never by DNS
+                # (RFC 8738 7: a TXT record says nothing about who holds the address).
+                if wildcard:
+                    kinds = ["dns-01"]
+                elif identifier["type"] == "ip":
+                    kinds = [k for k in challenge_types if k != "dns-01"]
+                else:
+                    kinds = list(challenge_types)
                 challenges.extend(
                     {"authz": authz_id, "kind": kind, "token": token}
                     for kind, token in zip(kinds, authz_tokens, strict=False)
@@ -440,7 +450,11 @@ class AcmeStore:
             return (
                 conn.execute(
                     update(acme_orders)
-                    .where(acme_orders.c.id == order_id, acme_orders.c.status == "ready")
+                    .where(
+                        acme_orders.c.id == order_id,
+                        acme_orders.c.status == "ready",
+                        ~_OTHER_AUTHZ_NOT_VALID,  # every authorization still valid
+                    )
                     .values(status="processing", finalize_started=at)
                 ).rowcount
                 == 1
@@ -589,12 +603,25 @@ class AcmeStore:
         return _challenge(challenge)
 
     def deactivate_authz(self, authz_id: int) -> None:
+        """Deactivate an authorization; its order, if not yet finalized, becomes invalid in the
+        same transaction: a deactivated authorization never suffices for issuance (RFC 8555
+        7.5.2)."""
         with self.db.begin() as conn:
-            conn.execute(
+            order_id = conn.execute(
                 update(acme_authzs)
                 .where(acme_authzs.c.id == authz_id, acme_authzs.c.status.in_(["pending", "valid"]))
                 .values(status="deactivated")
-            )
+                .returning(acme_authzs.c.order_id)
+            ).scalar()
+            if order_id is not None:
+                conn.execute(
+                    update(acme_orders)
+                    .where(
+                        acme_orders.c.id == order_id,
+                        acme_orders.c.status.in_(["pending", "ready"]),
+                    )
+                    .values(status="invalid", error=json.dumps(_DEACTIVATED))
+                )
 
     def valid_names_of(self, account_id: int, now: dt.datetime) -> set[tuple[str, str]]:
         """Identifiers the account holds a valid, unexpired authorization for (revocation)."""

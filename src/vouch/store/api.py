@@ -22,6 +22,8 @@ from vouch.store.tables import (
     certificates,
 )
 
+_REDEEM = insert(api_token_redemptions)  # built once: every issuance with a token runs it
+
 
 @dataclass(frozen=True)
 class Redemption:
@@ -99,7 +101,7 @@ class ApiStore:
         # intent's durable commit, which makes this one durable too (see Database.begin).
         with self.db.begin(durable=False) as conn:
             conn.execute(
-                insert(api_token_redemptions),
+                _REDEEM,
                 [
                     {
                         "jti": r.jti,

@@ -11,7 +11,7 @@ import datetime as dt
 from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from vouch.errors import Conflict, NotFound
@@ -25,6 +25,11 @@ from vouch.store.tables import (
     certificates,
     crls,
     ocsp_responses,
+)
+
+# Asked before every issuance batch: built once, so SQLAlchemy does not rebuild its cache key.
+_BLOCKED_AMONG = select(blocked_keys.c.spki_sha256).where(
+    blocked_keys.c.spki_sha256.in_(bindparam("spkis", expanding=True))
 )
 
 CRLEntry = tuple[int, dt.datetime, str | None, dt.datetime | None]
@@ -138,11 +143,7 @@ class RevocationStore:
         if not spki_sha256s:
             return set()
         with self.db.read() as conn:
-            rows = conn.execute(
-                select(blocked_keys.c.spki_sha256).where(
-                    blocked_keys.c.spki_sha256.in_(list(spki_sha256s))
-                )
-            )
+            rows = conn.execute(_BLOCKED_AMONG, {"spkis": list(spki_sha256s)})
             return {str(r[0]) for r in rows}
 
     # -- CRLs ----------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from vouch.errors import AuthenticationFailed, VouchError
 from vouch.server.api.batcher import Batcher
 from vouch.server.state import ServerState
-from vouch.services.admins import Admin, AdminTokens, LoginGuard, Permission
+from vouch.services.admins import Admin, AdminTokens, LoginGuard, Permission, PermissionDenied
 from vouch.services.authority import IssuedCertificate
 from vouch.services.enrollment import Enroll, Enrollment
 
@@ -75,7 +75,7 @@ def requires(context: ApiContext, permission: Permission) -> Callable[..., Await
                 "this needs an administrator's API token (Authorization: Bearer ...)",
                 hint="vouch admin token new --role auditor|operator|admin",
             )
-        admin.require(permission)
+        await require(context, request, admin, permission)
         await run_in_threadpool(
             context.guard.admin_action,
             admin,
@@ -86,6 +86,24 @@ def requires(context: ApiContext, permission: Permission) -> Callable[..., Await
 
     dependency.vouch_permission = permission  # type: ignore[attr-defined]
     return dependency
+
+
+async def require(
+    context: ApiContext, request: Request, admin: Admin, permission: Permission
+) -> None:
+    """PermissionDenied (403) unless the administrator's role grants ``permission``; a refusal
+    is recorded in the audit log first."""
+    try:
+        admin.require(permission)
+    except PermissionDenied:
+        await run_in_threadpool(
+            context.guard.denied,
+            admin,
+            f"{request.method} {request.url.path}",
+            source_of(request),
+            permission,
+        )
+        raise
 
 
 def client_certificate(request: Request) -> x509.Certificate | None:

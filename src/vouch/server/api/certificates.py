@@ -26,6 +26,7 @@ from vouch.server.api.auth import (
     authenticate,
     bearer,
     client_certificate,
+    require,
     requires,
     source_of,
 )
@@ -112,7 +113,7 @@ def register(app: FastAPI, context: ApiContext) -> None:
                 "this needs a one-time token (token) or an operator's API token",
                 hint="vouch token NAME... mints one",
             )
-        admin.require("issue")
+        await require(context, request, admin, "issue")
         await run_in_threadpool(
             context.guard.admin_action, admin, f"POST {request.url.path}", source
         )
@@ -298,16 +299,23 @@ def _field(data: bytes, name: str) -> str | None:
     """A string field of a JSON object body, looked at before the body is validated."""
     try:
         value = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     found = value.get(name) if isinstance(value, dict) else None
     return found if isinstance(found, str) else None
 
 
 def _aware(value: dt.datetime | None) -> dt.datetime | None:
-    if value is None or value.tzinfo is not None:
+    """In UTC (a time without zone is read as UTC); 400 for one that has no UTC equivalent
+    (year 1 in a zone east of UTC, year 9999 west of it)."""
+    if value is None:
         return value
-    return value.replace(tzinfo=dt.UTC)
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    try:
+        return value.astimezone(dt.UTC)
+    except OverflowError as exc:
+        raise BadInput(f"{value.isoformat()} lies outside the years 1 to 9999 in UTC") from exc
 
 
 def _certificate(

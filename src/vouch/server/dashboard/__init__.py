@@ -13,6 +13,7 @@ failed login (rate-limited per source).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import urllib.parse
@@ -33,7 +34,7 @@ from starlette.staticfiles import StaticFiles
 
 from vouch.errors import AuthenticationFailed, VouchError
 from vouch.server.state import ServerState
-from vouch.services.admins import Admin, PermissionDenied, RateLimited
+from vouch.services.admins import Admin, PermissionDenied, RateLimited, who
 from vouch.services.monitor import CHART_DAYS, LifecycleReport
 from vouch.services.revocation import LEAF_REASONS
 from vouch.store.api import CertificateSearch
@@ -138,6 +139,13 @@ class Dashboard:
             try:
                 return await handler(request, session)
             except PermissionDenied as exc:
+                await run_in_threadpool(
+                    self.guard.denied,
+                    admin,
+                    f"dashboard {request.method} {request.url.path}",
+                    _source(request),
+                    exc.permission,
+                )
                 return self._error(request, session, 403, exc.message)
             except VouchError as exc:
                 return self._error(request, session, 400, exc.message, exc.hint)
@@ -301,7 +309,13 @@ class Dashboard:
         if reason not in LEAF_REASONS:
             return self._error(request, session, 400, f"unknown revocation reason {reason!r}")
         await run_in_threadpool(
-            self.state.vouch.revoker().revoke, record.serial, reason, ca=record.authority
+            functools.partial(
+                self.state.vouch.revoker().revoke,
+                record.serial,
+                reason,
+                ca=record.authority,
+                by=who(session.admin),
+            )
         )
         return RedirectResponse(
             _url(request, f"/certificates/{record.authority}/{record.serial}?revoked=1"),
