@@ -156,6 +156,10 @@ class AcmeService:
         self._nonce_uses: GroupWork[tuple[str, dt.datetime, int], tuple[bool, Account | None]]
         self._nonce_uses = GroupWork(store.use_nonces_reading_accounts)
         # Concurrent finalizations issue as one batch (shared transactions and disk waits).
+        # Orders this node is finalizing now: a slow issuance (a busy HSM) is not taken for a
+        # dead one and handed back to the client (which would get a second certificate).
+        self._in_flight: set[int] = set()
+        self._in_flight_lock = threading.Lock()
         self._finalizations: GroupWork[_Finalization, Order] = GroupWork(
             self._issue_finalizations
         )
@@ -476,8 +480,10 @@ class AcmeService:
         if order.status in ("pending", "ready") and order.expires <= now:
             self._store.set_order(order.id, status="invalid")
             return self._store.order(order.id)
-        if order.status == "processing" and (
-            order.finalize_started is None or order.finalize_started < now - FINALIZE_TIMEOUT
+        if (
+            order.status == "processing"
+            and (order.finalize_started is None or order.finalize_started < now - FINALIZE_TIMEOUT)
+            and order.id not in self._in_flight  # slow, not dead: it must not be issued twice
         ):
             # A finalization that never finished (its node died after recording the intent, or
             # the store failed before the order was set back): the client may finalize again.
@@ -606,7 +612,13 @@ class AcmeService:
             self._store.set_order(order.id, status="ready")
             raise
         request = IssuanceRequest.from_csr(parsed, profile=self.settings.profile)
-        return self._finalizations.submit(_Finalization(order, request, domains))
+        with self._in_flight_lock:
+            self._in_flight.add(order.id)
+        try:
+            return self._finalizations.submit(_Finalization(order, request, domains))
+        finally:
+            with self._in_flight_lock:
+                self._in_flight.discard(order.id)
 
     def _issue_finalizations(
         self, batch: Sequence[_Finalization]
