@@ -197,6 +197,7 @@ class ProvisionerSettings(_Strict):
     key: str | None = None
     policy: dict[str, Any] = Field(default_factory=dict)
     profiles: list[str] = Field(default_factory=list)  # empty: any profile
+    cas: list[str] = Field(default_factory=list)  # the CAs it may issue from; empty: any
     max_lifetime: str | None = None
     token_ttl: str = "5m"
     max_token_ttl: str = "1h"

@@ -884,3 +884,32 @@ def test_a_token_twice_in_one_batch_issues_once(tmp_path: Path) -> None:
         assert isinstance(second, TokenRefused) and second.reason == "replay"
     finally:
         vouch.close()
+
+
+def test_a_provisioner_bound_to_cas_issues_from_those_only(site: Site) -> None:
+    """``cas`` binds a provisioner to CAs: its token holders cannot pick another CA (the ``ca``
+    field of the request), nor the default one when it is not among them."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+
+    def token(provisioner: str, name: str) -> str:
+        return mint_token(
+            key, provisioner=provisioner, audience=site.api, names=[name],
+            ttl=dt.timedelta(minutes=5), now=dt.datetime.now(dt.UTC),
+        )  # fmt: skip
+
+    for name, cas in (("bound-issuing", ["issuing"]), ("bound-elsewhere", ["partners"])):
+        created = site.request("POST", "/provisioners", role="admin",
+                               json={"name": name, "public_key": public, "cas": cas})  # fmt: skip
+        assert created.status_code == 201 and created.json()["cas"] == cas, created.text
+    _, csr = _csr(site.work, "bound.example.com")
+    status, answer = _curl_issue(site, csr, token("bound-issuing", "bound.example.com"))
+    assert status == 201 and answer["ca"] == "issuing", answer
+    status, answer = _curl_issue(site, csr, token("bound-issuing", "bound.example.com"), ca="root")
+    assert status == 403 and "may not issue from CA 'root'" in answer["message"], answer
+    status, answer = _curl_issue(site, csr, token("bound-elsewhere", "bound.example.com"))
+    assert status == 403 and "may not issue from CA 'issuing'" in answer["message"], answer
+    for name in ("bound-issuing", "bound-elsewhere"):
+        assert site.request("DELETE", f"/provisioners/{name}", role="admin").status_code == 204

@@ -130,6 +130,10 @@ def provisioner_add(
     max_lifetime: Annotated[
         str | None, typer.Option("--max-lifetime", help="Longest certificate, e.g. 30d.")
     ] = None,
+    ca: Annotated[
+        list[str] | None,
+        typer.Option("--ca", help="CA its tokens may issue from (repeatable; default: any)."),
+    ] = None,
     public_key: Annotated[
         Path | None,
         typer.Option(
@@ -149,7 +153,9 @@ def provisioner_add(
             pem = public_key.read_text(encoding="ascii")
         except (OSError, UnicodeDecodeError) as exc:
             fail(f"cannot read {public_key}: {exc}", code=2)
-        body: dict[str, object] = {"name": name, "public_key": pem, "profiles": profile or []}
+        body: dict[str, object] = {
+            "name": name, "public_key": pem, "profiles": profile or [], "cas": ca or [],
+        }  # fmt: skip
         if suffix:
             body["policy"] = {"allowed_dns_suffixes": suffix}
         if max_lifetime:
@@ -200,6 +206,8 @@ def provisioner_add(
         ]
         if profile:
             lines.append(f"profiles = [{', '.join(toml_string(p) for p in profile)}]")
+        if ca:
+            lines.append(f"cas = [{', '.join(toml_string(c) for c in ca)}]")
         if max_lifetime:
             lines.append(f"max_lifetime = {toml_string(max_lifetime)}")
         if suffix:
@@ -272,12 +280,13 @@ def provisioner_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
         return
     print_table(
         "Provisioners",
-        ["name", "type", "profiles", "max lifetime", "policy"],
+        ["name", "type", "profiles", "CAs", "max lifetime", "policy"],
         [
             [
                 d["name"],
                 d["type"],
                 ", ".join(d["profiles"]) or "any",
+                ", ".join(d.get("cas") or []) or "any",
                 d["max_lifetime"] or "",
                 str(d["policy"] or ""),
             ]

@@ -249,6 +249,7 @@ class Enrollment:
             )
             check_names(claims, request.names)
             provisioner.check_profile(profile)
+            provisioner.check_ca(request.ca or self._default_ca)
             known = self._profiles.get(profile)
             if known is not None:
                 lifetime = provisioner.lifetime_for(lifetime, known.default_lifetime)

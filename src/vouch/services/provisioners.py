@@ -50,6 +50,17 @@ class Provisioner:
     public_key: ec.EllipticCurvePublicKey | None = None
     key_ref: str | None = None
     settings: Mapping[str, Any] | None = None
+    cas: frozenset[str] = frozenset()  # the CAs it may issue from; empty: any
+
+    def check_ca(self, ca: str) -> None:
+        """A provisioner bound to some CAs cannot have its tokens redeemed at another (a
+        token holder picks the CA in the request)."""
+        if self.cas and ca not in self.cas:
+            raise PolicyViolation(
+                f"provisioners.{self.name}.cas",
+                f"provisioner {self.name} may not issue from CA {ca!r}",
+                hint=f"its CAs: {', '.join(sorted(self.cas))}",
+            )
 
     def check_profile(self, profile: str) -> None:
         if self.profiles and profile not in self.profiles:
@@ -79,6 +90,7 @@ class Provisioner:
             "name": self.name,
             "type": self.type,
             "profiles": sorted(self.profiles),
+            "cas": sorted(self.cas),
             "max_lifetime": format_duration(self.max_lifetime) if self.max_lifetime else None,
             "max_token_ttl": format_duration(self.max_token_ttl),
             "policy": dict((self.settings or {}).get("policy", {})),
@@ -185,6 +197,7 @@ def _build(settings: ProvisionerSettings, read_public_key: PublicKeyReader) -> P
         type=settings.type,
         policy=NamePolicy.from_config(f"{scope}.policy", policy_settings),
         profiles=frozenset(settings.profiles),
+        cas=frozenset(settings.cas),
         max_lifetime=max_lifetime,
         token_ttl=token_ttl,
         max_token_ttl=max_token_ttl,

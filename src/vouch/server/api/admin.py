@@ -91,6 +91,7 @@ def _register_provisioners(app: FastAPI, context: ApiContext) -> None:
             type="token",
             policy=body.policy.model_dump(exclude_defaults=True),
             profiles=list(body.profiles),
+            cas=list(body.cas),
             max_lifetime=body.max_lifetime,
             token_ttl=body.token_ttl,
             max_token_ttl=body.max_token_ttl,

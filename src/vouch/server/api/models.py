@@ -148,6 +148,7 @@ class Provisioner(_Out):
     name: str
     type: str
     profiles: list[str]
+    cas: list[str]
     max_lifetime: str | None
     max_token_ttl: str
     policy: dict[str, Any]
@@ -191,6 +192,9 @@ class ProvisionerCreate(_In):
     policy: ProvisionerPolicy = Field(default_factory=ProvisionerPolicy)
     profiles: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
         default_factory=list, max_length=32, description="empty: any profile"
+    )
+    cas: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list, max_length=32, description="the CAs it may issue from; empty: any"
     )
     max_lifetime: str | None = Field(default=None, max_length=32, examples=["30d"])
     token_ttl: str = Field(default="5m", max_length=32)
