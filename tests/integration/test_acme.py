@@ -712,6 +712,13 @@ def test_key_rollover(acme: Acme) -> None:
     assert client.new_order(["rolled.test"]).status == 400  # the old key no longer verifies
     client.key = new_key
     assert client.new_order(["rolled.test"]).status == 201
+    # Another account rolling over to a key this one holds: 409, with this account's URL.
+    other = acme.client()
+    taken = sign(new_key, {"alg": "ES256", "jwk": jwk_of(new_key.public_key()), "url": url},
+                 {"account": other.kid, "oldKey": jwk_of(other.key.public_key())})  # fmt: skip
+    reply = other.post(url, taken)
+    assert (reply.status, reply.problem) == (409, "conflict"), reply.content
+    assert reply.headers["location"] == client.kid
     client.key = old_key
 
 

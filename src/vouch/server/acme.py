@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from vouch.acme.challenges import Validator
-from vouch.acme.jws import MAX_BODY, AccountKey, Jws, key_from_jwk, parse, verify
+from vouch.acme.jws import MAX_BODY, AccountKey, Jws, key_from_jwk, parse, thumbprint, verify
 from vouch.acme.problems import AcmeProblem, malformed, unauthorized
 from vouch.errors import NotFound, VouchError
 from vouch.faults import checkpoint
@@ -333,7 +333,20 @@ class AcmeFace:
     ) -> Response:
         assert account is not None
         inner = parse(jws.payload, inner=True)
-        self.service.change_key(account, jws, inner)
+        try:
+            self.service.change_key(account, jws, inner)
+        except AcmeProblem as problem:
+            # RFC 8555 7.3.5: a key another account holds is a conflict that names that account.
+            holder = None
+            if problem.kind == "conflict" and inner.jwk is not None:
+                holder = self.service.store.account_by_thumbprint(
+                    thumbprint(key_from_jwk(inner.jwk))
+                )
+            if holder is None:
+                raise
+            response = self.problem(request, problem)
+            response.headers["Location"] = f"{self.base(request)}/acct/{holder.id}"
+            return response
         return self.reply(request, self._account_body(request, account))
 
     # -- orders --------------------------------------------------------------------------------
