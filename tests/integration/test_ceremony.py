@@ -365,3 +365,28 @@ def test_online_home_from_a_create_root_transcript(tmp_path: Path) -> None:
         home, "ceremony", "import", str(created), "--trust-root", fingerprint, check=False
     )
     assert again.returncode == 6
+
+
+def test_a_ceremony_cut_short_leaves_what_it_signed_on_record(sites: tuple[Path, Path]) -> None:
+    """A transcript left by an interrupted ceremony keeps its number (the next one takes the
+    following); a sign-csr that fails after signing has recorded the certificate first, never
+    written it out, and the root's CRL can still revoke it."""
+    home, offline = sites
+    taken = len(transcripts(offline)) + 1
+    (offline / "transcripts" / f"{taken:04d}-sign-csr.json").write_text("{}\n")  # a leftover
+    csr, _ = new_csr(home, "team-c")
+    ceremony(offline, "sign-csr", str(csr), "--operator", "alice", "--name", "team-c", "--yes")
+    assert (offline / "transcripts" / f"{taken + 1:04d}-sign-csr.json").is_file()
+    # The next sign-csr fails writing its transcript's signature, after the root signed.
+    blocked = offline / "transcripts" / f"{taken + 2:04d}-sign-csr.json.sig"
+    blocked.write_text("in the way\n")
+    csr, _ = new_csr(home, "team-d")
+    failed = ceremony(offline, "sign-csr", str(csr), "--operator", "alice", "--name", "team-d",
+                      "--yes", check=False)  # fmt: skip
+    assert failed.returncode != 0 and "Traceback" not in failed.stderr, failed.stderr
+    state = json.loads((offline / "ceremony.json").read_text())
+    [signed] = [i for i in state["issued"] if i["name"] == "team-d"]
+    assert not list((offline / "issued").glob("team-d-*.pem"))  # never released
+    blocked.unlink()
+    ceremony(offline, "sign-crl", "--operator", "carol", "--revoke",
+             f"{signed['serial']}:superseded")  # fmt: skip

@@ -422,10 +422,14 @@ class Ceremony:
         )
         pem = certificate.public_bytes(serialization.Encoding.PEM)
         file = f"issued/{review.name}-{review.serial}.pem"
-        self._dir.write(file, pem)
         artifacts = [Artifact("intermediate-certificate", review.name, file, der)]
         inputs = [{"type": "csr", "sha256": review.csr_sha256, "spki_sha256": review.spki_sha256}]
-        return self._finish(state, "sign-csr", entry, root, key, artifacts, inputs)
+        # Recorded before it is written out: a ceremony cut short never leaves a signed
+        # certificate the state does not know (and sign-crl could not revoke).
+        return self._finish(
+            state, "sign-csr", entry, root, key, artifacts, inputs,
+            record_first=True, release=[(file, pem)],
+        )  # fmt: skip
 
     # -- CRLs ---------------------------------------------------------------------------------
 
@@ -461,7 +465,7 @@ class Ceremony:
             if serial not in known and not any(e["serial"] == serial for e in revoked):
                 raise NotFound(
                     f"root {entry.name} signed no certificate with serial {serial} here",
-                    hint="vouch ceremony status lists what this root signed",
+                    hint="ceremony.json (issued) lists what this root signed",
                 )
             if not any(e["serial"] == serial for e in revoked):
                 revoked.append({"serial": serial, "reason": reason, "revoked_at": _iso(now)})
@@ -661,8 +665,17 @@ class Ceremony:
         signer_key: CertificateIssuerPrivateKeyTypes,
         artifacts: Sequence[Artifact],
         inputs: Sequence[dict[str, Any]] = (),
+        *,
+        record_first: bool = False,
+        release: Sequence[tuple[str, bytes]] = (),
     ) -> Outcome:
+        """Write the signed transcript and save the state; then write ``release`` (files made
+        from what was signed). The state is saved last, so a failed ceremony leaves it as it
+        was (its new key discarded), unless ``record_first``: then it is saved first, so what
+        the root signed is on record before anything leaves."""
         state.transcripts += 1
+        while (self._dir.path / f"transcripts/{state.transcripts:04d}-{kind}.json").exists():
+            state.transcripts += 1  # an interrupted ceremony's transcript keeps its number
         transcript = {
             "format": TRANSCRIPT_FORMAT,
             "id": secrets.token_hex(16),
@@ -687,12 +700,17 @@ class Ceremony:
             "artifacts": [a.to_json() for a in artifacts],
         }
         signature = sign_data(signer_key, transcript_bytes(transcript))
+        if record_first:
+            self._dir.save(state)
         stem = f"transcripts/{state.transcripts:04d}-{kind}"
         path = self._dir.write(
             f"{stem}.json", (json.dumps(transcript, indent=2, sort_keys=True) + "\n").encode()
         )
         sig = self._dir.write(f"{stem}.json.sig", base64.b64encode(signature) + b"\n")
-        self._dir.save(state)  # last: a failed ceremony leaves the state as it was
+        if not record_first:
+            self._dir.save(state)
+        for name, data in release:
+            self._dir.write(name, data)
         return Outcome(kind, path, sig, tuple(artifacts))
 
 
