@@ -340,6 +340,12 @@ class Vouch:
             )
         if record.status in ("retired", "revoked"):
             raise Conflict(f"CA {record.name} is {record.status} and issues nothing")
+        if record.status == "standby":
+            raise Conflict(
+                f"CA {record.name} is a standby: it issues nothing until it takes over",
+                hint=f"vouch ca activate {record.name}, or vouch incident declare ... "
+                f"--standby {record.name}",
+            )
         certificate = x509.load_der_x509_certificate(record.certificate)
         return IssuingCA(
             record=record,

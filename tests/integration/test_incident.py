@@ -121,6 +121,10 @@ def test_declare_moves_issuance_at_once_and_finish_revokes(
     context = ssl.create_default_context(cafile=str(root_pem))
     old = {n: _cert_new(home, n, tmp_path / "old") for n in ("a.example.com", "b.example.com")}
     assert {_issuer_cn(c) for c in old.values()} == {"Test Corp issuing"}
+    # The standby issues nothing until it takes over, even when asked for by name.
+    refused = run_vouch(home, "cert", "new", "s.example.com", "--ca", "issuing-2",
+                        "--out-dir", str(tmp_path), check=False)  # fmt: skip
+    assert refused.returncode == 6 and "is a standby" in refused.stderr, refused.stderr
     directory = f"https://localhost:{server.https_port}/acme/directory"
     client = Client(directory, str(root_pem))
     assert client.register().status == 201

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import subprocess
+from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.conftest import require_tool
 
-from vouch.durations import format_duration, parse_duration
+from vouch.durations import MAX_DURATION, format_duration, parse_duration
 from vouch.errors import BadInput, ConfigError, PolicyViolation
 from vouch.x509.keypolicy import check_public_key, fermat_factor, is_roca_vulnerable
 from vouch.x509.names import parse_name
-from vouch.x509.policy import NamePolicy
-from vouch.x509.profiles import BUILTIN_PROFILES, cabf_max_validity
+from vouch.x509.policy import NamePolicy, check_name_constraints
+from vouch.x509.profiles import BUILTIN_PROFILES, cabf_max_validity, load_profiles
 from vouch.x509.serials import format_serial, new_serial, parse_serial
 
 
@@ -32,7 +36,14 @@ def test_durations() -> None:
 
 @given(st.integers(min_value=1, max_value=10**6), st.sampled_from("smhdwy"))
 def test_duration_round_trip(n: int, unit: str) -> None:
-    value = parse_duration(f"{n}{unit}")
+    text = f"{n}{unit}"
+    if n * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}[unit] > (
+        MAX_DURATION.total_seconds()
+    ):
+        with pytest.raises(BadInput, match="longer than 100 years"):
+            parse_duration(text)  # never a date past year 9999 later
+        return
+    value = parse_duration(text)
     assert parse_duration(format_duration(value)) == value
 
 
@@ -185,3 +196,77 @@ def test_csr_dns_name_must_be_ascii() -> None:
         load_csr(csr.public_bytes(Encoding.DER))
     # On a command line the same name is fine: it is converted to its A-label.
     assert parse_name("bücher.example").value == "xn--bcher-kva.example"
+
+
+def test_a_wildcard_reaches_the_names_one_label_below() -> None:
+    """``*.example.com`` is good for ``secret.example.com``: a deny list or an excluded subtree
+    naming that host refuses the wildcard too; an allow list still needs the whole of it."""
+    policy = NamePolicy.from_config("policy", {"denied_dns_suffixes": ["secret.example.com"]})
+    with pytest.raises(PolicyViolation, match="denied"):
+        policy.check_names([parse_name("*.example.com")])
+    policy.check_names([parse_name("*.other.example.com"), parse_name("www.example.com")])
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "constrained")])
+    now = dt.datetime.now(dt.UTC)
+    issuer = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(1)
+        .not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.NameConstraints(
+            permitted_subtrees=[x509.DNSName("example.com")],
+            excluded_subtrees=[x509.DNSName("secret.example.com")]), critical=True)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    with pytest.raises(PolicyViolation, match="excluded"):
+        check_name_constraints([parse_name("*.example.com")], issuer)
+    check_name_constraints([parse_name("*.team.example.com")], issuer)
+
+
+def test_an_ipv4_address_in_ipv6_form_is_refused() -> None:
+    policy = NamePolicy.from_config("policy", {"denied_ip_ranges": ["10.0.0.0/8"]})
+    with pytest.raises(PolicyViolation, match="IPv4 address in IPv6 form"):
+        policy.check_names([parse_name("::ffff:10.0.0.1")])
+    policy.check_names([parse_name("2001:db8::1")])
+
+
+def test_a_dns_limited_policy_limits_email_and_uri_names_too() -> None:
+    """Fail closed: a policy with allowed DNS suffixes and no email rule of its own does not let
+    any mail domain or URI host through."""
+    policy = NamePolicy.from_config("policy", {"allowed_dns_suffixes": ["team.example.com"],
+                                               "denied_dns_suffixes": ["x.team.example.com"]})  # fmt: skip
+    policy.check_names([parse_name("ops@team.example.com"),
+                        parse_name("https://api.team.example.com/v1")])  # fmt: skip
+    for outside in ("ceo@bank.example.net", "https://payments.example.net/admin",
+                    "spiffe://other.example.net/x", "a@x.team.example.com"):  # fmt: skip
+        with pytest.raises(PolicyViolation):
+            policy.check_names([parse_name(outside)])
+    NamePolicy().check_names([parse_name("any@where.example"), parse_name("urn:x:y")])
+
+
+def test_a_serverauth_profile_follows_the_cabf_rules() -> None:
+    with pytest.raises(ConfigError, match="serverAuth"):
+        load_profiles({"web-legacy": {"base": "tls-client", "extended_key_usage": ["serverAuth"]}})
+    assert load_profiles({"web": {"base": "tls-server", "max_lifetime": "90d"}})["web"].cabf_server
+
+
+def test_a_csr_signed_with_sha1_under_pss_is_refused(tmp_path: Path) -> None:
+    """SHA-1 is refused where it hides in RSASSA-PSS parameters too (openssl makes such CSRs;
+    cryptography refuses to)."""
+    from vouch.x509.csr import load_csr
+
+    openssl = require_tool("openssl")
+    key = tmp_path / "rsa.key"
+    subprocess.run([openssl, "genrsa", "-out", str(key), "2048"], check=True, capture_output=True)
+    for digest, refused in (("sha1", True), ("sha256", False)):
+        csr = tmp_path / f"{digest}.csr"
+        subprocess.run(
+            [openssl, "req", "-new", "-key", str(key), "-subj", "/", "-addext",
+             "subjectAltName=DNS:pss.example.org", f"-{digest}", "-sigopt",
+             "rsa_padding_mode:pss", "-out", str(csr)],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        if refused:
+            with pytest.raises(PolicyViolation, match="sha1"):
+                load_csr(csr.read_bytes())
+        else:
+            assert [n.value for n in load_csr(csr.read_bytes()).names] == ["pss.example.org"]

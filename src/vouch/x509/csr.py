@@ -31,6 +31,8 @@ _ACCEPTED_SIGNATURES = {
     "1.2.840.10045.4.3.4": "ecdsa-with-SHA512",
     "1.3.101.112": "Ed25519",
 }
+_PSS = "1.2.840.113549.1.1.10"
+_WEAK_PSS_HASHES = {"sha1", "sha224", "md5"}
 _WEAK_SIGNATURES = {
     "1.2.840.113549.1.1.5": "SHA-1",
     "1.2.840.10045.4.1": "SHA-1",
@@ -113,6 +115,19 @@ def _check_signature(csr: x509.CertificateSigningRequest) -> None:
             "csr.signature-algorithm", f"CSR signature algorithm {oid} is not supported"
         )
     try:
+        if oid == _PSS:  # the hash is a parameter here: SHA-1 may hide in it
+            hashes_used = [csr.signature_hash_algorithm]
+            parameters = csr.signature_algorithm_parameters
+            mgf = getattr(parameters, "mgf", None)
+            hashes_used.append(getattr(mgf, "_algorithm", None))
+            weak = [h.name for h in hashes_used if h is not None and h.name in _WEAK_PSS_HASHES]
+            if weak or hashes_used[0] is None:
+                raise PolicyViolation(
+                    "csr.signature-hash",
+                    f"the CSR is signed with RSASSA-PSS over {weak[0] if weak else 'an unknown hash'}"
+                    ", which vouch refuses",
+                    hint="sign the CSR with SHA-256 or stronger (openssl req -sha256)",
+                )
         valid = csr.is_signature_valid
     except (UnsupportedAlgorithm, ValueError) as exc:
         raise BadInput(

@@ -26,6 +26,25 @@ def _suffix_match(name: str, suffix: str) -> bool:
     return bare == suffix or bare.endswith("." + suffix)
 
 
+def _reaches(name: str, suffix: str) -> bool:
+    """Whether a certificate for ``name`` is good for some name under ``suffix``: as
+    ``_suffix_match``, and a wildcard ``*.example.com`` also reaches ``secret.example.com`` (the
+    one label it stands for). What a deny list or an excluded subtree must catch."""
+    if _suffix_match(name, suffix):
+        return True
+    return name.startswith("*.") and suffix.partition(".")[2] == name[2:]
+
+
+def _uri_host(value: str) -> str:
+    from urllib.parse import urlsplit
+
+    try:
+        host = urlsplit(value).hostname
+    except ValueError:
+        host = None
+    return (host or "").rstrip(".").lower()
+
+
 @dataclass(frozen=True)
 class NamePolicy:
     """Allowed and denied names. An empty allow list allows everything not denied."""
@@ -101,6 +120,8 @@ class NamePolicy:
                 self._check_ip(name.value)
             elif name.kind == "email":
                 self._check_email(name.value)
+            elif name.kind == "uri":
+                self._check_uri(name.value)
 
     def check_lifetime(self, lifetime: dt.timedelta) -> None:
         if self.max_lifetime is not None and lifetime > self.max_lifetime:
@@ -115,7 +136,7 @@ class NamePolicy:
                 f"{self.scope}.allow_wildcards", f"wildcard {name} is not allowed"
             )
         for suffix in self.denied_dns_suffixes:
-            if _suffix_match(name, suffix):
+            if _reaches(name, suffix):
                 raise PolicyViolation(
                     f"{self.scope}.denied_dns_suffixes",
                     f"DNS name {name} is denied (under {suffix})",
@@ -131,6 +152,13 @@ class NamePolicy:
 
     def _check_ip(self, value: str) -> None:
         address = ipaddress.ip_address(value)
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            # Clients treat ::ffff:10.0.0.1 as 10.0.0.1, which IPv4 ranges would not catch.
+            raise PolicyViolation(
+                f"{self.scope}.ip",
+                f"IP address {value} is an IPv4 address in IPv6 form",
+                hint=f"write it as {address.ipv4_mapped}",
+            )
         for network in self.denied_ip_ranges:
             if address.version == network.version and address in network:
                 raise PolicyViolation(
@@ -144,10 +172,41 @@ class NamePolicy:
             )
 
     def _check_email(self, value: str) -> None:
-        domain = value.rpartition("@")[2]
-        if self.allowed_email_domains and domain not in self.allowed_email_domains:
+        domain = value.rpartition("@")[2].lower()
+        if self.allowed_email_domains:
+            if domain not in self.allowed_email_domains:
+                raise PolicyViolation(
+                    f"{self.scope}.allowed_email_domains", f"email domain of {value} is not allowed"
+                )
+            return
+        # No email rule of its own: a policy that limits DNS names limits mail domains as
+        # well, rather than letting any address through (fail closed).
+        self._check_host(domain, f"email address {value}")
+
+    def _check_uri(self, value: str) -> None:
+        host = _uri_host(value)
+        if not host:
+            if self.allowed_dns_suffixes:
+                raise PolicyViolation(
+                    f"{self.scope}.allowed_dns_suffixes",
+                    f"URI {value} names no host under an allowed suffix",
+                )
+            return
+        self._check_host(host, f"URI {value}")
+
+    def _check_host(self, host: str, what: str) -> None:
+        for suffix in self.denied_dns_suffixes:
+            if _suffix_match(host, suffix):
+                raise PolicyViolation(
+                    f"{self.scope}.denied_dns_suffixes", f"{what} is denied (under {suffix})"
+                )
+        if self.allowed_dns_suffixes and not any(
+            _suffix_match(host, s) for s in self.allowed_dns_suffixes
+        ):
             raise PolicyViolation(
-                f"{self.scope}.allowed_email_domains", f"email domain of {value} is not allowed"
+                f"{self.scope}.allowed_dns_suffixes",
+                f"{what} is not under an allowed suffix",
+                hint=f"allowed: {', '.join(self.allowed_dns_suffixes)}",
             )
 
 
@@ -173,7 +232,7 @@ def check_name_constraints(names: Iterable[SubjectName], issuer: x509.Certificat
         kind = type(general)
         excluded = [g for g in (nc.excluded_subtrees or ()) if isinstance(g, kind)]
         permitted = [g for g in (nc.permitted_subtrees or ()) if isinstance(g, kind)]
-        if any(_within(name, g) for g in excluded):
+        if any(_within(name, g, excluded=True) for g in excluded):
             raise PolicyViolation(
                 "ca.name_constraints",
                 f"{name.value} is excluded by the issuing CA's name constraints",
@@ -184,9 +243,12 @@ def check_name_constraints(names: Iterable[SubjectName], issuer: x509.Certificat
             )
 
 
-def _within(name: SubjectName, subtree: x509.GeneralName) -> bool:
+def _within(name: SubjectName, subtree: x509.GeneralName, *, excluded: bool = False) -> bool:
+    """Whether ``name`` is in ``subtree``; for an excluded subtree, whether it reaches into it
+    (a wildcard one label above)."""
     if isinstance(subtree, x509.DNSName):
-        return _suffix_match(name.value, subtree.value.lstrip(".").lower())
+        match = _reaches if excluded else _suffix_match
+        return match(name.value, subtree.value.lstrip(".").lower())
     if isinstance(subtree, x509.IPAddress) and isinstance(
         subtree.value, (ipaddress.IPv4Network, ipaddress.IPv6Network)
     ):

@@ -100,6 +100,12 @@ class Profile:
         unknown_keys = self.key_types - LEAF_KEY_TYPES - {"rsa-2048", "rsa-3072", "rsa-4096"}
         if unknown_keys:
             raise ConfigError(f"profile {self.name}: unknown key types {sorted(unknown_keys)}")
+        if ExtendedKeyUsageOID.SERVER_AUTH in self.extended_key_usage and not self.cabf_server:
+            raise ConfigError(
+                f"profile {self.name}: serverAuth makes TLS server certificates, which follow "
+                "the CA/B Forum rules (lifetimes, key types, policies, lint)",
+                hint="base it on tls-server or tls-server-client",
+            )
         if self.cabf_server and not self.key_types <= CABF_KEY_TYPES:
             raise ConfigError(
                 f"profile {self.name}: TLS server certificates may only have RSA or ECDSA keys "
