@@ -447,12 +447,11 @@ class Vouch:
         from vouch.config import load_config
 
         current = self.provisioners
-        declared = (
-            list(load_config(self.home).provisioners)
-            if read_config
-            else self._declared_provisioners
-        )
+        loaded = list(load_config(self.home).provisioners) if read_config else None
         with self._provisioners_lock:
+            # Under the lock: a store-only reload racing a vouch.toml reload must build on
+            # what that one adopted, not write back the entries it read before.
+            declared = loaded if loaded is not None else self._declared_provisioners
             rows = self.api_store.provisioners()
             if not read_config and rows == self._stored_seen:
                 return False  # the usual sync: nothing new in the store

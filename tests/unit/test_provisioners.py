@@ -5,6 +5,9 @@ and that a reload that fails changes nothing. On SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import datetime as dt
+import os
+import threading
+import time
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -116,3 +119,45 @@ def test_a_reload_that_fails_changes_nothing(store_home: Vouch) -> None:
     vouch.api_provisioners().create(ProvisionerSettings(name="bot"), _pem())
     assert sorted(p.name for p in vouch.provisioners.all()) == ["bot", "ci"]
     assert not vouch.reload_provisioners(read_config=False)  # nothing new since
+
+
+def test_a_store_reload_racing_a_config_reload_keeps_what_the_config_removed(
+    store_home: Vouch,
+) -> None:
+    """An API change adopted while vouch.toml's reload is under way builds on what that reload
+    adopted: a provisioner removed from vouch.toml (a leaked key) does not come back."""
+    vouch = store_home
+    _declare(vouch, "ci")
+    assert vouch.reload_provisioners(read_config=True)
+    vouch.api_store.add_provisioner(
+        StoredProvisioner(
+            "bot", ProvisionerSettings(name="bot", public_key="api:bot").model_dump_json(),
+            _pem(), dt.datetime.now(dt.UTC).replace(microsecond=0),
+        ),
+        NewEvent("provisioner.created", "bot", {}),
+    )  # fmt: skip
+    api_reload = threading.Thread(target=lambda: vouch.reload_provisioners(read_config=False))
+    with vouch._provisioners_lock:  # the config reload holds it: the API's waits
+        api_reload.start()
+        time.sleep(0.3)
+        vouch._declared_provisioners = []  # what that reload adopts: ci removed from the file
+    api_reload.join(10)
+    assert [p.name for p in vouch.provisioners.all()] == ["bot"]
+
+
+def test_a_vouch_toml_changed_just_now_is_adopted_once_it_has_rested(store_home: Vouch) -> None:
+    """A file caught mid-write could hold a [[provisioners]] entry without its limits: a
+    running server adopts a changed vouch.toml only once it has stayed unchanged a moment."""
+    from vouch.server.state import CONFIG_SETTLE, ServerState
+
+    vouch = store_home
+    state = ServerState(vouch)
+    state._watch_config()  # the file as it was at start
+    _declare(vouch, "ci")
+    state._watch_config()
+    assert [p.name for p in vouch.provisioners.all()] == []  # just written: not yet
+    config = vouch.home / "vouch.toml"
+    rested = time.time() - CONFIG_SETTLE - 1
+    os.utime(config, (rested, rested))
+    state._watch_config()
+    assert [p.name for p in vouch.provisioners.all()] == ["ci"]

@@ -31,6 +31,7 @@ from vouch.wiring import Vouch
 from vouch.x509.ocsp import INTERNAL_ERROR, TRY_LATER, ParsedRequest
 
 log = logging.getLogger(__name__)
+CONFIG_SETTLE = 2.0  # seconds a changed vouch.toml stays unchanged before it is adopted
 
 SYNC_INTERVAL = 2.0
 CHECKPOINT_INTERVAL = 1.0  # seconds between background WAL checkpoints (SQLite)
@@ -146,7 +147,16 @@ class ServerState:
         except OSError:
             stamp = self._config_stamp  # load_config names the problem once it is back
         changed = reloaded = False
-        if stamp != self._config_stamp:
+        age = time.time() - stamp[0] / 1e9 if stamp is not None else CONFIG_SETTLE
+        if (
+            stamp != self._config_stamp
+            and self._config_stamp is not None
+            and 0 <= age < CONFIG_SETTLE
+        ):
+            # Changed just now: perhaps still being written. A half-written [[provisioners]]
+            # entry could read as valid without its limits; it is adopted once it has rested.
+            pass
+        elif stamp != self._config_stamp:
             try:
                 changed = self.vouch.reload_provisioners(read_config=True)
                 reloaded = True  # the store's were read with it
