@@ -74,7 +74,7 @@ if TYPE_CHECKING:  # imported where used: one-shot commands need few of them (st
     from vouch.acme.challenges import ValidationSettings
     from vouch.keys.pkcs11 import PinSource, Pkcs11KeyBackend
     from vouch.services.acme import AcmeService
-    from vouch.services.admins import AdminTokens, LoginGuard
+    from vouch.services.admins import AdminTokens, LoginGuard, Sessions
     from vouch.services.audit import AuditLog
     from vouch.services.ceremony import Ceremony
     from vouch.services.ceremony_import import CeremonyImporter
@@ -485,6 +485,19 @@ class Vouch:
     def admin_tokens(self) -> AdminTokens:
         from vouch.services.admins import AdminTokens
         return AdminTokens(store=self.api_store, clock=self.clock)
+
+    def sessions(self) -> Sessions:
+        """Browser sessions (the dashboard), signed with a key every node shares."""
+        import secrets
+
+        from vouch.services.admins import Sessions
+        from vouch.store.acme import AcmeStore
+        store = AcmeStore(self.db)
+        return Sessions(
+            store=self.api_store,
+            clock=self.clock,
+            key=lambda: store.secret("dashboard-session", lambda: secrets.token_bytes(32)),
+        )
 
     def login_guard(self) -> LoginGuard:
         from vouch.services.admins import FailureLimiter, LoginGuard

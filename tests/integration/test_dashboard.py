@@ -244,3 +244,36 @@ def test_an_auditor_reads_but_cannot_revoke_and_forms_need_their_csrf(site: Site
     assert status == 400 and "has no certificate 00DEAD" in body
     status, _, body = operator.call(f"{site.base}/certificates?after=x&expiring=y&status=%00")
     assert status == 200 and "Traceback" not in body
+
+
+def test_a_session_is_no_api_token_and_ends_at_sign_out(site: Site) -> None:
+    """The cookie is a signed session, not the API token (it opens nothing on /api/v1); sign-out
+    ends it on the server, not only in the browser; odd query numbers are no error."""
+    client = _Session()
+    client.sign_in(site.base, site.operator)
+    [cookie] = [c for c in client.jar if c.name == "vouch_dashboard"]
+    assert site.operator not in cookie.value and not cookie.value.startswith("vat_")
+    api = site.base.replace("/dashboard", "/api/v1/admin/whoami")
+    request = urllib.request.Request(api, headers={"Authorization": f"Bearer {cookie.value}"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=20)
+    assert refused.value.code == 401
+    refused.value.close()
+    for query in ("expiring=999999999999", "after=99999999999999999999999", "expiring=-5"):
+        status, _, body = client.call(f"{site.base}/certificates?{query}")
+        assert status == 200 and "Traceback" not in body, query
+    copied = _Session()  # the same cookie, kept by someone else
+    copied.jar.set_cookie(cookie)
+    assert copied.call(site.base + "/")[0] == 200
+    status, _, _ = client.call(site.base + "/logout", {})
+    assert status == 303
+    status, headers, _ = copied.call(site.base + "/")
+    assert status == 303 and "/dashboard/login" in headers["location"]
+    # Forged or altered sessions open nothing.
+    for forged in (cookie.value[:-1] + ("0" if cookie.value[-1] != "0" else "1"), "vat_1_x", ""):
+        other = _Session()
+        other.jar.set_cookie(http.cookiejar.Cookie(
+            0, "vouch_dashboard", forged, None, False, cookie.domain, cookie.domain_specified,
+            cookie.domain_initial_dot, "/dashboard", True, False, None, False, None, None, {},
+        ))  # fmt: skip
+        assert other.call(site.base + "/")[0] == 303, forged

@@ -14,12 +14,13 @@ import re
 import secrets
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from vouch.clock import Clock
 from vouch.errors import AuthenticationFailed, BadInput, VouchError
-from vouch.store.api import AdminTokenRecord, ApiStore
+from vouch.store.api import AdminTokenRecord, ApiStore, Redemption
 from vouch.store.records import NewEvent
 
 Role = Literal["admin", "operator", "auditor"]
@@ -239,3 +240,69 @@ class LoginGuard:
             ],
             self._clock.now().replace(microsecond=0),
         )
+
+
+SESSION_TTL = dt.timedelta(hours=8)
+_SESSION = re.compile(r"^s1\.([0-9]{1,12})\.([0-9]{1,12})\.([A-Za-z0-9_-]{22})\.([0-9a-f]{64})$")
+
+
+class Sessions:
+    """Signed-in browser sessions (the dashboard). A session is a ticket signed with a key every
+    node shares, naming the API token it was opened with and when it ends: never the token
+    itself, so a cookie is no API credential. It lasts ``SESSION_TTL`` at most, ends with the
+    token (revoked or expired), and at sign-out on every node (its id is recorded as spent,
+    as a one-time token's is)."""
+
+    def __init__(self, *, store: ApiStore, clock: Clock, key: Callable[[], bytes]) -> None:
+        self._store = store
+        self._clock = clock
+        self._read_key = key
+        self._key: bytes | None = None
+
+    def _mac(self, body: str) -> str:
+        if self._key is None:
+            self._key = self._read_key()
+        return hmac.new(self._key, body.encode("ascii"), hashlib.sha256).hexdigest()
+
+    def open(self, admin: Admin) -> str:
+        ends = int((self._clock.now() + SESSION_TTL).timestamp())
+        body = f"s1.{admin.id}.{ends}.{secrets.token_urlsafe(16)}"
+        return f"{body}.{self._mac(body)}"
+
+    def check(self, ticket: str) -> Admin:
+        """The administrator of a live session; ``AuthenticationFailed`` otherwise."""
+        match = _SESSION.match(ticket)
+        body = ticket.rpartition(".")[0] if match else "s1.0.0.x"
+        good = hmac.compare_digest(self._mac(body), match.group(4) if match else "0" * 64)
+        ended = AuthenticationFailed("the session has ended", hint="sign in again")
+        if not good or match is None:
+            raise ended
+        now = self._clock.now()
+        if int(match.group(2)) <= now.timestamp() or self._store.spent([match.group(3)]):
+            raise ended
+        record = self._store.admin_token(int(match.group(1)))
+        if (
+            record is None
+            or record.revoked_at is not None
+            or (record.expires_at is not None and record.expires_at <= now)
+        ):
+            raise ended
+        return Admin(record.id, record.name, record.role)
+
+    def end(self, ticket: str) -> None:
+        """Sign out: the session ends on every node (a ticket that is no session: nothing)."""
+        match = _SESSION.match(ticket)
+        if match is None:
+            return
+        try:
+            admin = self.check(ticket)
+        except AuthenticationFailed:
+            return
+        ends = dt.datetime.fromtimestamp(int(match.group(2)), dt.UTC)
+        event = NewEvent("dashboard.signed-out", str(admin.id), {"admin": who(admin)})
+        self._store.redeem(
+            [Redemption(jti=match.group(3), provisioner="dashboard-session", expires_at=ends,
+                        event=event)],
+            self._clock.now().replace(microsecond=0),
+        )  # fmt: skip
+

@@ -34,7 +34,7 @@ from starlette.staticfiles import StaticFiles
 
 from vouch.errors import AuthenticationFailed, VouchError
 from vouch.server.state import ServerState
-from vouch.services.admins import Admin, PermissionDenied, RateLimited, who
+from vouch.services.admins import SESSION_TTL, Admin, PermissionDenied, RateLimited, who
 from vouch.services.monitor import CHART_DAYS, LifecycleReport
 from vouch.services.revocation import LEAF_REASONS
 from vouch.store.api import CertificateSearch
@@ -78,6 +78,7 @@ class Dashboard:
         self.state = state
         vouch = state.vouch
         self.tokens = vouch.admin_tokens()
+        self.sessions = vouch.sessions()
         self.guard = vouch.login_guard()
         self.api_store = vouch.api_store
         self.templates = Environment(
@@ -119,7 +120,7 @@ class Dashboard:
             if not token:
                 return RedirectResponse(_url(request, "/login"), status_code=303)
             try:
-                admin = await run_in_threadpool(self.tokens.authenticate, token)
+                admin = await run_in_threadpool(self.sessions.check, token)
             except AuthenticationFailed:
                 response = RedirectResponse(_url(request, "/login?expired=1"), status_code=303)
                 response.delete_cookie(COOKIE, path=_root(request))
@@ -186,11 +187,12 @@ class Dashboard:
                 hint="vouch admin token new --role auditor|operator|admin",
             )
         await run_in_threadpool(self.guard.admin_action, admin, "dashboard sign-in", source)
+        session = await run_in_threadpool(self.sessions.open, admin)
         response = RedirectResponse(_url(request, "/"), status_code=303)
         response.set_cookie(
             COOKIE,
-            token,
-            max_age=8 * 3600,
+            session,  # a signed session, not the API token: no API credential in a cookie
+            max_age=int(SESSION_TTL.total_seconds()),
             path=_root(request),
             secure=request.url.scheme == "https",
             httponly=True,
@@ -199,6 +201,9 @@ class Dashboard:
         return response
 
     async def logout(self, request: Request) -> Response:
+        session = request.cookies.get(COOKIE)
+        if session:
+            await run_in_threadpool(self.sessions.end, session)  # on every node
         response = RedirectResponse(_url(request, "/login"), status_code=303)
         response.delete_cookie(COOKIE, path=_root(request))
         return response
@@ -244,8 +249,9 @@ class Dashboard:
         within = params.get("expiring") or ""
         now = self.state.vouch.clock.now()
         try:
-            after = max(0, int(params.get("after") or 0))
-            days = int(within) if within else None
+            # Bounded: a row id fits the store's 64-bit integers; a window, ten years.
+            after = min(max(0, int(params.get("after") or 0)), 2**63 - 1)
+            days = min(max(0, int(within)), 3650) if within else None
         except ValueError:
             after, days = 0, None
         if status not in (None, "valid", "revoked", "expired", "pending"):
