@@ -246,3 +246,38 @@ def test_demo_without_server(tmp_path: Path) -> None:
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_key_backup_and_restore_check_the_key_against_the_ca(tmp_path: Path) -> None:
+    """M-of-N backup through the CLI: any 2 of 3 shares restore the CA's key; a restore can be
+    checked against the CA certificate before anything is written; a key that is not the CA's
+    is never backed up under its name; malformed backups are clear errors."""
+    home, out = tmp_path / "home", tmp_path / "backup"
+    init(home)
+    vouch(home, "keys", "backup", "--ca", "issuing", "--shares", "3", "--threshold", "2",
+          "--out-dir", str(out))  # fmt: skip
+    shares = sorted(out.glob("issuing.share-*-of-3.txt"))
+    assert len(shares) == 3 and all(stat.S_IMODE(s.stat().st_mode) == 0o600 for s in shares)
+    issuing_pem = tmp_path / "issuing.pem"
+    issuing_pem.write_text(vouch(home, "ca", "show", "issuing", "--pem").stdout)
+    root_pem = home / "root.pem"
+    base = ["keys", "restore", str(out / "issuing.backup.json"),
+            "--shares-file", str(shares[0]), "--shares-file", str(shares[2])]  # fmt: skip
+    wrong = vouch(home, *base, "--out", str(tmp_path / "w.pem"), "--certificate", str(root_pem),
+                  check=False)  # fmt: skip
+    assert wrong.returncode != 0 and "not the key of the certificate" in wrong.stderr
+    assert not (tmp_path / "w.pem").exists()
+    vouch(home, *base, "--out", str(tmp_path / "r.pem"), "--certificate", str(issuing_pem))
+    assert stat.S_IMODE((tmp_path / "r.pem").stat().st_mode) == 0o600
+    # A key file swapped for another key: not backed up as the CA's.
+    keys = home / "keys"
+    (keys / "issuing.key.pem").write_bytes((keys / "root.key.pem").read_bytes())
+    swapped = vouch(home, "keys", "backup", "--ca", "issuing", "--shares", "3", "--threshold",
+                    "2", "--out-dir", str(tmp_path / "b2"), check=False)  # fmt: skip
+    assert swapped.returncode != 0 and "not CA issuing's key" in swapped.stderr
+    # Malformed backup files: a clear refusal, no traceback (vouch() checks for one).
+    for name, text in (("deep.json", "[" * 100_000), ("noset.json", '{"header": {}}')):
+        (tmp_path / name).write_text(text)
+        refused = vouch(home, "keys", "restore", str(tmp_path / name), "--out",
+                        str(tmp_path / "x.pem"), "--shares-file", str(shares[0]), check=False)  # fmt: skip
+        assert refused.returncode != 0 and "not a vouch key backup" in refused.stderr

@@ -153,6 +153,8 @@ def backup_command(
 ) -> None:
     """Encrypt a file-held CA key and split the key to it into N shares, any M of which restore
     it (SLIP-39 words for paper). Give each share file to a different person."""
+    from cryptography import x509
+
     from vouch.clock import SystemClock
     from vouch.errors import BadInput, Conflict
     from vouch.fsutil import atomic_write
@@ -183,7 +185,10 @@ def backup_command(
                         hint="an HSM key is backed up with the HSM's own tools; an offline "
                         "root's with --key-file on the ceremony machine",
                     )
-                key = vouch.keys.load(ref)
+                # The key its certificate names, or a refusal: a backup of some other key
+                # under the CA's name would restore a key that signs nothing that verifies.
+                certificate = x509.load_der_x509_certificate(record.certificate)
+                key = vouch._matching_key(record, certificate)
             finally:
                 vouch.close()
             label = ca
@@ -203,7 +208,7 @@ def backup_command(
                 f"(any {threshold} restore it; share set {backup.header['share_set']})\n"
                 f"# key SHA-256 of public key: {backup.header['spki_sha256']}\n{words}\n"
             )
-            atomic_write(target, text.encode("ascii"), mode=0o600, overwrite=False)
+            atomic_write(target, text.encode("utf-8"), mode=0o600, overwrite=False)
     print(f"Backup of {label}: {document}")
     print(f"{shares} shares, any {threshold} restore the key:")
     for target in targets:
@@ -222,6 +227,15 @@ def restore_command(
             "--shares-file",
             help="A file with one or more shares (one per line; # comments). Repeatable. "
             "Without it, the words are asked for at the terminal.",
+            show_default=False,
+        ),
+    ] = None,
+    certificate: Annotated[
+        Path | None,
+        typer.Option(
+            "--certificate",
+            help="The CA certificate (PEM) the key must belong to: checked before anything is "
+            "written.",
             show_default=False,
         ),
     ] = None,
@@ -254,6 +268,21 @@ def restore_command(
             for number in range(1, int(header["threshold"]) + 1):
                 mnemonics.append(getpass.getpass(f"Share {number} (words, hidden): "))
         key = restore_key(document, mnemonics)
+        if certificate is not None:
+            from cryptography import x509
+
+            try:
+                expected = x509.load_pem_x509_certificate(
+                    read_limited(certificate, 64 * 1024, "certificate")
+                ).public_key()
+            except ValueError as exc:
+                raise BadInput(f"{certificate} is not a PEM certificate") from exc
+            if key.public_key() != expected:
+                raise BadInput(
+                    f"the restored key is not the key of the certificate in {certificate}; "
+                    "nothing was written",
+                    hint="check that this is the backup of that CA's key",
+                )
         passphrase = passphrase_source(state, confirm_new=True)(f"new key {out.name}")
         if len(passphrase) < 8:
             raise BadInput("a key passphrase must have at least 8 characters")

@@ -336,7 +336,7 @@ def _parse(data: bytes) -> dict[str, Any]:
         raise BadInput("the transcript is larger than 1 MiB")
     try:
         transcript = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise BadInput(f"the transcript is not JSON ({exc})") from exc
     if not isinstance(transcript, dict) or transcript.get("format") != TRANSCRIPT_FORMAT:
         raise BadInput(f"not a vouch ceremony transcript (format {TRANSCRIPT_FORMAT})")
@@ -378,12 +378,15 @@ def _artifacts(transcript: dict[str, Any]) -> list[tuple[str, str, bytes]]:
         (s.get("type"), s.get("name"), s.get("sha256"))
         for s in transcript["signed"]
         if isinstance(s, dict)
+        and all(isinstance(s.get(k), str) for k in ("type", "name", "sha256"))
     }
     found = []
     for artifact in transcript["artifacts"]:
         try:
             kind, name, digest = artifact["type"], artifact["name"], artifact["sha256"]
             der = base64.b64decode(artifact["der"], validate=True)
+            if not all(isinstance(v, str) for v in (kind, name, digest)):
+                raise TypeError("artifact fields")
         except (KeyError, TypeError, binascii.Error, ValueError) as exc:
             raise BadInput("a transcript artifact is malformed") from exc
         if _sha256(der) != digest or (kind, name, digest) not in signed:

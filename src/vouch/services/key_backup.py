@@ -99,9 +99,14 @@ def read_backup(data: bytes) -> dict[str, Any]:
         if header["format"] != BACKUP_FORMAT or document["cipher"] != "AES-256-GCM":
             raise ValueError("format")
         int(header["threshold"])
+        int(header["shares"])
+        int(header["share_set"])
+        str(header["spki_sha256"])
         base64.b64decode(document["nonce"], validate=True)
         base64.b64decode(document["ciphertext"], validate=True)
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError, binascii.Error) as exc:
+    except (
+        ValueError, KeyError, TypeError, UnicodeDecodeError, binascii.Error, RecursionError
+    ) as exc:  # fmt: skip
         raise BadInput(f"not a vouch key backup ({BACKUP_FORMAT})") from exc
     if not isinstance(document, dict):
         raise BadInput("not a vouch key backup")
