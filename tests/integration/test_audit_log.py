@@ -32,6 +32,7 @@ from tests.servers import VouchServer, free_port, run_vouch
 
 from vouch.audit.entries import entry_bytes, format_time, head_bytes
 from vouch.audit.merkle import CompactRange, leaf_hash
+from vouch.errors import BadInput, NotFound
 from vouch.services.audit import (
     check_head_signature,
     check_proof,
@@ -495,6 +496,34 @@ def test_witness_of_a_saved_head_catches_truncation_with_every_head_deleted(
     assert vouch.audit.witness(log.head) == [expected]
 
 
+@BOTH
+def test_witness_recomputes_leaves_and_names_an_edited_entry(log: Log, tmp_path: Path) -> None:
+    """An entry's content changed and its stored leaf hash left alone: the stored leaves still
+    hash to the saved root, the entry's content does not."""
+    vouch, seq = log.vouch, log.crl_entry
+    saved = _save_head(log.head, tmp_path / "head.json")
+    row = _entry(vouch, seq)
+    _edit_entry(vouch, seq, data=row.data.replace('"entries":0', '"entries":1'))
+    assert vouch.audit.witness(log.head) == [
+        _entry_altered(seq, "crl.published", "issuing/1"),
+        f"the log's first {log.head.size} entries no longer hash to the saved root: history "
+        "was rewritten",
+    ]
+    result = run_vouch(vouch.home, "audit", "witness", str(saved), check=False)
+    assert result.returncode == 10
+    assert f"DIVERGENCE: {_entry_altered(seq, 'crl.published', 'issuing/1')}" in result.stderr
+
+
+def test_witness_names_an_altered_head_row(log: Log) -> None:
+    frontier = log.vouch.audit.store.head().to_bytes()
+    with log.vouch.db.engine.begin() as conn:
+        conn.execute(update(audit_head).values(frontier=bytes(len(frontier))))
+    assert log.vouch.audit.witness(log.head) == [
+        f"the log head row does not match the log's {log.head.size} entries: the head row was "
+        "altered"
+    ]
+
+
 def test_witness_accepts_a_saved_head_the_log_extends_and_refuses_another_key(log: Log) -> None:
     _issue(log.vouch, "more.example.com")
     assert log.vouch.audit.witness(log.head) == []
@@ -698,10 +727,43 @@ def test_a_head_row_with_a_wrong_size_is_named(log: Log) -> None:
 # -- proofs end to end ---------------------------------------------------------------------------
 
 
-def _check_proof_cli(home: Path, proof: dict[str, Any], key: Path, out: Path) -> tuple[int, str]:
+def test_an_inclusion_proof_beyond_the_log_signs_no_head(log: Log) -> None:
+    """Anyone may ask GET /audit/proof/inclusion: an index past the end must not make the CA sign
+    and store a tree head per request."""
+    audit = log.vouch.audit
+    heads = audit.store.tree_heads()
+    for index in (log.head.size, log.head.size + 1, 10**12):
+        with pytest.raises(NotFound, match=f"entry {index} is not in the log yet"):
+            audit.prove_index(index)
+    with pytest.raises(BadInput):
+        audit.prove_index(-1)
+    assert audit.store.tree_heads() == heads
+
+    # An entry newer than the newest head gets one head that covers it, once.
+    later = _issue(log.vouch, "later.example.com")
+    index = _seq(log.vouch, "certificate.issued", later)
+    proof = audit.prove_index(index)
+    assert proof["tree_size"] == index + 1
+    assert check_proof(proof, log.vouch.audit_public_key()) == []
+    assert len(audit.store.tree_heads()) == len(heads) + 1
+    assert audit.prove_index(index)["head"] == proof["head"]
+    assert len(audit.store.tree_heads()) == len(heads) + 1
+
+
+
+def _check_proof_cli(
+    home: Path, proof: dict[str, Any], key: Path, out: Path, *extra: str
+) -> tuple[int, str]:
     out.write_text(json.dumps(proof))
-    result = run_vouch(home, "audit", "check-proof", str(out), "--key", str(key), check=False)
+    result = run_vouch(
+        home, "audit", "check-proof", str(out), "--key", str(key), *extra, check=False
+    )
     return result.returncode, result.stdout + result.stderr
+
+
+def _save_head(head: TreeHead, path: Path) -> Path:
+    path.write_text(json.dumps(head_json(head)))
+    return path
 
 
 def _flip_hex(text: str) -> str:
@@ -756,22 +818,31 @@ def test_consistency_proofs_from_the_cli_check_offline(log: Log, tmp_path: Path)
     first = log.vouch.audit.store.tree_heads()[0]
     assert first.size < log.head.size
 
+    saved = ("--old-head", str(_save_head(first, tmp_path / "first.json")))
+
     proof = json.loads(run_vouch(home, "audit", "consistency", str(first.size)).stdout)
     assert (proof["first"], proof["second"]) == (first.size, log.head.size)
     assert proof["first_root"] == first.root.hex()
     assert proof["head"] == head_json(log.head)
-    code, output = _check_proof_cli(home, proof, key, out)
+    code, output = _check_proof_cli(home, proof, key, out, *saved)
     assert (code, output.strip()) == (0, "consistency proof verified")
+    # Without a head the checker saved, nothing vouches for the first root: refused, not passed.
+    code, output = _check_proof_cli(home, proof, key, out)
+    assert code == 3 and "--old-head" in output and "self-consistent" in output
 
     for i in range(len(proof["path"])):
         path = [*proof["path"][:i], _flip_hex(proof["path"][i]), *proof["path"][i + 1 :]]
-        code, output = _check_proof_cli(home, {**proof, "path": path}, key, out)
+        code, output = _check_proof_cli(home, {**proof, "path": path}, key, out, *saved)
         assert code == 10 and "INVALID: the consistency proof does not hold" in output
-    code, output = _check_proof_cli(home, {**proof, "first_root": log.head.root.hex()}, key, out)
+    code, output = _check_proof_cli(
+        home, {**proof, "first_root": log.head.root.hex()}, key, out, *saved
+    )
     assert code == 10 and "does not hold" in output
-    code, output = _check_proof_cli(home, proof, stranger, out)
+    assert "INVALID: the proof does not start at the saved tree head" in output
+    code, output = _check_proof_cli(home, proof, stranger, out, *saved)
     assert code == 10
     assert "INVALID: the tree head's signature does not verify with the audit key" in output
+    assert "INVALID: the saved tree head's signature does not verify" in output
 
     # A proof to a size no signed head covers would vouch for nothing: refused, sizes named.
     between = run_vouch(home, "audit", "consistency", "2", str(log.head.size - 1), check=False)
@@ -781,14 +852,71 @@ def test_consistency_proofs_from_the_cli_check_offline(log: Log, tmp_path: Path)
         run_vouch(home, "audit", "consistency", "1", str(first.size)).stdout
     )
     assert older["head"] == head_json(first)
-    assert _check_proof_cli(home, older, key, out)[0] == 0
+    # From 1: no head of size 1 was ever signed, so no saved head can anchor it.
+    code, output = _check_proof_cli(home, older, key, out, *saved)
+    assert code == 10 and "INVALID: the proof does not start at the saved tree head" in output
+    assert _check_proof_cli(home, proof, key, out, "--old-head", str(out))[0] == 3
+    inclusion = json.loads(run_vouch(home, "audit", "prove", log.live).stdout)
+    code, output = _check_proof_cli(home, inclusion, key, out, *saved)
+    assert code == 3 and "--old-head applies to consistency proofs only" in output
 
 
 def test_a_consistency_proof_without_a_signed_head_is_not_verified(log: Log) -> None:
-    proof = log.vouch.audit.prove_consistency(2, log.head.size)
-    assert check_proof(proof, log.vouch.audit_public_key()) == []
+    first = log.vouch.audit.store.tree_heads()[0]
+    key = log.vouch.audit_public_key()
+    proof = log.vouch.audit.prove_consistency(first.size, log.head.size)
+    assert check_proof(proof, key, old_head=first) == []
     stripped = {k: v for k, v in proof.items() if k != "head"}
-    assert check_proof(stripped, _other_key().public_key()) != []
+    assert check_proof(stripped, key, old_head=first) == [
+        "the proof carries no signed tree head: nothing vouches for its second root"
+    ]
+
+
+def test_a_consistency_proof_needs_a_head_the_checker_saved(log: Log) -> None:
+    first = log.vouch.audit.store.tree_heads()[0]
+    key = log.vouch.audit_public_key()
+    proof = log.vouch.audit.prove_consistency(first.size, log.head.size)
+    [problem] = check_proof(proof, key)
+    assert "shows only that two roots are self-consistent" in problem
+    forged = _signed_head(_other_key(), first.size, first.root)
+    assert check_proof(proof, key, old_head=forged) == [
+        "the saved tree head's signature does not verify with the audit key"
+    ]
+    assert check_proof(proof, key, old_head=log.head) == [
+        f"the proof does not start at the saved tree head (size {log.head.size}): its first "
+        f"tree (size {first.size}) is another"
+    ]
+
+
+@BOTH
+def test_a_consistency_proof_over_a_rewritten_log_is_refused_against_the_saved_head(
+    log: Log, tmp_path: Path
+) -> None:
+    """The CA's own key signs heads over whatever the database holds: after a rewrite, a proof
+    from the saved size to a freshly signed head is self-consistent and its head's signature
+    good. Only the head the checker saved before shows that the first root is not the one it
+    knew."""
+    vouch, key = log.vouch, log.vouch.home / AUDIT_KEY_FILE
+    saved = _save_head(log.head, tmp_path / "saved.json")
+    size = _truncate_and_regrow(log, regrow=True)
+    assert size > log.head.size
+    with vouch.db.engine.begin() as conn:
+        conn.execute(delete(tree_heads))
+    signed = vouch.audit.sign_head()
+    assert signed is not None and signed.size == size
+
+    proof = json.loads(run_vouch(vouch.home, "audit", "consistency", str(log.head.size)).stdout)
+    assert proof["first"] == log.head.size and proof["first_root"] != log.head.root.hex()
+    out = tmp_path / "proof.json"
+    code, output = _check_proof_cli(vouch.home, proof, key, out, "--old-head", str(saved))
+    assert code == 10
+    assert (
+        f"INVALID: the proof does not start at the saved tree head (size {log.head.size})"
+        in output
+    )
+    code, output = _check_proof_cli(vouch.home, proof, key, out)
+    assert code == 3 and "consistency proof verified" not in output
+    assert check_proof(proof, vouch.audit_public_key(), old_head=log.head) != []
 
 
 def test_an_export_verifies_alone_and_an_edited_export_does_not(log: Log, tmp_path: Path) -> None:
@@ -831,6 +959,94 @@ def test_an_export_verifies_alone_and_an_edited_export_does_not(log: Log, tmp_pa
     code, stderr = verify_edited(records, key=str(stranger))
     assert code == 10
     assert f"DIVERGENCE: {_head_forged(log.head.size, log.head.timestamp)}" in stderr
+
+
+def _forge_export(records: list[dict[str, Any]], attacker: ec.EllipticCurvePrivateKey) -> Any:
+    """A rewritten history (the last entry dropped, one entry's data changed), every leaf and a
+    head recomputed and signed by the attacker's key, which the export names as its audit key."""
+    entries = [r for r in records if r["type"] == "entry"][:-1]
+    entries[-1] = {**entries[-1], "data": {**entries[-1]["data"], "forged": 1}}
+    compact = CompactRange()
+    for entry in entries:
+        at = dt.datetime.strptime(entry["at"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
+        leaf = leaf_hash(
+            entry_bytes(entry["seq"], at, entry["kind"], entry["subject"], entry["data"])
+        )
+        entry["leaf_hash"] = leaf.hex()
+        compact.append(leaf)
+    head = _signed_head(attacker, compact.size, compact.root())
+    return [
+        {"type": "audit-key", "public_key": _pem(attacker).decode("ascii")},
+        *entries,
+        {"type": "tree-head", **head_json(head)},
+    ]
+
+
+def test_an_export_re_signed_with_another_key_is_refused(log: Log, tmp_path: Path) -> None:
+    home = log.vouch.home
+    export = tmp_path / "audit.jsonl"
+    run_vouch(home, "audit", "export", "--out", str(export))
+    records = [json.loads(line) for line in export.read_text().splitlines()]
+    attacker = _other_key()
+    forged = tmp_path / "forged.jsonl"
+    forged.write_text("".join(json.dumps(r) + "\n" for r in _forge_export(records, attacker)))
+    real = key_id(log.vouch.audit_public_key())
+    fake = key_id(attacker.public_key())
+
+    # With the CA's home at hand, its audit key is the one trusted, not the export's.
+    result = run_vouch(home, "audit", "verify", "--from-export", str(forged), check=False)
+    assert result.returncode == 10, result.stdout + result.stderr
+    assert f"audit key SHA256:{real} (from {home / AUDIT_KEY_FILE})" in result.stdout
+    assert (
+        f"DIVERGENCE: the export names the audit key SHA256:{fake}, not the trusted "
+        f"SHA256:{real}" in result.stderr
+    )
+    assert "has a signature the audit key did not make" in result.stderr
+    assert "audit log verified" not in result.stdout
+    original = run_vouch(home, "audit", "verify", "--from-export", str(export))
+    assert "audit log verified" in original.stdout
+
+    # An auditor with only the export and the CA's published key, elsewhere.
+    nowhere = tmp_path / "no-home"
+    key = str(home / AUDIT_KEY_FILE)
+    result = run_vouch(
+        nowhere, "audit", "verify", "--from-export", str(forged), "--key", key, check=False
+    )
+    assert result.returncode == 10 and "did not make" in result.stderr
+    result = run_vouch(nowhere, "audit", "verify", "--from-export", str(export), "--key", key)
+    assert "audit log verified" in result.stdout
+    # Without any key to trust: refused, not checked against the export's own key.
+    result = run_vouch(nowhere, "audit", "verify", "--from-export", str(forged), check=False)
+    assert result.returncode == 3
+    assert "error: no audit key to trust" in result.stderr and "--key" in result.stderr
+    assert "audit log verified" not in result.stdout
+    assert not nowhere.exists()
+    # Only when asked to, and then the key's fingerprint is shown to compare with the CA's.
+    result = run_vouch(
+        nowhere, "audit", "verify", "--from-export", str(forged), "--trust-embedded-key"
+    )
+    assert f"warning: trusting the audit key the export names, SHA256:{fake}" in result.stderr
+    assert "audit log verified" in result.stdout
+    result = run_vouch(
+        nowhere,
+        "audit",
+        "verify",
+        "--from-export",
+        str(forged),
+        "--trust-embedded-key",
+        "--key",
+        key,
+        check=False,
+    )
+    assert result.returncode == 3
+
+
+def _heads_in(home: Path) -> list[TreeHead]:
+    vouch = Vouch(home, passphrase=passphrase)
+    try:
+        return vouch.audit.store.tree_heads()
+    finally:
+        vouch.close()
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -882,9 +1098,14 @@ def test_the_http_endpoints_serve_heads_and_proofs_that_check(tmp_path: Path) ->
         assert status == 200
         proof = json.loads(body)
         assert proof["first_root"] == first.root.hex() and proof["second"] >= head.size
-        assert check_proof(proof, key) == []
-        status, body = _get(f"{base}/proof/consistency?first=1&second={first.size}")
-        assert status == 200 and check_proof(json.loads(body), key) == []
+        assert check_proof(proof, key, old_head=first) == []
+        status, body = _get(f"{base}/proof/consistency?first={first.size}&second={first.size}")
+        assert status == 200 and check_proof(json.loads(body), key, old_head=first) == []
+        assert _get(f"{base}/proof/consistency?first=1&second={first.size}")[0] == 200
+        heads_before = len(_heads_in(home))
+        for _ in range(3):
+            assert _get(f"{base}/proof/inclusion?index=100000")[0] == 404
+        assert len(_heads_in(home)) <= heads_before + 1  # the server's own timer may sign one
         assert _get(f"{base}/proof/consistency?first=1&second={first.size + 1}")[0] == 404
 
         assert _get(f"{base}/proof/inclusion")[0] == 400

@@ -21,6 +21,14 @@ KeyOption = Annotated[
         show_default=False,
     ),
 ]
+TrustEmbeddedOption = Annotated[
+    bool,
+    typer.Option(
+        "--trust-embedded-key",
+        help="With --from-export and no other key: trust the key the export names (this only "
+        "shows the export is self-consistent; compare the printed fingerprint with the CA's).",
+    ),
+]
 
 
 def _open(ctx: typer.Context):  # type: ignore[no-untyped-def]
@@ -41,6 +49,46 @@ def _load_key(path: Path):  # type: ignore[no-untyped-def]
         raise BadInput(f"cannot read the audit public key {path}: {exc}") from exc
 
 
+def _fingerprint(public_key: Any) -> str:
+    from vouch.services.audit import key_id
+
+    return f"SHA256:{key_id(public_key)}"
+
+
+def _trusted_key(
+    state: CliState, key: Path | None, trust_embedded_key: bool, named: Any
+) -> tuple[Any, str]:
+    """The audit key to check an export with, and where it came from: --key, else the home's
+    audit-key.pem, else (only when asked to) the key the export itself names."""
+    from vouch.errors import BadInput
+    from vouch.wiring import AUDIT_KEY_FILE
+
+    if key is not None and trust_embedded_key:
+        raise BadInput("give --key or --trust-embedded-key, not both")
+    if key is not None:
+        return _load_key(key), str(key)
+    home_key = state.home / AUDIT_KEY_FILE
+    if not trust_embedded_key and home_key.exists():
+        return _load_key(home_key), str(home_key)
+    if not trust_embedded_key:
+        raise BadInput(
+            "no audit key to trust: an export's own key proves nothing (a forger re-signs with "
+            "a key of their own)",
+            hint="pass --key with the CA's published audit public key, or run where the CA's "
+            "home is (--home); --trust-embedded-key checks only that the export is "
+            "self-consistent",
+        )
+    if named is None:
+        raise BadInput("the export names no audit key; pass --key")
+    print(
+        f"warning: trusting the audit key the export names, {_fingerprint(named)}: this shows "
+        "only that the export is self-consistent; compare that fingerprint with the one the CA "
+        "publishes",
+        file=sys.stderr,
+    )
+    return named, "the export (--trust-embedded-key)"
+
+
 def _read_export(path: Path) -> list[dict[str, Any]]:
     from vouch.errors import BadInput
 
@@ -49,6 +97,19 @@ def _read_export(path: Path) -> list[dict[str, Any]]:
             return [json.loads(line) for line in handle if line.strip()]
     except (OSError, ValueError) as exc:
         raise BadInput(f"cannot read the export {path}: {exc}") from exc
+
+
+def _read_head(path: Path):  # type: ignore[no-untyped-def]
+    from vouch.errors import BadInput
+    from vouch.services.audit import head_from_json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"cannot read the tree head {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BadInput(f"{path} is not a vouch tree head")
+    return head_from_json(data)
 
 
 def _print_json(data: Any) -> None:
@@ -65,12 +126,17 @@ def verify_command(
         ),
     ] = None,
     key: KeyOption = None,
+    trust_embedded_key: TrustEmbeddedOption = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Recompute the whole log, check every signed tree head and every certificate's entry."""
+    """Recompute the whole log, check every signed tree head and every certificate's entry.
+
+    An export is checked with --key, else the home's audit key; never with the key it names
+    unless --trust-embedded-key says so."""
     from rich.progress import Progress
 
-    from vouch.services.audit import VerifyReport, verify_export
+    from vouch.errors import BadInput
+    from vouch.services.audit import VerifyReport, read_export, verify_export
 
     with errors_to_exit(), Progress(transient=True, disable=not sys.stderr.isatty()) as bar:
         task = bar.add_task("verifying the audit log", total=None)
@@ -79,14 +145,20 @@ def verify_command(
             bar.update(task, completed=done)
 
         if from_export is not None:
-            report: VerifyReport = verify_export(
-                _read_export(from_export), _load_key(key) if key else None, progress=progress
-            )
+            export = read_export(_read_export(from_export))
+            trusted, source = _trusted_key(ctx.obj, key, trust_embedded_key, export.named_key)
+            report: VerifyReport = verify_export(export, trusted, progress=progress)
         else:
+            if trust_embedded_key:
+                raise BadInput("--trust-embedded-key applies to --from-export only")
             vouch = _open(ctx)
             if key is not None:
                 vouch.audit_public_key = lambda: _load_key(key)
+                source = str(key)
+            else:
+                source = "the home's audit key"
             report = vouch.audit.verify(progress=progress)
+            trusted = vouch.audit.public_key()
     if as_json:
         _print_json(
             {
@@ -96,9 +168,11 @@ def verify_command(
                 "certificates": report.certificates,
                 "uncovered": report.uncovered,
                 "problems": report.problems,
+                "audit_key": {"fingerprint": _fingerprint(trusted), "from": source},
             }
         )
     else:
+        print(f"audit key {_fingerprint(trusted)} (from {source})")
         print(
             f"{report.entries} entries, {report.heads} signed tree heads, "
             f"{report.certificates} certificates checked"
@@ -149,8 +223,18 @@ def consistency_command(
 def check_proof_command(
     proof_file: Annotated[Path, typer.Argument(help="A proof from prove or consistency.")],
     key: Annotated[Path, typer.Option("--key", help="The audit public key (PEM).")],
+    old_head: Annotated[
+        Path | None,
+        typer.Option(
+            "--old-head",
+            help="A consistency proof's start: a signed tree head you saved earlier (JSON from "
+            "`vouch audit head` or GET /audit/tree-head). Required for consistency proofs.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Verify a proof offline: needs only the proof file and the audit public key."""
+    """Verify a proof offline: needs only the proof file and the audit public key (and, for a
+    consistency proof, the tree head you saved earlier that it must start at)."""
     from vouch.errors import BadInput
     from vouch.services.audit import check_proof
 
@@ -159,7 +243,18 @@ def check_proof_command(
             proof = json.loads(proof_file.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise BadInput(f"cannot read the proof {proof_file}: {exc}") from exc
-        problems = check_proof(proof, _load_key(key))
+        kind = proof.get("type") if isinstance(proof, dict) else None
+        if kind == "consistency" and old_head is None:
+            raise BadInput(
+                "a consistency proof is checked against a tree head you saved earlier: without "
+                "one it shows only that two roots are self-consistent",
+                hint="pass --old-head SAVED_HEAD.json (from `vouch audit head` or "
+                "GET /audit/tree-head, saved before)",
+            )
+        if kind != "consistency" and old_head is not None:
+            raise BadInput("--old-head applies to consistency proofs only")
+        saved = _read_head(old_head) if old_head is not None else None
+        problems = check_proof(proof, _load_key(key), old_head=saved)
     for problem in problems:
         print(f"INVALID: {problem}", file=sys.stderr)
     if problems:
@@ -202,15 +297,10 @@ def witness_command(
     ctx: typer.Context,
     head_file: Annotated[Path, typer.Argument(help="A tree head saved earlier (JSON).")],
 ) -> None:
-    """Check that a tree head saved earlier is consistent with today's log."""
-    from vouch.errors import BadInput
-    from vouch.services.audit import head_from_json
-
+    """Check that a tree head saved earlier is consistent with today's log (every entry's leaf
+    recomputed from its content)."""
     with errors_to_exit():
-        try:
-            saved = head_from_json(json.loads(head_file.read_text(encoding="utf-8")))
-        except (OSError, ValueError) as exc:
-            raise BadInput(f"cannot read the tree head {head_file}: {exc}") from exc
+        saved = _read_head(head_file)
         problems = _open(ctx).audit.witness(saved)
     for problem in problems:
         print(f"DIVERGENCE: {problem}", file=sys.stderr)

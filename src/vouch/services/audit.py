@@ -4,6 +4,9 @@ What the store appends (in the same transaction as each change) is checked here 
 things an attacker with write access to the database cannot all fake: the canonical bytes of each
 entry (its stored leaf hash), the tree heads signed by the audit key (kept out of the database),
 and the certificates and revocations themselves (each must have its entry, with the same DER).
+
+Whatever checks a tree head is given the audit key it trusts: never one that came with the data
+being checked (an export, a proof), since whoever rewrote the data could have re-signed it.
 """
 
 from __future__ import annotations
@@ -17,9 +20,7 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
     PublicKeyTypes,
@@ -36,7 +37,8 @@ from vouch.audit.merkle import (
     verify_inclusion,
 )
 from vouch.clock import Clock
-from vouch.errors import BadInput, NotFound
+from vouch.errors import AuthenticationFailed, BadInput, NotFound
+from vouch.keys.verify import verify_signature
 from vouch.store.audit import AuditStore, StoredEntry, TreeHead
 from vouch.x509.serials import format_serial, parse_serial
 from vouch.x509.signing import sign_data
@@ -75,15 +77,16 @@ def head_from_json(data: dict[str, Any]) -> TreeHead:
 
 
 def check_head_signature(head: TreeHead, public_key: PublicKeyTypes) -> bool:
-    if head.key_id != key_id(public_key) or not isinstance(public_key, ec.EllipticCurvePublicKey):
+    """Whether ``public_key`` signed ``head``, checked as ``sign_data`` signs with the audit key
+    whatever its type (ECDSA with SHA-384 on P-384 and SHA-256 on P-256 and P-521, RSA PKCS#1
+    v1.5 with SHA-256, pure Ed25519 and Ed448)."""
+    if head.key_id != key_id(public_key):
         return False
     try:
-        public_key.verify(
-            head.signature,
-            head_bytes(head.size, head.root, head.timestamp),
-            ec.ECDSA(hashes.SHA256() if public_key.curve.key_size < 384 else hashes.SHA384()),
+        verify_signature(
+            public_key, head.signature, head_bytes(head.size, head.root, head.timestamp)
         )
-    except InvalidSignature:
+    except (AuthenticationFailed, BadInput):  # BadInput: a key type that cannot sign
         return False
     return True
 
@@ -245,8 +248,16 @@ class AuditLog:
         return self.prove_index(found[0].seq)
 
     def prove_index(self, index: int) -> dict[str, Any]:
+        if index < 0:
+            raise BadInput("an entry's index is 0 or more")
+        # Checked before anything is signed: anyone may ask (GET /audit/proof/inclusion), and
+        # an index beyond the log must not make the CA sign and store a tree head per request.
+        if index >= self._store.head().size:
+            raise NotFound(f"entry {index} is not in the log yet")
         head = self.latest_head()
         if index >= head.size:
+            # The entry is newer than the newest head: sign one that covers it (at most one per
+            # growth of the log; the next request for it finds this head).
             head = self.sign_head() or head
         if index >= head.size:
             raise NotFound(f"entry {index} is not in the log yet")
@@ -405,33 +416,70 @@ class AuditLog:
             yield {"type": "tree-head", **head_json(head)}
 
     def witness(self, saved: TreeHead) -> list[str]:
-        """Problems with a tree head saved earlier (empty: it is consistent with today's log)."""
+        """Problems with a tree head saved earlier (empty: today's log extends it).
+
+        Every leaf is recomputed from its entry's content, as ``verify`` does: the stored leaf
+        hashes are only what the database says, and whoever edited an entry could leave them."""
         if not check_head_signature(saved, self._public_key()):
             return ["the saved tree head's signature is not from this log's audit key"]
-        current = self._store.head()
+        try:
+            current = self._store.head()
+        except ValueError:
+            return ["the log head row is inconsistent: the head row was altered"]
         if saved.size > current.size:
             return [
                 f"the saved tree head covers {saved.size} entries but the log now has "
                 f"{current.size}: entries were removed"
             ]
-        try:
-            leaves = self._store.leaf_hashes(current.size)
-        except NotFound as exc:
-            return [exc.message]
-        if root_of(leaves[: saved.size]) != saved.root:
-            return [
+        problems: list[str] = []
+        compact = CompactRange()
+        prefix = compact.root() if saved.size == 0 else None  # the root of the first saved.size
+        # closing(): witness may stop early, and the entries' server-side cursor must not leak.
+        with closing(self._store.entries(0, current.size)) as entries:
+            for entry in entries:
+                if entry.seq != compact.size:
+                    problems.append(
+                        f"audit log entry {compact.size} is missing (the next one is {entry.seq})"
+                    )
+                    return problems
+                recomputed = recompute(entry)
+                if recomputed != entry.leaf_hash:
+                    problems.append(
+                        f"audit log entry {entry.seq} ({entry.kind} {entry.subject}) was altered: "
+                        "its content does not hash to its recorded leaf"
+                    )
+                compact.append(recomputed if recomputed is not None else entry.leaf_hash)
+                if compact.size == saved.size:
+                    prefix = compact.root()
+        if compact.size != current.size:
+            problems.append(
+                f"audit log entry {compact.size} is missing (the log head row counts "
+                f"{current.size} entries)"
+            )
+            return problems
+        if prefix != saved.root:
+            problems.append(
                 f"the log's first {saved.size} entries no longer hash to the saved root: "
                 "history was rewritten"
-            ]
-        if saved.size and current.size > saved.size:
-            proof = consistency_proof(saved.size, leaves)
-            if not verify_consistency(saved.size, current.size, saved.root, current.root(), proof):
-                return ["the log is not an extension of the saved tree head"]
-        return []
+            )
+        elif compact.root() != current.root():
+            # The saved head holds; but the next head would be signed over the head row.
+            problems.append(
+                f"the log head row does not match the log's {current.size} entries: the head "
+                "row was altered"
+            )
+        return problems
 
 
-def check_proof(proof: dict[str, Any], public_key: PublicKeyTypes) -> list[str]:
-    """Verify an inclusion or consistency proof offline, given only the audit public key."""
+def check_proof(
+    proof: dict[str, Any], public_key: PublicKeyTypes, *, old_head: TreeHead | None = None
+) -> list[str]:
+    """Verify an inclusion or consistency proof offline, given only the audit public key (and,
+    for a consistency proof, ``old_head``: a signed tree head the checker saved earlier).
+
+    A consistency proof's first root is whatever the prover wrote: unless it is compared with a
+    head the checker already holds, the proof shows only that two roots are self-consistent,
+    which anyone can compute for a rewritten log. So without ``old_head`` it is refused."""
     problems: list[str] = []
     try:
         kind = proof["type"]
@@ -462,6 +510,21 @@ def check_proof(proof: dict[str, Any], public_key: PublicKeyTypes) -> list[str]:
                     problems.append("the tree head's signature does not verify with the audit key")
                 if head.size != second or head.root != second_root:
                     problems.append("the tree head is not the proof's second tree")
+            if old_head is None:
+                problems.append(
+                    "no tree head you saved vouches for the proof's first root: without one the "
+                    "proof shows only that two roots are self-consistent (pass --old-head)"
+                )
+            else:
+                if not check_head_signature(old_head, public_key):
+                    problems.append(
+                        "the saved tree head's signature does not verify with the audit key"
+                    )
+                if old_head.size != first or old_head.root != first_root:
+                    problems.append(
+                        f"the proof does not start at the saved tree head (size {old_head.size}):"
+                        f" its first tree (size {first}) is another"
+                    )
             if not verify_consistency(first, second, first_root, second_root, path):
                 problems.append("the consistency proof does not hold")
         else:
@@ -471,38 +534,55 @@ def check_proof(proof: dict[str, Any], public_key: PublicKeyTypes) -> list[str]:
     return problems
 
 
-def verify_export(
-    records: Iterable[dict[str, Any]],
-    public_key: PublicKeyTypes | None,
-    progress: Progress | None = None,
-) -> VerifyReport:
-    """Verify an export without vouch's store: every leaf, the tree, every signed head.
+@dataclass(frozen=True)
+class Export:
+    """An export's entries and tree heads, and the audit key it names (which proves nothing: a
+    forger re-signs the heads with a key of their own and writes that key in)."""
 
-    The export's own key is used only when none is given (pass the key you trust)."""
-    report = VerifyReport()
+    entries: list[StoredEntry]
+    heads: list[TreeHead]
+    named_key: PublicKeyTypes | None
+
+
+def read_export(records: Iterable[dict[str, Any]]) -> Export:
+    """Parse the records of ``AuditLog.export`` (one JSON object each)."""
     entries: list[StoredEntry] = []
     heads: list[TreeHead] = []
-    exported_key: PublicKeyTypes | None = None
-    for record in records:
-        kind = record.get("type")
-        if kind == "entry":
-            entries.append(
-                StoredEntry(
-                    seq=int(record["seq"]),
-                    at=parse_time(record["at"]),
-                    kind=str(record["kind"]),
-                    subject=str(record["subject"]),
-                    data=json.dumps(record["data"]),
-                    leaf_hash=bytes.fromhex(record["leaf_hash"]),
+    named_key: PublicKeyTypes | None = None
+    for number, record in enumerate(records, start=1):
+        try:
+            kind = record.get("type")
+            if kind == "entry":
+                entries.append(
+                    StoredEntry(
+                        seq=int(record["seq"]),
+                        at=parse_time(record["at"]),
+                        kind=str(record["kind"]),
+                        subject=str(record["subject"]),
+                        data=json.dumps(record["data"]),
+                        leaf_hash=bytes.fromhex(record["leaf_hash"]),
+                    )
                 )
-            )
-        elif kind == "tree-head":
-            heads.append(head_from_json(record))
-        elif kind == "audit-key":
-            exported_key = serialization.load_pem_public_key(record["public_key"].encode())
-    key = public_key or exported_key
-    if key is None:
-        raise BadInput("the export holds no audit key; pass --key")
+            elif kind == "tree-head":
+                heads.append(head_from_json(record))
+            elif kind == "audit-key":
+                named_key = serialization.load_pem_public_key(record["public_key"].encode())
+        except (AttributeError, KeyError, ValueError, TypeError) as exc:
+            raise BadInput(f"record {number} of the export is not a vouch audit record") from exc
     entries.sort(key=lambda e: e.seq)
-    verify_entries(entries, heads, key, report, progress=progress)
+    return Export(entries, heads, named_key)
+
+
+def verify_export(
+    export: Export, public_key: PublicKeyTypes, progress: Progress | None = None
+) -> VerifyReport:
+    """Verify an export without vouch's store: every leaf, the tree, every signed head, each
+    head against ``public_key``: the key the verifier trusts, never one taken from the export."""
+    report = VerifyReport()
+    if export.named_key is not None and key_id(export.named_key) != key_id(public_key):
+        report.problems.append(
+            f"the export names the audit key SHA256:{key_id(export.named_key)}, not the trusted "
+            f"SHA256:{key_id(public_key)}: its tree heads are checked with the trusted key"
+        )
+    verify_entries(export.entries, export.heads, public_key, report, progress=progress)
     return report
