@@ -30,7 +30,10 @@ from tests.conftest import make_home, require_tool
 from tests.servers import VOUCH, VouchServer, free_port, run_vouch, set_config, vouch_env
 
 from vouch.agent import files
-from vouch.agent.config import load_agent_config
+from vouch.agent.config import CertificateSpec, load_agent_config
+from vouch.agent.daemon import Agent
+from vouch.agent.status import read_status
+from vouch.clock import FixedClock
 from vouch.errors import Unavailable
 from vouch.wiring import DEFAULT_LINT_ALLOW
 
@@ -522,3 +525,127 @@ combined_path = "tls/c.all"
     assert files.recover(spec, state) is False
     assert not stray.exists()
     assert files.read_installed(spec).key_matches  # type: ignore[union-attr]
+
+
+# -- reloads that are owed -------------------------------------------------------------------------
+
+
+def _offline_agent(tmp_path: Path, reload: list[str]) -> tuple[Path, CertificateSpec]:
+    """An agent configuration whose CA is unreachable (these tests renew nothing), for one
+    certificate written as key + chain, with ``reload`` as its reload command."""
+    (tmp_path / "tls").mkdir()
+    config_path = tmp_path / "agent.toml"
+    config_path.write_text(f"""
+[acme]
+directory = "https://127.0.0.1:1/acme/directory"
+account_key = "account.key"
+[challenge]
+listen = "127.0.0.1:1"
+[agent]
+state_dir = "state"
+[[certificate]]
+name = "c"
+names = ["c.example"]
+key_path = "tls/c.key"
+chain_path = "tls/c.pem"
+reload = {json.dumps(reload)}
+""")
+    (tmp_path / "state").mkdir()
+    return config_path, load_agent_config(config_path).certificate[0]
+
+
+def _day_long_chain(key: ec.EllipticCurvePrivateKey) -> bytes:
+    name = x509.Name([])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("c.example")]), False)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def test_an_install_rolled_forward_at_start_is_reloaded(tmp_path: Path) -> None:
+    """The agent dies after the commit record, before the renames and the reload: at the next
+    start the install is finished and the service is reloaded onto the new files."""
+    reloads = tmp_path / "reloads"
+    config_path, spec = _offline_agent(tmp_path, ["sh", "-c", f"echo reload >> {reloads}"])
+    state = tmp_path / "state"
+    old_key, new_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(2))
+    files.install(spec, state, old_key, _day_long_chain(old_key))
+    files.clear_reload_pending(spec, state)  # the old pair was loaded
+
+    def crash(pairs: list[tuple[Path, Path]]) -> None:
+        raise OSError(5, "simulated crash")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(files, "_apply", crash)
+        with pytest.raises(Unavailable, match="cannot install"):
+            files.install(spec, state, new_key, _day_long_chain(new_key))
+    assert (state / "c.commit").exists() and files.reload_pending(spec, state)
+    # An install record left by an agent that wrote no reload marker is rolled forward and
+    # reloaded all the same.
+    (state / "c.reload").unlink()
+
+    agent = Agent(load_agent_config(config_path))
+    installed = files.read_installed(spec)
+    assert installed is not None and installed.leaf.public_key() == new_key.public_key()
+    assert agent.tracked[0].reload_pending
+    result = agent.run_once()
+    assert result.failed == [] and result.renewed == []
+    assert reloads.read_text().splitlines() == ["reload"]
+    assert not files.reload_pending(spec, state)
+    status = read_status(state).certificates[0]
+    assert not status.reload_pending and status.last_error is None
+    # Reloaded once: the next pass (and the next start) owes nothing.
+    agent.run_once()
+    Agent(load_agent_config(config_path)).run_once()
+    assert reloads.read_text().splitlines() == ["reload"]
+
+
+def test_a_failed_reload_is_retried_until_it_succeeds(tmp_path: Path) -> None:
+    """A reload command that fails leaves its marker and is tried again: at every ``--once``
+    pass, by the daemon after its backoff, and by a new agent process; status reports it."""
+    attempts, down = tmp_path / "attempts", tmp_path / "down"
+    config_path, spec = _offline_agent(
+        tmp_path, ["sh", "-c", f"echo try >> {attempts}; test ! -e {down} || exit 7"]
+    )
+    state = tmp_path / "state"
+    key = ec.generate_private_key(ec.SECP256R1())
+    files.install(spec, state, key, _day_long_chain(key))  # as a renewal does
+    down.touch()
+
+    def tries() -> int:
+        return len(attempts.read_text().splitlines()) if attempts.exists() else 0
+
+    clock = FixedClock(dt.datetime.now(dt.UTC))
+    agent = Agent(load_agent_config(config_path), clock=clock)
+    assert agent.run_once().failed == ["c"] and tries() == 1
+    status = read_status(state).certificates[0]
+    assert status.reload_pending and status.reload_failures == 1
+    assert status.last_error is not None and "reload command failed" in status.last_error
+    assert files.reload_pending(spec, state)
+    assert agent.run_once().failed == ["c"] and tries() == 2  # --once: every pass tries
+
+    # The daemon's passes back off (from retry_min, 30s, doubling, jittered): not again at
+    # once, then again once the time has come.
+    retry_at = agent.tracked[0].reload_retry_at
+    assert retry_at is not None and retry_at > clock.now()
+    assert read_status(state).certificates[0].next_reload is not None
+    assert agent.sweep([]).failed == [] and tries() == 2
+    clock.advance(retry_at - clock.now() + dt.timedelta(seconds=1))
+    assert agent.sweep([]).failed == ["c"] and tries() == 3
+    assert agent.tracked[0].reload_failures == 3
+
+    # A new process owes the reload too (the marker), and it succeeds once the service is up.
+    down.unlink()
+    fresh = Agent(load_agent_config(config_path))
+    assert fresh.tracked[0].reload_pending
+    assert fresh.run_once().failed == [] and tries() == 4
+    status = read_status(state).certificates[0]
+    assert not status.reload_pending and status.reload_failures == 0
+    assert status.last_error is None and not files.reload_pending(spec, state)
+    fresh.run_once()
+    assert tries() == 4

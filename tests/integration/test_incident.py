@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import os
 import re
+import signal
 import socket
 import ssl
 import subprocess
@@ -29,9 +30,10 @@ from cryptography.hazmat.primitives import serialization
 from tests.acme_client import Client, http01_responder
 from tests.acme_load import AcmeWorker, Outcome
 from tests.conftest import make_home, passphrase, require_tool
-from tests.servers import VouchServer, free_port, run_vouch, set_config
+from tests.servers import VOUCH, VouchServer, free_port, run_vouch, set_config, vouch_env
 
 from vouch.acme.ari import cert_id_of
+from vouch.errors import Unavailable
 from vouch.wiring import DEFAULT_LINT_ALLOW, Vouch
 from vouch.x509.keypolicy import spki_sha256
 
@@ -348,6 +350,94 @@ def test_offline_root_finishes_with_the_ceremony_transcript(tmp_path: Path) -> N
         assert vouch.revocations.blocked_among({spki_sha256(spki)})
     finally:
         vouch.close()
+
+
+def _declared_home(tmp_path: Path) -> Path:
+    """A home (online root) with a standby, a certificate under ``issuing``, and an incident
+    declared for ``issuing``."""
+    home = tmp_path / "home"
+    make_home(home).close()
+    run_vouch(home, "ca", "new-intermediate", "issuing-2", "--standby")
+    _cert_new(home, "a.example.com", tmp_path / "old")
+    run_vouch(home, "incident", "declare", "--ca", "issuing", "--reason", "keyCompromise")
+    return home
+
+
+def _check_finished_once(home: Path) -> None:
+    """The incident closed, the CA revoked once, its key blocked, and the root's newest stored
+    CRL (not one made now by the check) lists the CA."""
+    vouch = Vouch(home, passphrase=passphrase)
+    try:
+        issuing = vouch.store.get_authority("issuing")
+        assert issuing.status == "revoked"
+        root = vouch.store.get_authority("root")
+        latest = vouch.revocations.latest_crl(root.id, -1)
+        assert latest is not None
+        crl = x509.load_der_x509_crl(latest.der)
+        entry = crl.get_revoked_certificate_by_serial_number(int(issuing.serial, 16))
+        assert entry is not None, "the root's CRL does not list the revoked CA"
+        reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
+        assert reason == x509.ReasonFlags.key_compromise
+        spki = x509.load_der_x509_certificate(issuing.certificate).public_key()
+        assert vouch.revocations.blocked_among({spki_sha256(spki)})
+        events = vouch.store.list_events()
+        about_ca = [kind for _, kind, subject, _ in events if subject == issuing.serial]
+        assert about_ca.count("certificate.revoked") == 1
+        assert [kind for _, kind, _, _ in events].count("ca.revoked") == 1
+        assert [kind for _, kind, _, _ in events].count("incident.finished") == 1
+    finally:
+        vouch.close()
+    assert _status(home)["status"] == "finished"
+    assert "audit log verified" in run_vouch(home, "audit", "verify").stdout
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        "revoke-ca.between",  # the CA's certificate revoked, the CA not yet
+        "incident.before-root-crl",  # the CA revoked, the root's CRL not yet signed
+    ],
+)
+def test_a_finish_killed_midway_is_resumed(tmp_path: Path, fault: str) -> None:
+    """``vouch incident finish`` killed (SIGKILL) between its steps: the next run goes on where
+    it stopped and leaves the CA revoked on a root CRL that lists it, the incident closed."""
+    home = _declared_home(tmp_path)
+    env = vouch_env()
+    env["VOUCH_FAULT"] = fault
+    killed = subprocess.run(
+        [VOUCH, "--home", str(home), "incident", "finish", "--force"],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    assert _status(home)["status"] == "open"
+    resumed = run_vouch(home, "incident", "finish", check=False)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "already revoked" not in resumed.stderr and "finished" in resumed.stdout
+    _check_finished_once(home)
+
+
+def test_a_failed_root_crl_is_signed_when_finish_runs_again(tmp_path: Path) -> None:
+    """The root CRL's signing fails after the CA's revocation committed: the incident stays
+    open, and the next ``finish`` signs the root CRL before it closes the incident."""
+    home = _declared_home(tmp_path)
+    vouch = Vouch(home, passphrase=passphrase)
+    try:
+        service = vouch.incident_service()
+        incident = service.find("issuing")
+        root_key = vouch.ca_key(vouch.store.get_authority("root"))
+
+        def fails(*args: object) -> int:
+            raise Unavailable("the root CRL could not be signed")
+
+        service._root_crl = fails  # type: ignore[method-assign]
+        with pytest.raises(Unavailable):
+            service.finish(incident, force=True, root_key=root_key)
+        assert vouch.store.get_authority("issuing").status == "revoked"
+        assert service.find("issuing").status == "open"
+    finally:
+        vouch.close()
+    run_vouch(home, "incident", "finish")
+    _check_finished_once(home)
 
 
 def test_drill_fleet_of_1000(tmp_path: Path) -> None:

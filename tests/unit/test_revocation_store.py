@@ -51,6 +51,43 @@ def test_revocation_is_once_and_final(store_home: Vouch) -> None:
     assert store_home.revocations.revision(store_home.store.get_authority("issuing").id) == 1
 
 
+def test_an_interrupted_ca_revocation_is_completed(
+    store_home: Vouch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``revoke_ca`` cut short between its two transactions (the CA's certificate revoked, the
+    CA not yet): running it again completes the CA's revocation with the recorded reason and
+    time, once; a third time says the CA is revoked."""
+    store_home.create_intermediate(
+        "second", key_type="ec-p256", validity=dt.timedelta(days=400), root_key_dir=None
+    )
+    revocations = store_home.revocations
+
+    def die(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the process died here")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(revocations, "mark_ca_revoked", die)
+        with pytest.raises(RuntimeError):
+            store_home.revoker(publish=False).revoke_ca("second", "keyCompromise")
+    second = store_home.store.get_authority("second")
+    assert second.status != "revoked"
+    [row] = revocations.find_issued(second.serial, "root")
+    assert row.revoked_at is not None and row.revocation_reason == "keyCompromise"
+
+    # Resumed (with another reason given: the recorded one stands).
+    resumed = store_home.revoker(publish=False).revoke_ca("second", "superseded")
+    assert (resumed.reason, resumed.revoked_at) == ("keyCompromise", row.revoked_at)
+    assert resumed.key_blocked and resumed.ca == "root"
+    assert store_home.store.get_authority("second").status == "revoked"
+    assert revocations.ca_revocation(second.id) == (row.revoked_at, "keyCompromise")
+    with pytest.raises(AlreadyRevoked, match="CA second is already revoked"):
+        store_home.revoker(publish=False).revoke_ca("second", "keyCompromise")
+    kinds = [kind for _, kind, subject, _ in store_home.store.list_events() if subject in (
+        second.name, row.serial
+    )]  # fmt: skip
+    assert kinds.count("certificate.revoked") == 1 and kinds.count("ca.revoked") == 1
+
+
 def test_concurrent_revocations_of_one_certificate_record_one(store_home: Vouch) -> None:
     issued = _issue(store_home, "race.example.com")
     outcomes: list[str] = []

@@ -54,6 +54,11 @@ class Tracked:
     ari_suggested: dt.datetime | None = None
     ari_next: dt.datetime | None = None
     unreadable: str | None = None  # why the installed file cannot be used
+    # New files the service has not loaded yet (mirrors the state directory's reload marker).
+    reload_pending: bool = False
+    reload_failures: int = 0
+    reload_retry_at: dt.datetime | None = None
+    reload_error: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -115,6 +120,9 @@ class Agent:
                 log.warning(
                     "%s: finished an interrupted install of its key and chain", item.spec.name
                 )
+            # Reloaded at the first pass: files rolled forward just now, or installed before a
+            # reload that failed or never ran.
+            item.reload_pending = files.reload_pending(item.spec, self.state_dir)
         self._renewal_info: bool | None = None
 
     # -- checking ----------------------------------------------------------------------------------
@@ -238,6 +246,7 @@ class Agent:
             now = self.clock.now()
             item.failures, item.retry_at, item.last_error = 0, None, None
             item.last_renewed, item.renewals = now, item.renewals + 1
+            item.reload_pending, item.reload_failures, item.reload_retry_at = True, 0, None
             self._assess(item)
             leaf = item.installed.leaf if item.installed else None
             log.info(
@@ -294,34 +303,74 @@ class Agent:
             item.spec.name, item.failures, message, delay.total_seconds(), left,
         )  # fmt: skip
 
-    def _reload(self, renewed: list[Tracked]) -> list[str]:
-        """Each distinct reload command once; the names whose reload failed."""
+    def reload(self) -> list[str]:
+        """Run the reload command of every certificate whose installed files the service may
+        not have loaded yet (just renewed, rolled forward at start, or after a failed reload
+        once its backoff is over): each distinct command once. Returns the names whose reload
+        failed; each stays pending, its marker kept, and is tried again at a later pass."""
+        now = self.clock.now()
         commands: dict[tuple[str, ...], list[Tracked]] = {}
-        for item in renewed:
+        for item in self.tracked:
+            if not item.reload_pending:
+                continue
             reload = item.spec.reload
-            if reload:
-                argv = tuple(shlex.split(reload) if isinstance(reload, str) else reload)
-                commands.setdefault(argv, []).append(item)
+            if not reload:
+                self._reloaded(item)  # nothing to run
+                continue
+            argv = tuple(shlex.split(reload) if isinstance(reload, str) else reload)
+            commands.setdefault(argv, []).append(item)
         failed: list[str] = []
         for argv, items in commands.items():
+            if all(i.reload_retry_at is not None and i.reload_retry_at > now for i in items):
+                continue  # backing off after a failure
             try:
                 result = self._run(list(argv))
                 ok, detail = result.returncode == 0, (result.stderr or result.stdout).strip()[-500:]
+                detail = detail or f"exit status {result.returncode}"
             except (OSError, subprocess.TimeoutExpired) as exc:
                 ok, detail = False, f"{type(exc).__name__}: {exc}"
             names = ", ".join(i.spec.name for i in items)
             if ok:
                 log.info("reloaded with `%s` for %s", shlex.join(argv), names)
+                for item in items:
+                    self._reloaded(item)
                 continue
-            log.error("reload `%s` for %s failed: %s", shlex.join(argv), names, detail)
             for item in items:
-                item.last_error = f"installed, but the reload command failed: {detail}"
+                self._reload_failed(item, detail)
                 failed.append(item.spec.name)
+            retry = min(i.reload_retry_at for i in items if i.reload_retry_at is not None)
+            log.error(
+                "reload `%s` for %s failed (attempt %d): %s; next try in %.1fs",
+                shlex.join(argv), names, items[0].reload_failures, detail,
+                (retry - now).total_seconds(),
+            )  # fmt: skip
         return failed
 
+    def _reloaded(self, item: Tracked) -> None:
+        try:
+            files.clear_reload_pending(item.spec, self.state_dir)
+        except VouchError as exc:  # reloaded once more at the next start: harmless
+            log.warning("%s: %s", item.spec.name, exc.message)
+        if item.reload_error is not None and item.last_error == item.reload_error:
+            item.last_error = None
+        item.reload_pending, item.reload_failures = False, 0
+        item.reload_retry_at = item.reload_error = None
+
+    def _reload_failed(self, item: Tracked, detail: str) -> None:
+        now = self.clock.now()
+        item.reload_failures += 1
+        item.reload_error = item.last_error = f"installed, but the reload command failed: {detail}"
+        not_after = item.installed.leaf.not_valid_after_utc if item.installed else None
+        item.reload_retry_at = now + retry_delay(
+            item.reload_failures, now=now, not_after=not_after,
+            minimum=self.config.agent.retry_min_delta,
+            maximum=self.config.agent.retry_max_delta, rng=self.rng,
+        )  # fmt: skip
+
     def sweep(self, due: list[Tracked]) -> PassResult:
+        """Renew the certificates that are due, then run the reloads that are owed."""
         if not due:
-            return PassResult([], [])
+            return PassResult([], self.reload())
         for item in due:
             assert item.plan is not None
             log.info("%s: renewing now: %s", item.spec.name, item.plan.reason)
@@ -334,10 +383,11 @@ class Agent:
         except VouchError as exc:  # the challenge responder could not start: every one fails
             for item in due:
                 self._failed(item, exc.message)
-            return PassResult([], [i.spec.name for i in due])
+            failed = [i.spec.name for i in due]
+            return PassResult([], failed + [n for n in self.reload() if n not in failed])
         renewed = [i for i, ok in zip(due, outcomes, strict=True) if ok]
         failed = [i.spec.name for i, ok in zip(due, outcomes, strict=True) if not ok]
-        failed += self._reload(renewed)
+        failed += [n for n in self.reload() if n not in failed]
         return PassResult([i.spec.name for i in renewed], failed)
 
     def due(self) -> list[Tracked]:
@@ -352,7 +402,7 @@ class Agent:
         self.check()
         now = self.clock.now()
         for item in self.tracked:
-            item.retry_at = None
+            item.retry_at = item.reload_retry_at = None
             if force:
                 item.plan = Plan(now, "renewal forced (--force)")
         result = self.sweep(self.due())
@@ -365,14 +415,15 @@ class Agent:
         while not stop.is_set():
             self.check()
             due = self.due()
+            self.sweep(due)  # with nothing due: the owed reloads only
             if due:
-                self.sweep(due)
                 self.check()
             self.write_status()
             now = self.clock.now()
             wake = min(
                 [i.due_at for i in self.tracked]
                 + [i.ari_next for i in self.tracked if i.ari_next is not None]
+                + [i.reload_retry_at for i in self.tracked if i.reload_retry_at is not None]
                 + [now + MAX_SLEEP]
             )
             pause = max((wake - now).total_seconds(), 0.05)
@@ -400,6 +451,9 @@ class Agent:
                     last_error=item.last_error,
                     last_renewed=iso(item.last_renewed),
                     renewals=item.renewals,
+                    reload_pending=item.reload_pending,
+                    reload_failures=item.reload_failures,
+                    next_reload=iso(item.reload_retry_at) if item.reload_pending else None,
                 )
             )
         return AgentStatus(

@@ -6,6 +6,11 @@ targets (chain before key), and the record is removed. A crash before the record
 stray new files, which are discarded; a crash after it is rolled forward at the next start, so the
 pair on disk ends up either entirely old or entirely new.
 
+Before the commit record, a reload marker (``NAME.reload``) is written to the state directory
+too; the agent removes it only once the certificate's reload command has succeeded, so a service
+still holding the old files (an install rolled forward at start, a reload that failed, a crash
+before the reload) is reloaded at the agent's next pass or start.
+
 A reader that opens the key and the chain as two files can still open one just before and one
 just after the renames; ``combined_path`` (key and chain in one file, one rename) closes that
 gap, and is what docs/agent.md recommends for nginx.
@@ -91,6 +96,40 @@ def _commit_path(state_dir: Path, spec: CertificateSpec) -> Path:
     return state_dir / f"{spec.name}.commit"
 
 
+def _reload_path(state_dir: Path, spec: CertificateSpec) -> Path:
+    return state_dir / f"{spec.name}.reload"
+
+
+def mark_reload_pending(spec: CertificateSpec, state_dir: Path) -> None:
+    """Durably note that the service must load this certificate's files again (written before
+    they change)."""
+    path = _reload_path(state_dir, spec)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(state_dir)
+    except OSError as exc:
+        raise Unavailable(f"cannot write {path}: {describe_os_error(exc)}") from exc
+
+
+def reload_pending(spec: CertificateSpec, state_dir: Path) -> bool:
+    """Whether new files were installed that the service may not have loaded yet."""
+    return _reload_path(state_dir, spec).exists()
+
+
+def clear_reload_pending(spec: CertificateSpec, state_dir: Path) -> None:
+    """The service has loaded this certificate's files (its reload command succeeded)."""
+    path = _reload_path(state_dir, spec)
+    try:
+        path.unlink(missing_ok=True)
+        fsync_dir(state_dir)
+    except OSError as exc:
+        raise Unavailable(f"cannot remove {path}: {describe_os_error(exc)}") from exc
+
+
 def _write_new(target: Path, data: bytes, mode: int, uid: int, gid: int) -> Path:
     new = _new_path(target)
     try:
@@ -159,6 +198,8 @@ def install(
                           spec.chain_path))  # fmt: skip
             pairs.append((_write_new(spec.key_path, key_pem, spec.file_mode, uid, gid),
                           spec.key_path))  # fmt: skip
+        # Before anything is switched: the reload is owed from the first rename on.
+        mark_reload_pending(spec, state_dir)
     except BaseException:
         for new, _ in pairs:
             with contextlib.suppress(OSError):
@@ -179,7 +220,7 @@ def install(
 
 def recover(spec: CertificateSpec, state_dir: Path) -> bool:
     """Finish an interrupted install (roll forward) or discard stray new files; True if files
-    were switched."""
+    were switched (their reload is then pending: see ``reload_pending``)."""
     commit = _commit_path(state_dir, spec)
     try:
         pairs = [(Path(n), Path(t)) for n, t in json.loads(commit.read_text(encoding="utf-8"))]
@@ -188,6 +229,7 @@ def recover(spec: CertificateSpec, state_dir: Path) -> bool:
     except (OSError, ValueError, TypeError) as exc:
         raise Unavailable(f"cannot read the interrupted install record {commit}") from exc
     if pairs:
+        mark_reload_pending(spec, state_dir)  # already there, unless an older agent installed
         try:
             _apply(pairs)
             commit.unlink()

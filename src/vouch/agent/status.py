@@ -31,6 +31,11 @@ class CertificateStatus:
     last_error: str | None
     last_renewed: str | None
     renewals: int
+    # Installed files the service has not loaded yet: its reload command is owed (retried at
+    # every pass, with backoff after failures; next_reload is when, if backing off).
+    reload_pending: bool = False
+    reload_failures: int = 0
+    next_reload: str | None = None
 
 
 @dataclass(frozen=True)

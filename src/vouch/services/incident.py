@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 
 from vouch.clock import Clock
 from vouch.errors import BadInput, Conflict, NotFound
+from vouch.faults import checkpoint
 from vouch.services.ceremony_import import CeremonyImporter
 from vouch.services.revocation import LEAF_REASONS, Revoker, check_reason
 from vouch.store.incident import (
@@ -406,7 +407,9 @@ class IncidentService:
                 )
             revoked = self._revoke_leaves(incident, compromised, leaf_reason, now)
             notes += self._publish(compromised)
-        if compromised.status != "revoked":
+        # Done only when the CA is revoked and its root's CRL lists it: a run cut short between
+        # the two (the root CRL's signing failed, or the process died) signs it now.
+        if compromised.status != "revoked" or not self._on_root_crl(compromised):
             step = self._revoke_ca(incident, compromised, root_key, transcript)
             if step is not None:
                 return Finished(
@@ -472,10 +475,16 @@ class IncidentService:
         root_key: CertificateIssuerPrivateKeyTypes | None,
         transcript: tuple[bytes, bytes] | None,
     ) -> str | None:
-        """The CA on its root's CRL; returns the ceremony step when that must happen offline."""
+        """The CA revoked and on its root's CRL; returns the ceremony step when that must happen
+        offline. Each part is skipped when done, so a run cut short goes on where it stopped."""
         assert compromised.parent_id is not None
         root = self._store.authority_by_id(compromised.parent_id)
         reason = "keyCompromise" if incident.reason == "keyCompromise" else "cACompromise"
+        if compromised.status != "revoked" and self._certificate_revoked(compromised, root):
+            # ``revoke_ca`` was cut short after the CA's certificate was revoked: the CA's own
+            # revocation is completed here (no key needed), with the reason and time recorded.
+            self._revoker.revoke_ca(compromised.name, reason)
+            compromised = self._store.get_authority(compromised.name)
         if transcript is not None:
             data, signature = transcript
             _check_transcript_revokes(data, compromised)
@@ -495,9 +504,32 @@ class IncidentService:
                 f"  vouch incident finish --ca {compromised.name} "
                 "--root-crl-transcript transcripts/NNNN-sign-crl.json"
             )
-        self._revoker.revoke_ca(compromised.name, reason)
+        if compromised.status != "revoked":
+            self._revoker.revoke_ca(compromised.name, reason)
+        checkpoint("incident.before-root-crl")  # crash-safety tests: CA revoked, root CRL not
         self._root_crl(root, root_key)
         return None
+
+    def _certificate_revoked(self, compromised: AuthorityRecord, root: AuthorityRecord) -> bool:
+        rows = self._store.certificates(
+            CertificateQuery(authority=root.name, serial=compromised.serial)
+        )
+        return any(row.revoked_at is not None for row in rows)
+
+    def _on_root_crl(self, compromised: AuthorityRecord) -> bool:
+        """Whether the root's newest CRL lists the revoked CA (or was made after every
+        revocation the root recorded, the CA's among them: an expired CA certificate may have
+        left the CRL)."""
+        assert compromised.parent_id is not None
+        newest = self._incidents.newest_full_crl(compromised.parent_id)
+        if newest is None:
+            return False
+        der, covers_all = newest
+        if covers_all:
+            return True
+        crl = x509.load_der_x509_crl(der)
+        listed = crl.get_revoked_certificate_by_serial_number(parse_serial(compromised.serial))
+        return listed is not None
 
     def _close(
         self, incident: IncidentRecord, compromised: AuthorityRecord, revoked_now: int

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 from vouch.clock import Clock
 from vouch.errors import BadInput, NotFound
+from vouch.faults import checkpoint
 from vouch.store.records import AuthorityRecord, CertificateRecord, NewEvent
 from vouch.store.repository import Store
-from vouch.store.revocations import RevocationStore
+from vouch.store.revocations import AlreadyRevoked, RevocationStore
 from vouch.x509.serials import format_serial, parse_serial
 
 LEAF_REASONS = (
@@ -162,7 +163,12 @@ class Revoker:
         return None
 
     def revoke_ca(self, name: str, reason: str) -> Revoked:
-        """Revoke an intermediate: its certificate on its issuer's CRL, and the CA retired."""
+        """Revoke an intermediate: its certificate on its issuer's CRL, and the CA retired.
+
+        Two transactions (the certificate's revocation, then the CA's): if the process dies
+        between them, running it again finds the certificate revoked and completes the CA's
+        revocation with the recorded reason and time, instead of refusing it as done."""
+        reason = check_reason(reason, CA_REASONS)
         authority = self._store.get_authority(name)
         if authority.role == "root" or authority.parent_id is None:
             raise BadInput(
@@ -170,9 +176,20 @@ class Revoker:
                 hint="revoke its intermediates instead, or distribute a new root",
             )
         parent = self._store.authority_by_id(authority.parent_id)
-        revoked = self.revoke(
-            authority.serial, reason, ca=parent.name, reasons=CA_REASONS, as_ca=True
-        )
+        if authority.status == "revoked":
+            raise AlreadyRevoked(
+                f"CA {name} is already revoked",
+                hint=f"revocation is final; `vouch crl --ca {parent.name}` (with --root-key DIR "
+                "for an offline root) signs its issuer's CRL again if that CRL is behind",
+            )
+        record = self.find(authority.serial, parent.name)
+        if record.revoked_at is None:
+            revoked = self.revoke(
+                authority.serial, reason, ca=parent.name, reasons=CA_REASONS, as_ca=True
+            )
+        else:
+            revoked = self._recorded(record)
+        checkpoint("revoke-ca.between")  # crash-safety tests: certificate revoked, CA not yet
         self._revocations.mark_ca_revoked(
             authority.id,
             revoked.reason,
@@ -184,3 +201,19 @@ class Revoker:
             ),
         )
         return revoked
+
+    def _recorded(self, record: CertificateRecord) -> Revoked:
+        """A CA certificate's revocation as recorded by an earlier, interrupted ``revoke_ca``
+        (its events are in the log already); its CRL is published again."""
+        assert record.revoked_at is not None
+        reason = record.revocation_reason or "unspecified"
+        if self._after_revoke is not None:
+            self._after_revoke(self._store.authority_by_id(record.authority_id), record)
+        return Revoked(
+            record.serial,
+            record.authority,
+            reason,
+            record.revoked_at,
+            record.invalidity_date,
+            reason in ("keyCompromise", "cACompromise"),
+        )
