@@ -88,7 +88,8 @@ class RevocationSettings(_Strict):
     crl_shards: int = Field(default=0, ge=0, le=1024)
     # The root's CRL (covering intermediates), signed in a ceremony when the root is offline.
     root_crl_validity: str = "180d"
-    # Pre-signed OCSP responses: validity, refreshed at half-life.
+    # Pre-signed OCSP responses: validity, refreshed at half-life (at most 4 days after
+    # thisUpdate, BR 4.9.10).
     ocsp_validity: str = "4d"
     # Delegated OCSP responder certificates: short-lived, renewed on their own.
     responder_validity: str = "14d"
@@ -313,7 +314,7 @@ tls_names = ["localhost", "127.0.0.1"]
 crl_validity = "7d"          # at most 10 days; regenerated at half-life and on each revocation
 crl_shards = 0               # N > 0 spreads leaves over N partitioned CRLs
 root_crl_validity = "180d"   # the root's CRL of intermediates (a ceremony when offline)
-ocsp_validity = "4d"         # pre-signed responses, 8 hours to 10 days, refreshed at half-life
+ocsp_validity = "4d"         # pre-signed responses, 8 hours to 10 days, refreshed at half-life (4 days at most)
 responder_validity = "14d"   # delegated OCSP responder certificates, renewed on their own
 check_interval = "5s"        # how often `vouch serve` looks for revocation data to refresh
 

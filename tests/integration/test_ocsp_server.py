@@ -717,6 +717,31 @@ def test_healthz_is_ok(pki: Pki) -> None:
     assert body["leader"] is True
 
 
+def test_a_revoked_responder_is_replaced_while_serving(pki: Pki) -> None:
+    """Revoking the delegated responder's certificate (with the CLI: another process) stops
+    it signing: the running server's answers, pre-signed and on demand, come from a new one,
+    and the old one's own status is "revoked". Runs last but one: it changes the responder."""
+    good = request_der(pki.good, pki.issuer)
+    old = verify_signed(pki, fetch(get_url(pki, good)).ocsp())
+    assert verify_signed(pki, post(pki, _nonce(pki, 16))) == old
+    run_vouch(pki.server.home, "cert", "revoke", f"{old.serial_number:X}", "--reason", "superseded")
+    deadline = time.monotonic() + 30
+    while True:
+        presigned = fetch(get_url(pki, good)).ocsp()
+        signed_now = post(pki, _nonce(pki, 16))
+        signers = {verify_signed(pki, presigned), verify_signed(pki, signed_now)}
+        if old not in signers:
+            break
+        assert time.monotonic() < deadline, "the revoked responder still signs"
+        time.sleep(0.5)
+    assert presigned.certificate_status == CertStatus.GOOD
+    assert signed_now.certificate_status == CertStatus.GOOD
+    own = post(pki, request_for_serial(pki, old.serial_number, hashes.SHA1()))
+    assert verify_signed(pki, own) != old
+    assert own.certificate_status == CertStatus.REVOKED
+    assert own.revocation_reason == x509.ReasonFlags.superseded
+
+
 def test_server_log_has_no_traceback(pki: Pki) -> None:
     output = pki.server.output()
     assert "Traceback" not in output and "Exception in ASGI" not in output, output

@@ -3,7 +3,9 @@
 Answering is a dictionary lookup: the same request bytes (what a client or CDN repeats) map
 straight to a response; otherwise the request is parsed once and its CertID looked up. Nothing
 expired is ever served from here, and a stale mark (a revocation in flight) drops the entry so
-the request falls through to the signing path.
+the request falls through to the signing path. Of two responses for one certificate, the newer
+version in the store wins, whatever the clocks of the nodes that signed them said; and a
+response that is not "good" always replaces a "good" one (a revocation never loses).
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from vouch.x509.ocsp import IssuerHashes, ParsedRequest, parse_request
 MAX_REQUEST_MEMO = 200_000
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per pre-signed response: slots keep them small
 class Cached:
     der: bytes
     expires: float  # nextUpdate, epoch seconds
     produced: float  # thisUpdate, epoch seconds
+    status: str = "good"  # good | revoked
+    version: int = 0  # the store's row version
 
 
 class OcspCache:
@@ -42,10 +46,19 @@ class OcspCache:
                 self._responses.pop(key, None)
                 continue
             current = self._responses.get(key)
-            produced = row.this_update.timestamp()
-            if current is not None and current.produced > produced:
+            if (
+                current is not None
+                and current.version > row.version
+                and (current.status != "good" or row.status == "good")
+            ):
                 continue  # an older version read again in the poll overlap
-            self._responses[key] = Cached(row.der, row.next_update.timestamp(), produced)
+            self._responses[key] = Cached(
+                row.der,
+                row.next_update.timestamp(),
+                row.this_update.timestamp(),
+                row.status,
+                row.version,
+            )
 
     def prune(self, now: float) -> None:
         """Forget responses past their nextUpdate (never served; their rows are deleted too)."""

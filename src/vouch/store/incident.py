@@ -19,9 +19,10 @@ from sqlalchemy.engine import Connection
 
 from vouch.errors import Conflict, NotFound
 from vouch.store.engine import Database
+from vouch.store.ocsp import claim_version
 from vouch.store.records import NewEvent
 from vouch.store.repository import append_events
-from vouch.store.revocations import bump_revision, next_version
+from vouch.store.revocations import bump_revision
 from vouch.store.tables import (
     acme_orders,
     authorities,
@@ -355,7 +356,7 @@ class IncidentStore:
                         ocsp_responses.c.authority_id == authority_id,
                         ocsp_responses.c.serial == bindparam("_serial"),
                     )
-                    .values(status="stale", der=None, version=next_version(at)),
+                    .values(status="stale", der=None, version=claim_version(conn)),
                     [{"_serial": r.serial} for r in todo],
                 )
                 bump_revision(conn, authority_id)

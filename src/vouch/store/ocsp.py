@@ -6,7 +6,19 @@ import datetime as dt
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, insert, or_, select, tuple_, update
+from sqlalchemy import (
+    Select,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.engine import Connection
 
 from vouch.store.engine import Database
@@ -14,9 +26,34 @@ from vouch.store.records import CertificateRecord, OcspRow, ResponderRecord
 from vouch.store.repository import certificate_record
 from vouch.store.tables import authorities, certificates, ocsp_responders, ocsp_responses
 
-# Pollers re-read this much behind the newest version they saw: versions are wall-clock
-# microseconds from several writers, so a row may commit with a version a little in the past.
+# Pollers re-read this much behind the newest version they saw. Versions are given inside the
+# writing transaction (``claim_version``): above every stored one and never behind the database's
+# clock, in microseconds, so no node's clock moves them. A row may still commit a little behind
+# one a poller saw (PostgreSQL's writers run side by side; stale marks of a revocation carry the
+# revoking node's clock): this window catches those late commits.
 POLL_OVERLAP_US = 30_000_000
+# The database's clock in microseconds since the epoch (one clock for all nodes).
+_DB_CLOCK_US = {
+    "postgresql": "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000 AS BIGINT)",
+    "sqlite": "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)",
+}
+_NEWEST_VERSION: dict[str, Select[Any, Any]] = {
+    dialect: select(func.max(ocsp_responses.c.version), literal_column(clock))
+    for dialect, clock in _DB_CLOCK_US.items()
+}
+_NEWEST_VERSION_ONLY: Select[Any, Any] = select(
+    func.max(ocsp_responses.c.version), literal_column("0")
+)
+STALE_BATCH = 2_000  # rows marked stale per transaction (a revoked responder's responses)
+_MARK_STALE = (
+    update(ocsp_responses)
+    .where(
+        ocsp_responses.c.authority_id == bindparam("_authority_id"),
+        ocsp_responses.c.serial == bindparam("_serial"),
+        ocsp_responses.c.version == bindparam("_version"),
+    )
+    .values(status="stale", der=None, version=bindparam("_new"))
+)
 _CHANGED_AFTER = (
     select(ocsp_responses)
     .where(ocsp_responses.c.version > bindparam("after"))
@@ -34,7 +71,8 @@ class OcspStore:
         self.db = db
 
     def put(self, rows: Sequence[OcspRow]) -> None:
-        """Insert or replace responses (one transaction)."""
+        """Insert or replace responses (one transaction). Their ``version`` is not taken from
+        the rows: the store gives all of them one, newer than any stored (``claim_version``)."""
         if not rows:
             return
         with self.db.begin() as conn:
@@ -46,7 +84,10 @@ class OcspStore:
                 for r in rows
                 if (r.authority_id, r.serial) not in revoked
             }
+            # Locks the rows (PostgreSQL) before the version is taken: of two writers of one
+            # row, the one that commits last has the higher version.
             existing = self._existing(conn, list(latest))
+            version = claim_version(conn)
             updates: list[dict[str, Any]] = []
             inserts: list[dict[str, Any]] = []
             for (authority_id, serial), row in latest.items():
@@ -57,7 +98,7 @@ class OcspStore:
                     "this_update": row.this_update,
                     "next_update": row.next_update,
                     "der": row.der,
-                    "version": row.version,
+                    "version": version,
                 }
                 (updates if (authority_id, serial) in existing else inserts).append(values)
             # One statement for each kind, run for all rows (executemany), not one per row.
@@ -102,9 +143,14 @@ class OcspStore:
         for authority_id in {a for a, _ in keys}:
             serials = [s for a, s in keys if a == authority_id]
             for first in range(0, len(serials), 500):
-                statement = select(ocsp_responses.c.serial).where(
-                    ocsp_responses.c.authority_id == authority_id,
-                    ocsp_responses.c.serial.in_(serials[first : first + 500]),
+                statement = (
+                    select(ocsp_responses.c.serial)
+                    .where(
+                        ocsp_responses.c.authority_id == authority_id,
+                        ocsp_responses.c.serial.in_(serials[first : first + 500]),
+                    )
+                    .order_by(ocsp_responses.c.serial)
+                    .with_for_update()
                 )
                 found.update((authority_id, str(serial)) for (serial,) in conn.execute(statement))
         return found
@@ -228,6 +274,40 @@ class OcspStore:
                 found += [certificate_record(r) for r in conn.execute(missing.limit(room))]
         return found
 
+    def mark_stale_signed_by(
+        self, authority_id: int, responder: bytes, *, since: dt.datetime
+    ) -> int:
+        """Mark stale the CA's responses that carry the responder certificate ``responder``
+        (DER), signed from ``since`` (its notBefore) on: a revoked responder's, to be signed
+        again by another. Read outside any write transaction (a busy CA has many rows); a
+        row written again meanwhile keeps its new response. Returns how many were marked."""
+        statement = select(
+            ocsp_responses.c.serial, ocsp_responses.c.version, ocsp_responses.c.der
+        ).where(
+            ocsp_responses.c.authority_id == authority_id,
+            ocsp_responses.c.this_update >= since,
+            ocsp_responses.c.der.is_not(None),
+        )
+        signed: list[dict[str, Any]] = []
+        with self.db.read() as conn, conn.execution_options(yield_per=5_000).execute(
+            statement
+        ) as result:
+            for serial, version, der in result:
+                if der is not None and responder in bytes(der):
+                    signed.append({"_serial": str(serial), "_version": int(version)})
+        marked = 0
+        for first in range(0, len(signed), STALE_BATCH):
+            with self.db.begin() as conn:
+                version = claim_version(conn)
+                marked += conn.execute(
+                    _MARK_STALE,
+                    [
+                        {**v, "_authority_id": authority_id, "_new": version}
+                        for v in signed[first : first + STALE_BATCH]
+                    ],
+                ).rowcount
+        return marked
+
     def drop_expired(self, before: dt.datetime) -> int:
         with self.db.begin() as conn:
             return int(
@@ -287,6 +367,16 @@ class OcspStore:
             )
             for m in (row._mapping for row in rows)
         ]
+
+
+def claim_version(conn: Connection) -> int:
+    """The version of OCSP rows written in this (write) transaction: above every stored one,
+    and not behind the database's clock (microseconds since the epoch), so that pollers, who
+    read what is newer than the last version they saw, find it whatever the writing node's
+    clock says. Writers take it after locking the rows they write (SQLite: the database)."""
+    statement = _NEWEST_VERSION.get(conn.dialect.name, _NEWEST_VERSION_ONLY)
+    newest, clock = conn.execute(statement).one()
+    return max(int(newest or 0) + 1, int(clock or 0))
 
 
 def _row(row: Any) -> OcspRow:

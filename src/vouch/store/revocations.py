@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection
 
 from vouch.errors import Conflict, NotFound
 from vouch.store.engine import Database
+from vouch.store.ocsp import claim_version
 from vouch.store.records import CertificateRecord, CRLRecord, NewEvent
 from vouch.store.repository import append_events, certificate_record
 from vouch.store.tables import (
@@ -92,7 +93,7 @@ class RevocationStore:
                     ocsp_responses.c.authority_id == row.authority_id,
                     ocsp_responses.c.serial == row.serial,
                 )
-                .values(status="stale", der=None, version=next_version(at))
+                .values(status="stale", der=None, version=claim_version(conn))
             )
             if block_key:
                 self._block(conn, row.spki_sha256, reason, f"certificate {row.serial}", at)
@@ -227,11 +228,6 @@ class RevocationStore:
                 )
             )
             append_events(conn, record.this_update, new_events)
-
-
-def next_version(at: dt.datetime) -> int:
-    """Row versions for pollers: microseconds since the epoch (readers overlap their window)."""
-    return int(at.timestamp() * 1_000_000)
 
 
 def _crl(row: Any) -> CRLRecord:
