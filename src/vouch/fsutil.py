@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import secrets
+import stat
 from pathlib import Path
 
 from vouch.errors import Conflict, Unavailable
@@ -15,8 +17,11 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, overwrite: bool 
 
     With ``overwrite=False`` an existing file is never replaced (a key, say), checked atomically.
     """
+    refuse_special(path)
     directory = path.parent
-    tmp = directory / f".{path.name}.{os.getpid()}.tmp"
+    # Random as well as per process: a leftover of a crashed writer (the same PID in another
+    # container run, say) is never taken for the target existing.
+    tmp = directory / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:
@@ -45,6 +50,25 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, overwrite: bool 
         raise Unavailable(f"cannot write {path}: {_describe(exc, path)}") from exc
 
 
+def refuse_special(path: Path) -> None:
+    """``BadInput`` if ``path`` is there but is no regular file: a write through rename would
+    replace a device, a FIFO or a symbolic link (and what it points to would keep its old
+    content), which is never what an output path meant."""
+    from vouch.errors import BadInput
+
+    try:
+        status = os.lstat(path)
+    except OSError:
+        return
+    if stat.S_ISLNK(status.st_mode):
+        raise BadInput(
+            f"{path} is a symbolic link; refusing to replace it",
+            hint="name the file it points to, or another path",
+        )
+    if not stat.S_ISREG(status.st_mode) and not stat.S_ISDIR(status.st_mode):
+        raise BadInput(f"{path} is not a regular file (a device or a FIFO); refusing to write it")
+
+
 def probe_writable(path: Path) -> None:
     """Fail now, with the reason, if a file cannot be created beside ``path``.
 
@@ -55,6 +79,7 @@ def probe_writable(path: Path) -> None:
 
     if path.is_dir():
         raise BadInput(f"cannot write {path}: it is a directory")
+    refuse_special(path)
     if not path.parent.is_dir():
         raise BadInput(f"cannot write {path}: directory {path.parent} does not exist")
     probe = path.parent / f".{path.name}.{os.getpid()}.probe"

@@ -1016,6 +1016,9 @@ def init_home(
             "vouch init makes two keys (root and issuing): give the backend, not one key",
             hint="--key-backend file, or --key-backend pkcs11:token=LABEL",
         )
+    if offline_root is not None and (offline_root / ROOT_KEY_FILE).exists():
+        raise Conflict(f"{offline_root / ROOT_KEY_FILE} already exists; refusing to overwrite it")
+    replaced: Path | None = None
     if (home / CONFIG_NAME).exists():
         # (a PostgreSQL store named by the old config is left alone: drop it with the database's tools)
         if not force:
@@ -1023,21 +1026,18 @@ def init_home(
                 f"{home} already holds a vouch home",
                 hint="use another --home, or --force to replace it (this destroys its CA keys)",
             )
-        for child in ("keys", "vouch.db", "vouch.db-wal", "vouch.db-shm", CONFIG_NAME):
-            target = home / child
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+        # Moved aside, not deleted, until the new home is made: an init that fails (a short
+        # passphrase, a full disk) puts the old home back as it was.
+        replaced = home / f".vouch-replaced-{os.getpid()}"
+        replaced.mkdir(mode=0o700)
+        for child in _HOME_FILES:
+            if (home / child).exists() or (home / child).is_symlink():
+                (home / child).rename(replaced / child)
     if offline_root is not None:
         offline_root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if (offline_root / ROOT_KEY_FILE).exists():
-            raise Conflict(
-                f"{offline_root / ROOT_KEY_FILE} already exists; refusing to overwrite it"
-            )
-    home.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
-        return _init_home(
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        made = _init_home(
             home,
             passphrase=passphrase,
             organization=organization,
@@ -1058,13 +1058,28 @@ def init_home(
             pkcs11_pin_file=pkcs11_pin_file,
         )
     except BaseException:
-        for child in ("keys", "vouch.db", "vouch.db-wal", "vouch.db-shm", CONFIG_NAME, ROOT_CERT_FILE):
+        for child in _HOME_FILES:
             target = home / child
             if target.is_dir():
                 shutil.rmtree(target, ignore_errors=True)
             elif target.exists():
                 target.unlink()
+        if replaced is not None:
+            for child in _HOME_FILES:
+                if (replaced / child).exists() or (replaced / child).is_symlink():
+                    (replaced / child).rename(home / child)
+            shutil.rmtree(replaced, ignore_errors=True)
         raise
+    if replaced is not None:
+        shutil.rmtree(replaced, ignore_errors=True)
+    return made
+
+
+# What a home holds that init makes (and --force replaces).
+_HOME_FILES = (
+    "keys", "provisioners", "vouch.db", "vouch.db-wal", "vouch.db-shm", CONFIG_NAME,
+    ROOT_CERT_FILE, AUDIT_KEY_FILE,
+)  # fmt: skip
 
 
 def _check_token(backend: Pkcs11KeyBackend, refs: list[KeyRef]) -> None:

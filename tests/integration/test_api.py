@@ -840,6 +840,13 @@ def test_malformed_input_is_a_client_error(site: Site) -> None:
                          json={"reason": "keyCompromise",
                                "invalidity_date": "0001-01-01T00:00:00+01:00"})  # fmt: skip
     assert reply.status_code == 400, reply.text
+    # Before 1950: no CRL could carry it, and a revocation is final; refused, not recorded.
+    reply = site.request("POST", f"/certificates/{issued['serial']}/revoke", role="operator",
+                         json={"reason": "keyCompromise",
+                               "invalidity_date": "1900-01-01T00:00:00Z"})  # fmt: skip
+    assert reply.status_code == 400 and "1950" in reply.text, reply.text
+    shown = site.request("GET", f"/certificates/{issued['serial']}", role="auditor")
+    assert shown.json()["status"] == "valid", shown.text
     base = site.server.url
     for path in ("/audit/proof/inclusion?index=%C2%B2", "/audit/proof/consistency?first=%C2%B2",
                  "/audit/proof/inclusion?index=" + "9" * 5000):  # fmt: skip

@@ -281,3 +281,39 @@ def test_key_backup_and_restore_check_the_key_against_the_ca(tmp_path: Path) -> 
         refused = vouch(home, "keys", "restore", str(tmp_path / name), "--out",
                         str(tmp_path / "x.pem"), "--shares-file", str(shares[0]), check=False)  # fmt: skip
         assert refused.returncode != 0 and "not a vouch key backup" in refused.stderr
+
+
+def test_a_failed_init_force_leaves_the_old_home_and_outputs_replace_no_links(
+    tmp_path: Path,
+) -> None:
+    """init --force moves the old home aside until the new one is made: a refusal puts it back.
+    An output path that is a symbolic link or a device is refused, not replaced. Errors from
+    the file system are plain messages."""
+    home = tmp_path / "home"
+    init(home)
+    root_before = (home / "root.pem").read_bytes()
+    short = subprocess.run(
+        [VOUCH, "--home", str(home), "init", "--name", "Other", "--force"],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**ENV, "VOUCH_PASSPHRASE": "short"},
+    )  # fmt: skip
+    assert short.returncode != 0 and "Traceback" not in short.stderr, short.stderr
+    assert (home / "root.pem").read_bytes() == root_before
+    assert "issuing" in vouch(home, "ca", "list").stdout
+    assert not list(home.glob(".vouch-replaced-*"))
+    target = tmp_path / "elsewhere.pem"
+    target.write_text("keep me\n")
+    link = tmp_path / "link.pem"
+    link.symlink_to(target)
+    key = tmp_path / "k.pem"
+    subprocess.run([require_tool("openssl"), "req", "-new", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(key), "-subj",
+                    "/CN=link.example.com", "-out", str(tmp_path / "r.csr")],
+                   check=True, capture_output=True)  # fmt: skip
+    refused = vouch(home, "cert", "issue", "--csr", str(tmp_path / "r.csr"), "--out", str(link),
+                    check=False)  # fmt: skip
+    assert refused.returncode == 3 and "symbolic link" in refused.stderr, refused.stderr
+    assert link.is_symlink() and target.read_text() == "keep me\n"
+    blocked = vouch(home, "keys", "backup", "--ca", "issuing", "--shares", "2", "--threshold",
+                    "2", "--out-dir", str(target), check=False)  # fmt: skip
+    assert blocked.returncode != 0 and str(target) in blocked.stderr, blocked.stderr

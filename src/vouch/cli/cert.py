@@ -129,21 +129,27 @@ def new_command(
                 fail(f"{path} already exists; refusing to overwrite it", code=6)
         vouch = _open(ctx)
         key = generate_private_key(kind)
-        issued = vouch.authority(ca).issue(
-            IssuanceRequest(
-                public_key=key.public_key(),
-                names=parsed_names,
-                profile=profile or vouch.config.issuance.default_profile,
-                lifetime=parse_duration(lifetime) if lifetime else None,
-            )
-        )
         # A server reads its key unattended, so the leaf key is unencrypted but private (0600).
+        # Written before anything is issued: a key that cannot be written (a full disk) costs
+        # nothing, where a certificate issued for a key already lost could not be used.
         key_pem = key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
         atomic_write(key_path, key_pem, mode=0o600, overwrite=False)
+        try:
+            issued = vouch.authority(ca).issue(
+                IssuanceRequest(
+                    public_key=key.public_key(),
+                    names=parsed_names,
+                    profile=profile or vouch.config.issuance.default_profile,
+                    lifetime=parse_duration(lifetime) if lifetime else None,
+                )
+            )
+        except BaseException:
+            key_path.unlink(missing_ok=True)  # nothing was issued for it
+            raise
         with _issued_but_unwritten(issued.serial):
             atomic_write(chain_path, issued.pem_chain(), overwrite=False)
     print(

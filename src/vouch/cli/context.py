@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import getpass
 import os
 import sys
@@ -54,6 +55,40 @@ def errors_to_exit() -> Iterator[None]:
         fail(exc.message, hint=exc.hint, code=EXIT_CODES.get(exc.category, 1))
     except KeyboardInterrupt:
         fail("interrupted", code=130)
+    except (OSError, RecursionError, UnicodeError) as exc:
+        fail_plainly(exc)
+
+
+_OS_HINTS = {
+    errno.ENOSPC: ("the disk is full", "free space and run the command again", 9),
+    errno.EDQUOT: ("the disk quota is used up", "free space and run the command again", 9),
+    errno.EROFS: ("the file system is read-only", "use a writable place", 9),
+    errno.EIO: ("the disk failed a read or write", "check the kernel log (dmesg)", 9),
+    errno.EACCES: ("permission denied", "check the owner and mode of the path", 7),
+    errno.EPERM: ("operation not permitted", "check the owner and mode of the path", 7),
+    errno.ENOENT: ("no such file or directory", "check the path", 5),
+    errno.ENOTDIR: ("a part of the path is not a directory", "check the path", 3),
+    errno.EISDIR: ("it is a directory, not a file", "name a file", 3),
+    errno.EEXIST: ("it already exists", "choose another path or remove it first", 6),
+    errno.ENAMETOOLONG: ("the file name is too long", "choose a shorter name", 3),
+}
+
+
+def fail_plainly(exc: BaseException) -> NoReturn:
+    """What the system refused, said plainly (a path and a reason), with no traceback: the
+    file system (a full disk, a read-only mount, a missing directory), input nested too deeply
+    to read, or text that is not valid in its encoding."""
+    if isinstance(exc, RecursionError):
+        fail("the input is nested too deeply to be read", code=3)
+    if isinstance(exc, UnicodeError):
+        reason = getattr(exc, "reason", "") or "bad characters"
+        fail(f"text that cannot be encoded or decoded here ({reason})", code=3)
+    assert isinstance(exc, OSError)
+    what, hint, code = _OS_HINTS.get(
+        exc.errno or 0, (exc.strerror or type(exc).__name__, None, 9)
+    )
+    where = f"{exc.filename}: " if exc.filename is not None else ""
+    fail(f"{where}{what}", hint=hint, code=code)
 
 
 def passphrase_source(state: CliState, *, confirm_new: bool = False) -> Callable[[str], bytes]:

@@ -148,5 +148,15 @@ def __getattr__(name: str) -> typer.Typer:
 
 
 def run() -> None:
+    from vouch.cli.context import fail, fail_plainly
+    from vouch.errors import VouchError
+
     command = command_named(sys.argv[1:])
-    build_app(None if command is None else [command])()
+    try:
+        build_app(None if command is None else [command])()
+    except VouchError as exc:  # one a command did not turn into its message itself
+        from vouch.cli.context import EXIT_CODES
+
+        fail(exc.message, hint=exc.hint, code=EXIT_CODES.get(exc.category, 1))
+    except (OSError, RecursionError, UnicodeError) as exc:
+        fail_plainly(exc)

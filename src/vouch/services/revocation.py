@@ -115,6 +115,11 @@ class Revoker:
                 raise BadInput("the invalidity date lies outside the years 1 to 9999") from exc
             if invalidity_date > now:
                 raise BadInput("the invalidity date lies in the future")
+            if invalidity_date.year < 1950:  # the CRL could not carry it (x509/crl.py)
+                raise BadInput(
+                    "the invalidity date lies before 1950: give the date the key was known or "
+                    "suspected to be compromised",
+                )
         block = reason in ("keyCompromise", "cACompromise")
         events = [
             NewEvent(
