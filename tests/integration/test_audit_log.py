@@ -932,6 +932,17 @@ def test_an_export_verifies_alone_and_an_edited_export_does_not(log: Log, tmp_pa
 
     verified = run_vouch(home, "audit", "verify", "--from-export", str(export), "--key", key)
     assert "audit log verified" in verified.stdout
+    # What the audit key signed nothing of verifies nothing: an empty file, a cut-off copy.
+    cut = tmp_path / "cut.jsonl"
+    for text in ("", "".join(json.dumps(r) + "\n" for r in records[:3])):
+        cut.write_text(text)
+        refused = run_vouch(home, "audit", "verify", "--from-export", str(cut), "--key", key,
+                            check=False)  # fmt: skip
+        assert refused.returncode != 0 and "no signed tree head" in refused.stderr + refused.stdout
+    cut.write_text("{}\n")
+    refused = run_vouch(home, "audit", "verify", "--from-export", str(cut), "--key", key,
+                        check=False)  # fmt: skip
+    assert refused.returncode == 3 and "not a vouch audit record" in refused.stderr
 
     def verify_edited(records: list[dict[str, Any]], key: str = key) -> tuple[int, str]:
         edited = tmp_path / "edited.jsonl"

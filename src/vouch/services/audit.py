@@ -567,6 +567,8 @@ def read_export(records: Iterable[dict[str, Any]]) -> Export:
                 heads.append(head_from_json(record))
             elif kind == "audit-key":
                 named_key = serialization.load_pem_public_key(record["public_key"].encode())
+            else:
+                raise ValueError(f"unknown record type {kind!r}")
         except (AttributeError, KeyError, ValueError, TypeError) as exc:
             raise BadInput(f"record {number} of the export is not a vouch audit record") from exc
     entries.sort(key=lambda e: e.seq)
@@ -583,6 +585,12 @@ def verify_export(
         report.problems.append(
             f"the export names the audit key SHA256:{key_id(export.named_key)}, not the trusted "
             f"SHA256:{key_id(public_key)}: its tree heads are checked with the trusted key"
+        )
+    if not export.heads:
+        # Nothing the audit key signed: the entries could be anyone's, and "verified" would
+        # vouch for nothing (an empty file, a cut-off copy).
+        report.problems.append(
+            "the export holds no signed tree head: nothing in it is vouched for by the audit key"
         )
     verify_entries(export.entries, export.heads, public_key, report, progress=progress)
     return report
