@@ -41,6 +41,7 @@ from vouch.errors import (
     Conflict,
     KeyUnavailable,
     NotFound,
+    StoreError,
     VouchError,
 )
 from vouch.fsutil import atomic_write
@@ -101,6 +102,30 @@ def store_url(home: Path, config: VouchConfig) -> str:
         if not path.is_absolute():
             return str(url.set(database=str(home / path)))
     return config.store.url
+
+
+def _require_sqlite_file(url: str) -> None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return
+    if parsed.database == ":memory:" or parsed.database.startswith("file:"):
+        return
+    path = Path(parsed.database)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        size = None
+    except OSError:
+        return  # unreadable and the like: the database layer names it
+    wal = path.with_name(path.name + "-wal")
+    if size == 0 and wal.exists() and wal.stat().st_size > 0:
+        return  # its pages are still in the write-ahead log
+    if not size:
+        raise StoreError(
+            f"the database {path} is {'missing' if size is None else 'empty'}: this home's CAs, "
+            "certificates and audit log are kept there",
+            hint="restore it from a backup (docs/operations.md), or point store.url at it",
+        )
 
 
 class FileBlocklist:
@@ -177,17 +202,23 @@ class Vouch:
         clock: Clock | None = None,
         config: VouchConfig | None = None,
         lint_pool: bool = False,
+        new_store: bool = False,
     ) -> None:
         """``lint_pool``: lint as a server does, in worker processes as
         ``issuance.lint_workers`` says, else in this process with pkilint's validators built at
-        once (for ``vouch serve``; one-shot commands lint in their own process, on demand)."""
+        once (for ``vouch serve``; one-shot commands lint in their own process, on demand).
+        ``new_store``: the home is being made, so its SQLite database may not exist yet; else
+        a missing one is an error, never silently a new, empty CA."""
         self.home = home
         self._lint_pool = lint_pool
         self.config = config or load_config(home)
         self.clock: Clock = clock or SystemClock()
         self.passphrase = passphrase
+        url = store_url(home, self.config)
+        if not new_store:
+            _require_sqlite_file(url)
         self.db = Database(
-            store_url(home, self.config),
+            url,
             synchronous=self.config.store.sqlite_synchronous,
             pool_size=self.config.serve.worker_threads,
         )
@@ -1127,7 +1158,7 @@ def _init_home(
         pkcs11_pin_file=pkcs11_pin_file,
     )
     atomic_write(home / CONFIG_NAME, text.encode("utf-8"), mode=0o600)
-    vouch = Vouch(home, passphrase=passphrase, clock=clock)
+    vouch = Vouch(home, passphrase=passphrase, clock=clock, new_store=True)
     try:
         return _make_cas(
             vouch,

@@ -317,3 +317,17 @@ def test_a_failed_init_force_leaves_the_old_home_and_outputs_replace_no_links(
     blocked = vouch(home, "keys", "backup", "--ca", "issuing", "--shares", "2", "--threshold",
                     "2", "--out-dir", str(target), check=False)  # fmt: skip
     assert blocked.returncode != 0 and str(target) in blocked.stderr, blocked.stderr
+
+
+def test_a_home_whose_database_is_gone_is_not_a_new_empty_ca(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    init(home)
+    (home / "vouch.db").rename(tmp_path / "kept.db")
+    missing = vouch(home, "ca", "list", check=False)
+    assert missing.returncode == 9 and "vouch.db is missing" in missing.stderr, missing.stderr
+    assert not (home / "vouch.db").exists()  # nothing made in its place
+    (home / "vouch.db").write_bytes(b"")
+    empty = vouch(home, "cert", "list", check=False)
+    assert empty.returncode == 9 and "is empty" in empty.stderr
+    (tmp_path / "kept.db").replace(home / "vouch.db")
+    assert "issuing" in vouch(home, "ca", "list").stdout

@@ -350,7 +350,7 @@ def _init_under_ceremony_root(
             pkcs11_pin_file=pkcs11_pin_file,
         )
         atomic_write(home / CONFIG_NAME, text.encode("utf-8"), mode=0o600)
-        vouch = Vouch(home, passphrase=passphrase_source(state, confirm_new=True))
+        vouch = Vouch(home, passphrase=passphrase_source(state, confirm_new=True), new_store=True)
         try:
             result = vouch.ceremony_importer().import_transcript(
                 data, signature, trust_root_sha256=trust_root
