@@ -228,13 +228,20 @@ def provisioner_add(
                     hint="choose another name, or remove that one first",
                 )
             (state.home / "keys" / "provisioners").mkdir(mode=0o700, exist_ok=True)
-            key = vouch.keys.generate(ref, "ec-p256")
-            public = key.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-            (state.home / "provisioners").mkdir(mode=0o755, exist_ok=True)
-            atomic_write(state.home / public_path, public, overwrite=False)
-            atomic_write(path, text.encode("utf-8"), mode=0o600)
+            # The key and its public half are taken back if vouch.toml cannot be written: a
+            # retry then starts clean instead of finding them "already there".
+            with vouch.keys.discarding_on_failure(ref):
+                key = vouch.keys.generate(ref, "ec-p256")
+                public = key.public_key().public_bytes(
+                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+                )
+                (state.home / "provisioners").mkdir(mode=0o755, exist_ok=True)
+                atomic_write(state.home / public_path, public, overwrite=False)
+                try:
+                    atomic_write(path, text.encode("utf-8"), mode=0o600)
+                except BaseException:
+                    (state.home / public_path).unlink(missing_ok=True)
+                    raise
         finally:
             vouch.close()
     print(f"Provisioner {name} added to {CONFIG_NAME}; its public key is {public_path}")

@@ -160,3 +160,5 @@ def run() -> None:
         fail(exc.message, hint=exc.hint, code=EXIT_CODES.get(exc.category, 1))
     except (OSError, RecursionError, UnicodeError) as exc:
         fail_plainly(exc)
+    except OverflowError:  # a number beyond what a date or the store can hold
+        fail("a number given is too large", code=3)
