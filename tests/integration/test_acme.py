@@ -633,17 +633,23 @@ def test_only_the_issued_certificate_itself_can_be_revoked(acme: Acme) -> None:
     assert again.problem == "alreadyRevoked"
 
 
-def test_a_deactivated_authorization_never_suffices(acme: Acme) -> None:
-    """RFC 8555 7.5.2: deactivating an authorization of a ready order makes the order invalid;
-    finalize then refuses."""
-    client = acme.client()
+def _ready_order(acme: Acme, client: Client, name: str) -> tuple[str, dict[str, Any]]:
+    """A new order for ``name``, its http-01 challenge met: (order URL, order), ready."""
     with http01_responder(acme.http01_port) as responder:
-        reply = client.new_order(["deact.test"])
+        reply = client.new_order([name])
         order_url, order = reply.headers["location"], reply.json
         for challenge in client.challenges(order, "http-01"):
             responder.tokens[challenge["token"]] = client.key_authorization(challenge["token"])
             client.post(challenge["url"], {})
         assert client.poll(order_url, ("ready", "invalid"))["status"] == "ready"
+    return order_url, order
+
+
+def test_a_deactivated_authorization_never_suffices(acme: Acme) -> None:
+    """RFC 8555 7.5.2: deactivating an authorization of a ready order makes the order invalid;
+    finalize then refuses."""
+    client = acme.client()
+    order_url, order = _ready_order(acme, client, "deact.test")
     [authz_url] = order["authorizations"]
     reply = client.post(authz_url, {"status": "deactivated"})
     assert reply.status == 200 and reply.json["status"] == "deactivated", reply.content
@@ -656,13 +662,7 @@ def test_a_deactivated_authorization_never_suffices(acme: Acme) -> None:
 def test_the_account_key_cannot_be_the_certificate_key(acme: Acme) -> None:
     """RFC 8555 11.1: a CSR for the account's own key is refused (badCSR)."""
     client = acme.client()
-    with http01_responder(acme.http01_port) as responder:
-        reply = client.new_order(["samekey.test"])
-        order_url, order = reply.headers["location"], reply.json
-        for challenge in client.challenges(order, "http-01"):
-            responder.tokens[challenge["token"]] = client.key_authorization(challenge["token"])
-            client.post(challenge["url"], {})
-        assert client.poll(order_url, ("ready", "invalid"))["status"] == "ready"
+    order_url, order = _ready_order(acme, client, "samekey.test")
     request = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([]))

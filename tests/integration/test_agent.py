@@ -463,53 +463,17 @@ chain_path = "{out}/x.pem"
 def test_an_interrupted_install_is_rolled_forward(tmp_path: Path) -> None:
     """A crash after the commit record: the next start finishes the switch, so key and chain
     match; a crash before it: the stray new files are discarded and the old pair stays."""
-    (tmp_path / "tls").mkdir()
-    config_path = tmp_path / "agent.toml"
-    config_path.write_text("""
-[acme]
-directory = "https://ca.invalid/acme/directory"
-account_key = "account.key"
-[challenge]
-listen = "127.0.0.1:1"
-[agent]
-state_dir = "state"
-[[certificate]]
-name = "c"
-names = ["c.example"]
-key_path = "tls/c.key"
-chain_path = "tls/c.pem"
-combined_path = "tls/c.all"
-""")
-    spec = load_agent_config(config_path).certificate[0]
+    _, spec = _offline_agent(tmp_path, extra='combined_path = "tls/c.all"')
     state = tmp_path / "state"
-    state.mkdir()
     old_key = ec.generate_private_key(ec.SECP256R1())
     new_key = ec.generate_private_key(ec.SECP256R1())
 
-    def chain_for(key: ec.EllipticCurvePrivateKey) -> bytes:
-        name = x509.Name([])
-        now = dt.datetime.now(dt.UTC)
-        cert = (
-            x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("c.example")]), False)
-            .sign(key, hashes.SHA256())
-        )  # fmt: skip
-        return cert.public_bytes(serialization.Encoding.PEM)
-
-    files.install(spec, state, old_key, chain_for(old_key))
+    files.install(spec, state, old_key, _day_long_chain(old_key))
     installed = files.read_installed(spec)
     assert installed is not None and installed.key_matches
 
     # A crash after the commit record, before any rename: the renames fail once.
-    def crash(pairs: list[tuple[Path, Path]]) -> None:
-        raise OSError(5, "simulated crash")
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(files, "_apply", crash)
-        with pytest.raises(Unavailable, match="cannot install"):
-            files.install(spec, state, new_key, chain_for(new_key))
+    _install_cut_after_commit(spec, state, new_key)
     assert (state / "c.commit").exists()
     installed = files.read_installed(spec)
     assert installed is not None and installed.leaf.public_key() == old_key.public_key()
@@ -530,9 +494,12 @@ combined_path = "tls/c.all"
 # -- reloads that are owed -------------------------------------------------------------------------
 
 
-def _offline_agent(tmp_path: Path, reload: list[str]) -> tuple[Path, CertificateSpec]:
+def _offline_agent(
+    tmp_path: Path, reload: list[str] | None = None, *, extra: str = ""
+) -> tuple[Path, CertificateSpec]:
     """An agent configuration whose CA is unreachable (these tests renew nothing), for one
-    certificate written as key + chain, with ``reload`` as its reload command."""
+    certificate written as key + chain (and ``extra`` lines), with ``reload`` as its reload
+    command if any."""
     (tmp_path / "tls").mkdir()
     config_path = tmp_path / "agent.toml"
     config_path.write_text(f"""
@@ -548,10 +515,25 @@ name = "c"
 names = ["c.example"]
 key_path = "tls/c.key"
 chain_path = "tls/c.pem"
-reload = {json.dumps(reload)}
+{f"reload = {json.dumps(reload)}" if reload else ""}
+{extra}
 """)
     (tmp_path / "state").mkdir()
     return config_path, load_agent_config(config_path).certificate[0]
+
+
+def _install_cut_after_commit(
+    spec: CertificateSpec, state: Path, key: ec.EllipticCurvePrivateKey
+) -> None:
+    """An install that dies after its commit record, before any rename."""
+
+    def crash(pairs: list[tuple[Path, Path]]) -> None:
+        raise OSError(5, "simulated crash")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(files, "_apply", crash)
+        with pytest.raises(Unavailable, match="cannot install"):
+            files.install(spec, state, key, _day_long_chain(key))
 
 
 def _day_long_chain(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -577,13 +559,7 @@ def test_an_install_rolled_forward_at_start_is_reloaded(tmp_path: Path) -> None:
     files.install(spec, state, old_key, _day_long_chain(old_key))
     files.clear_reload_pending(spec, state)  # the old pair was loaded
 
-    def crash(pairs: list[tuple[Path, Path]]) -> None:
-        raise OSError(5, "simulated crash")
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(files, "_apply", crash)
-        with pytest.raises(Unavailable, match="cannot install"):
-            files.install(spec, state, new_key, _day_long_chain(new_key))
+    _install_cut_after_commit(spec, state, new_key)
     assert (state / "c.commit").exists() and files.reload_pending(spec, state)
     # An install record left by an agent that wrote no reload marker is rolled forward and
     # reloaded all the same.
