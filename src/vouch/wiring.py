@@ -594,6 +594,7 @@ class Vouch:
         return IncidentService(
             store=self.store,
             incidents=self.incidents,
+            revocations=self.revocations,
             clock=self.clock,
             keys_check=keys_check,
             renew_now=lambda ca: self.acme.renew_now(authority=ca),

@@ -369,8 +369,13 @@ class Agent:
 
     def sweep(self, due: list[Tracked]) -> PassResult:
         """Renew the certificates that are due, then run the reloads that are owed."""
-        if not due:
-            return PassResult([], self.reload())
+        outcomes = self._renew_all(due) if due else []
+        renewed = [i.spec.name for i, ok in zip(due, outcomes, strict=True) if ok]
+        failed = [i.spec.name for i, ok in zip(due, outcomes, strict=True) if not ok]
+        failed += [n for n in self.reload() if n not in failed]
+        return PassResult(renewed, failed)
+
+    def _renew_all(self, due: list[Tracked]) -> list[bool]:
         for item in due:
             assert item.plan is not None
             log.info("%s: renewing now: %s", item.spec.name, item.plan.reason)
@@ -379,16 +384,11 @@ class Agent:
                 self._responder() if self.api is None else contextlib.nullcontext() as responder,
                 ThreadPoolExecutor(self.config.agent.concurrency) as pool,
             ):
-                outcomes = list(pool.map(lambda i: self._renew(i, responder), due))
+                return list(pool.map(lambda i: self._renew(i, responder), due))
         except VouchError as exc:  # the challenge responder could not start: every one fails
             for item in due:
                 self._failed(item, exc.message)
-            failed = [i.spec.name for i in due]
-            return PassResult([], failed + [n for n in self.reload() if n not in failed])
-        renewed = [i for i, ok in zip(due, outcomes, strict=True) if ok]
-        failed = [i.spec.name for i, ok in zip(due, outcomes, strict=True) if not ok]
-        failed += [n for n in self.reload() if n not in failed]
-        return PassResult([i.spec.name for i in renewed], failed)
+            return [False] * len(due)
 
     def due(self) -> list[Tracked]:
         now = self.clock.now()

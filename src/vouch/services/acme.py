@@ -48,6 +48,7 @@ from vouch.store.acme import Account, AcmeStore, Authz, Challenge, EabKey, Order
 from vouch.store.records import CertificateRecord
 from vouch.store.repository import CertificateQuery, Store
 from vouch.x509.csr import load_csr
+from vouch.x509.keypolicy import spki_sha256
 from vouch.x509.names import SubjectName, normalize_dns, normalize_ip
 from vouch.x509.policy import NamePolicy
 from vouch.x509.serials import format_serial
@@ -587,7 +588,7 @@ class AcmeService:
         # RFC 8555 11.1: the certificate's key is never the account's (one stolen key would
         # then both hold the account and impersonate the server).
         account_key = _account_key(account.thumbprint, json.dumps(account.jwk))
-        if _spki(parsed.public_key) == _spki(account_key):
+        if spki_sha256(parsed.public_key) == spki_sha256(account_key):
             raise AcmeProblem("badCSR", "the CSR's key is the account key: use a key of its own")
         wanted = {(i["type"], i["value"]) for i in order.identifiers}
         asked = {(n.kind, n.value) for n in parsed.names}
@@ -775,13 +776,7 @@ class AcmeService:
             {"certificate_key": True} if account is None else {"acme_account": account.id}
         )
         if account is None:
-            cert_key = certificate.public_key().public_bytes(
-                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-            own = key.public_bytes(
-                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-            if not hmac.compare_digest(cert_key, own):
+            if spki_sha256(certificate.public_key()) != spki_sha256(key):
                 raise unauthorized("the JWS key is not the certificate's key")
         else:
             try:
@@ -808,14 +803,6 @@ class AcmeService:
             raise unauthorized("vouch did not issue this certificate") from exc
         except Conflict as exc:
             raise AcmeProblem("alreadyRevoked", str(exc)) from exc
-
-
-def _spki(key: Any) -> bytes:
-    return bytes(
-        key.public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
 
 
 def _bad_nonce() -> AcmeProblem:

@@ -122,13 +122,7 @@ class AdminTokens:
         record = self._store.admin_token(int(match.group(1))) if match else None
         offered = hashlib.sha256((match.group(2) if match else token).encode()).digest()
         good = hmac.compare_digest(offered, record.secret_sha256 if record else _DUMMY)
-        now = self._clock.now()
-        if (
-            not good
-            or record is None
-            or record.revoked_at is not None
-            or (record.expires_at is not None and record.expires_at <= now)
-        ):
+        if not good or record is None or not _live(record, self._clock.now()):
             raise AuthenticationFailed("the API token is not valid", hint="ask an admin for one")
         return Admin(record.id, record.name, record.role)
 
@@ -141,6 +135,11 @@ class AdminTokens:
             self._clock.now().replace(microsecond=0),
             NewEvent("api.admin-token-revoked", str(token_id), {"id": token_id, "by": who(by)}),
         )
+
+
+def _live(record: AdminTokenRecord, now: dt.datetime) -> bool:
+    """Neither revoked nor expired."""
+    return record.revoked_at is None and (record.expires_at is None or record.expires_at > now)
 
 
 def who(admin: Admin | None) -> dict[str, object]:
@@ -281,11 +280,7 @@ class Sessions:
         if int(match.group(2)) <= now.timestamp() or self._store.spent([match.group(3)]):
             raise ended
         record = self._store.admin_token(int(match.group(1)))
-        if (
-            record is None
-            or record.revoked_at is not None
-            or (record.expires_at is not None and record.expires_at <= now)
-        ):
+        if record is None or not _live(record, now):
             raise ended
         return Admin(record.id, record.name, record.role)
 

@@ -26,6 +26,7 @@ from vouch.clock import Clock
 from vouch.errors import BadInput, Conflict, NotFound
 from vouch.faults import checkpoint
 from vouch.services.ceremony_import import CeremonyImporter
+from vouch.services.crls import FULL
 from vouch.services.revocation import LEAF_REASONS, Revoker, check_reason
 from vouch.store.incident import (
     OPEN,
@@ -35,6 +36,7 @@ from vouch.store.incident import (
 )
 from vouch.store.records import AuthorityRecord, NewEvent
 from vouch.store.repository import CertificateQuery, Store
+from vouch.store.revocations import RevocationStore
 from vouch.x509.keypolicy import spki_sha256
 from vouch.x509.serials import parse_serial
 
@@ -135,6 +137,7 @@ class IncidentService:
         *,
         store: Store,
         incidents: IncidentStore,
+        revocations: RevocationStore,
         clock: Clock,
         keys_check: Callable[[AuthorityRecord], None],
         renew_now: Callable[[str], int],
@@ -145,6 +148,7 @@ class IncidentService:
     ) -> None:
         self._store = store
         self._incidents = incidents
+        self._revocations = revocations
         self._clock = clock
         self._keys_check = keys_check
         self._renew_now = renew_now
@@ -480,7 +484,10 @@ class IncidentService:
         assert compromised.parent_id is not None
         root = self._store.authority_by_id(compromised.parent_id)
         reason = "keyCompromise" if incident.reason == "keyCompromise" else "cACompromise"
-        if compromised.status != "revoked" and self._certificate_revoked(compromised, root):
+        if (
+            compromised.status != "revoked"
+            and self._revoker.find(compromised.serial, root.name).revoked_at is not None
+        ):
             # ``revoke_ca`` was cut short after the CA's certificate was revoked: the CA's own
             # revocation is completed here (no key needed), with the reason and time recorded.
             self._revoker.revoke_ca(compromised.name, reason)
@@ -510,24 +517,17 @@ class IncidentService:
         self._root_crl(root, root_key)
         return None
 
-    def _certificate_revoked(self, compromised: AuthorityRecord, root: AuthorityRecord) -> bool:
-        rows = self._store.certificates(
-            CertificateQuery(authority=root.name, serial=compromised.serial)
-        )
-        return any(row.revoked_at is not None for row in rows)
-
     def _on_root_crl(self, compromised: AuthorityRecord) -> bool:
         """Whether the root's newest CRL lists the revoked CA (or was made after every
         revocation the root recorded, the CA's among them: an expired CA certificate may have
         left the CRL)."""
         assert compromised.parent_id is not None
-        newest = self._incidents.newest_full_crl(compromised.parent_id)
+        newest = self._revocations.latest_crl(compromised.parent_id, FULL)
         if newest is None:
             return False
-        der, covers_all = newest
-        if covers_all:
+        if newest.covers_revision >= self._revocations.revision(compromised.parent_id):
             return True
-        crl = x509.load_der_x509_crl(der)
+        crl = x509.load_der_x509_crl(newest.der)
         listed = crl.get_revoked_certificate_by_serial_number(parse_serial(compromised.serial))
         return listed is not None
 

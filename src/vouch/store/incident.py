@@ -28,9 +28,7 @@ from vouch.store.tables import (
     authorities,
     blocked_keys,
     ca_rollovers,
-    ca_state,
     certificates,
-    crls,
     events,
     incidents,
     ocsp_responses,
@@ -40,7 +38,6 @@ OPEN, FINISHED = "open", "finished"
 # Statuses under which a CA issues nothing (its issuance, if any, went to a successor).
 NOT_ISSUING = ("retired", "revoked")
 _CHUNK = 500  # bound parameters per IN (...) query
-FULL_CRL = -1  # the shard number of a CA's complete CRL
 # Asked before every issuance batch: built once, so SQLAlchemy does not rebuild its cache key.
 _STATUS = select(authorities.c.status).where(authorities.c.id == bindparam("id"))
 
@@ -415,23 +412,6 @@ class IncidentStore:
                 )
             ).all()
         return any(json.loads(r.data).get("ca") == ca for r in rows)
-
-    def newest_full_crl(self, authority_id: int) -> tuple[bytes, bool] | None:
-        """The CA's newest complete CRL (DER), if any, and whether it covers every revocation
-        the CA has recorded (made at or after its latest revision)."""
-        with self.db.read() as conn:
-            row = conn.execute(
-                select(crls.c.der, crls.c.covers_revision)
-                .where(crls.c.authority_id == authority_id, crls.c.shard == FULL_CRL)
-                .order_by(crls.c.number.desc())
-                .limit(1)
-            ).first()
-            revision = conn.execute(
-                select(ca_state.c.revision).where(ca_state.c.authority_id == authority_id)
-            ).scalar()
-        if row is None:
-            return None
-        return bytes(row.der), int(row.covers_revision) >= int(revision or 0)
 
     def key_blocked(self, spki_sha256: str) -> bool:
         with self.db.read() as conn:

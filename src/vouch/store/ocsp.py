@@ -29,8 +29,8 @@ from vouch.store.tables import authorities, certificates, ocsp_responders, ocsp_
 # Pollers re-read this much behind the newest version they saw. Versions are given inside the
 # writing transaction (``claim_version``): above every stored one and never behind the database's
 # clock, in microseconds, so no node's clock moves them. A row may still commit a little behind
-# one a poller saw (PostgreSQL's writers run side by side; stale marks of a revocation carry the
-# revoking node's clock): this window catches those late commits.
+# one a poller saw (PostgreSQL's writers run side by side): this window catches those late
+# commits.
 POLL_OVERLAP_US = 30_000_000
 # The database's clock in microseconds since the epoch (one clock for all nodes).
 _DB_CLOCK_US = {
@@ -293,7 +293,7 @@ class OcspStore:
             statement
         ) as result:
             for serial, version, der in result:
-                if der is not None and responder in bytes(der):
+                if responder in bytes(der):
                     signed.append({"_serial": str(serial), "_version": int(version)})
         marked = 0
         for first in range(0, len(signed), STALE_BATCH):
